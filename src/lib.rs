@@ -1,0 +1,24 @@
+//! libveloq: a thread-per-core async runtime on io_uring.
+//!
+//! Each worker thread owns an io_uring ring, a local run queue of `Rc`-style tasks that
+//! never leave it, a stealable injector and its inbound channels of the **mesh**, an N×N
+//! matrix of single-producer single-consumer channels between workers. Work reaches a
+//! worker by one of four doors:
+//!
+//! | door | from a worker | from another thread | may move |
+//! |---|---|---|---|
+//! | [`spawn_local`] | local run queue | — | never |
+//! | [`spawn`] | own injector | some worker's injector | stolen by idle workers |
+//! | [`spawn_balanced`] | mesh channel to the less loaded of two (P2C) | that worker's injector | stolen |
+//! | [`spawn_to`] | mesh channel to that worker | that worker's pinned inbox | never |
+//!
+//! The same core is exported to C as `libveloq.so` (see `include/veloq.h`).
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod sync;
+
+pub mod runtime;
+
+pub use runtime::completion;

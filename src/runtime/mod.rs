@@ -1,0 +1,3 @@
+//! The scheduler: workers, tasks, the mesh, joins and completion queues.
+
+pub mod completion;
