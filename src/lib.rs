@@ -1,9 +1,9 @@
 //! libveloq: a thread-per-core async runtime on io_uring.
 //!
-//! Each worker thread owns an io_uring ring, a local run queue of `Rc`-style tasks that
-//! never leave it, a stealable injector and its inbound channels of the **mesh**, an N×N
-//! matrix of single-producer single-consumer channels between workers. Work reaches a
-//! worker by one of four doors:
+//! Each worker thread owns an io_uring ring, a local run queue of tasks that never leave
+//! it, a stealable injector, a pinned inbox and its inbound channels of the **mesh**, an
+//! N×N matrix of single-producer single-consumer channels between workers. Work reaches
+//! a worker by one of four doors:
 //!
 //! | door | from a worker | from another thread | may move |
 //! |---|---|---|---|
@@ -19,6 +19,12 @@
 
 mod sync;
 
+pub(crate) mod io;
 pub mod runtime;
 
-pub use runtime::completion;
+pub use runtime::{
+    completion::{CompletionQueue, Cqe},
+    spawn, spawn_balanced, spawn_local, spawn_to, worker_index, yield_now, Handle, JoinError,
+    JoinHandle, LocalJoinHandle, OsError, Placement, RawTask, RawTaskFn, Runtime, RuntimeBuilder,
+    RuntimeContext, ShutdownError, SpawnError, SpawnErrorKind, WorkerStats,
+};

@@ -1,0 +1,162 @@
+//! The per-worker io_uring driver. For now it gives the worker a place to sleep: the
+//! worker parks in `io_uring_enter` with a read of its eventfd armed, and a notifier
+//! wakes it by writing that eventfd.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, types, IoUring};
+
+/// `user_data` of the armed eventfd read.
+const WAKE_TOKEN: u64 = u64::MAX;
+
+/// One worker's ring.
+pub(crate) struct Driver {
+    ring: IoUring,
+    eventfd: RawFd,
+    /// Where the armed read puts the eventfd counter; boxed so its address is stable
+    /// while the kernel may write it.
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    /// Which set-up flags the kernel accepted.
+    pub(crate) flags: RingFlags,
+}
+
+/// The optional set-up flags, each probed on its own.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RingFlags {
+    pub(crate) single_issuer: bool,
+    pub(crate) defer_taskrun: bool,
+    pub(crate) coop_taskrun: bool,
+}
+
+impl Driver {
+    /// Creates the ring on the calling thread (the only thread that will submit to it).
+    /// Optional flags the kernel refuses are dropped one by one; an error is returned
+    /// only when even a plain ring cannot be made.
+    pub(crate) fn new(entries: u32, eventfd: RawFd) -> io::Result<Driver> {
+        let (ring, flags) = Self::build_ring(entries)?;
+        Ok(Driver {
+            ring,
+            eventfd,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            flags,
+        })
+    }
+
+    fn build_ring(entries: u32) -> io::Result<(IoUring, RingFlags)> {
+        // Most capable first; DEFER_TASKRUN requires SINGLE_ISSUER.
+        let attempts = [
+            RingFlags {
+                single_issuer: true,
+                defer_taskrun: true,
+                coop_taskrun: true,
+            },
+            RingFlags {
+                single_issuer: true,
+                defer_taskrun: false,
+                coop_taskrun: true,
+            },
+            RingFlags {
+                single_issuer: true,
+                defer_taskrun: false,
+                coop_taskrun: false,
+            },
+            RingFlags {
+                single_issuer: false,
+                defer_taskrun: false,
+                coop_taskrun: true,
+            },
+            RingFlags::default(),
+        ];
+        let mut last_err = None;
+        for flags in attempts {
+            let mut b = IoUring::builder();
+            if flags.single_issuer {
+                b.setup_single_issuer();
+            }
+            if flags.defer_taskrun {
+                b.setup_defer_taskrun();
+            }
+            if flags.coop_taskrun {
+                b.setup_coop_taskrun();
+            }
+            match b.build(entries) {
+                Ok(ring) => return Ok((ring, flags)),
+                // EINVAL may mean "flag unknown": try the next, simpler set.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_err = Some(e),
+                Err(e) => return Err(describe(e, entries)),
+            }
+        }
+        Err(describe(last_err.expect("at least one attempt"), entries))
+    }
+
+    /// Sleeps until the eventfd is written (or the kernel wakes the ring otherwise).
+    pub(crate) fn park(&mut self) {
+        if !self.wake_armed {
+            let read = opcode::Read::new(
+                types::Fd(self.eventfd),
+                &mut *self.wake_buf as *mut u64 as *mut u8,
+                8,
+            )
+            .build()
+            .user_data(WAKE_TOKEN);
+            // SAFETY: the buffer is boxed and owned by the driver until the read
+            // completes (the driver is dropped only after a final drain, see Drop).
+            if unsafe { self.ring.submission().push(&read) }.is_err() {
+                // Cannot happen with an otherwise idle ring; fall back to not sleeping.
+                return;
+            }
+            self.wake_armed = true;
+        }
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(_) => return,
+        }
+        self.reap();
+    }
+
+    fn reap(&mut self) {
+        for cqe in self.ring.completion() {
+            if cqe.user_data() == WAKE_TOKEN {
+                self.wake_armed = false;
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if self.wake_armed {
+            // Make the armed read finish so the kernel no longer owns `wake_buf`.
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a valid u64 to our eventfd.
+            unsafe { libc::write(self.eventfd, &one as *const u64 as *const _, 8) };
+            while self.wake_armed {
+                if self.ring.submit_and_wait(1).is_err() {
+                    break;
+                }
+                self.reap();
+            }
+        }
+    }
+}
+
+/// An io_uring set-up error with the likely reason spelled out.
+fn describe(e: io::Error, entries: u32) -> io::Error {
+    let why = match e.raw_os_error() {
+        Some(libc::ENOSYS) => "io_uring is not available in this kernel",
+        Some(libc::EPERM) => "io_uring is forbidden here (seccomp or io_uring_disabled)",
+        Some(libc::ENOMEM) => "not enough locked memory for the ring (RLIMIT_MEMLOCK)",
+        Some(libc::EINVAL) => "the kernel refused the ring parameters (entries out of range?)",
+        _ => "io_uring_setup failed",
+    };
+    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+    crate::runtime::OsError::new(
+        errno,
+        format!("cannot create an io_uring ring of {entries} entries: {why} ({e})"),
+    )
+    .into()
+}

@@ -1,0 +1,3 @@
+//! I/O on io_uring: each worker owns one ring (its [`driver`]).
+
+pub(crate) mod driver;

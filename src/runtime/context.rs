@@ -1,0 +1,391 @@
+//! `RuntimeContext`: the explicit handle to the worker a task or callback runs on, and
+//! the free `spawn*` functions that use the current one.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::ptr;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::Arc;
+
+use super::executor::spawner::{random_seed, ExecutorRegistry, WorkerShared};
+use super::job::{Job, JobParts, RawTask};
+use super::join::{JoinHandle, LocalJoinHandle};
+use super::runtime::{Handle, Placement, SpawnError, SpawnErrorKind};
+use super::task::TaskRef;
+use crate::io::driver::Driver;
+
+thread_local! {
+    static CURRENT: Cell<*const RuntimeContext> = const { Cell::new(ptr::null()) };
+    static CURRENT_SHARED: Cell<*const WorkerShared> = const { Cell::new(ptr::null()) };
+}
+
+/// A worker's context: which worker this is, its spawner, its mesh producer side and its
+/// I/O driver. It exists only on its worker thread (`!Send`); a callback receives it as
+/// its `ctx` argument and a task reaches it with [`RuntimeContext::with_current`].
+pub struct RuntimeContext {
+    pub(crate) index: usize,
+    pub(crate) registry: Arc<ExecutorRegistry>,
+    /// The local run queue: local tasks, adopted tasks and callbacks sent to ourselves.
+    pub(crate) local: RefCell<VecDeque<Job>>,
+    /// Jobs taken in a batch from an injector (ours or a victim's), not yet run.
+    pub(crate) buffer: crossbeam_deque::Worker<Job>,
+    /// Unfinished tasks owned here (an intrusive list through their headers).
+    pub(crate) live_head: Cell<Option<TaskRef>>,
+    pub(crate) live_futures: Cell<usize>,
+    /// Jobs run since the counts were last published.
+    pub(crate) taken: Cell<u64>,
+    /// Workers we handed work to during the current job, to notify once it returns.
+    pub(crate) notify_pending: Box<[Cell<bool>]>,
+    pub(crate) any_notify_pending: Cell<bool>,
+    pub(crate) rng: Cell<u64>,
+    pub(crate) mesh_cursor: Cell<usize>,
+    pub(crate) driver: RefCell<Driver>,
+    pub(crate) stats: super::executor::LocalCounters,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl RuntimeContext {
+    pub(crate) fn new(registry: Arc<ExecutorRegistry>, index: usize, driver: Driver) -> Self {
+        let n = registry.len();
+        RuntimeContext {
+            index,
+            local: RefCell::new(VecDeque::with_capacity(256)),
+            buffer: crossbeam_deque::Worker::new_fifo(),
+            live_head: Cell::new(None),
+            live_futures: Cell::new(0),
+            taken: Cell::new(0),
+            notify_pending: (0..n).map(|_| Cell::new(false)).collect(),
+            any_notify_pending: Cell::new(false),
+            rng: Cell::new(random_seed()),
+            mesh_cursor: Cell::new(0),
+            driver: RefCell::new(driver),
+            stats: Default::default(),
+            registry,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Runs `f` with the context of the worker this thread is, or None off a worker.
+    pub fn with_current<R>(f: impl FnOnce(Option<&RuntimeContext>) -> R) -> R {
+        with_current(f)
+    }
+
+    /// This worker's index, `0..workers`.
+    pub fn worker_index(&self) -> usize {
+        self.index
+    }
+
+    /// How many workers the runtime has.
+    pub fn workers(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// A `Send` handle to the runtime, for spawning from other threads.
+    pub fn handle(&self) -> Handle {
+        Handle::from_registry(self.registry.clone())
+    }
+
+    /// The pointer the embedding layer attached to the runtime (the C `veloq_runtime *`).
+    pub fn host_data(&self) -> *mut c_void {
+        self.registry.host_data.load(Acquire)
+    }
+
+    pub(crate) fn me(&self) -> &WorkerShared {
+        self.registry.worker(self.index)
+    }
+
+    /// Spawns a `!Send` future on this worker; it never leaves it.
+    pub fn spawn_local<F>(&self, future: F) -> Result<LocalJoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + 'static,
+    {
+        if self.registry.closed.load(Relaxed) {
+            return Err(SpawnError::new(SpawnErrorKind::Shutdown, future));
+        }
+        // References: the live list, the run queue entry and the join handle.
+        let task = TaskRef::new_local(future, self.me(), 3);
+        self.adopted(task);
+        self.push_local_task(task);
+        Ok(LocalJoinHandle::new(task))
+    }
+
+    /// Spawns into this worker's injector; idle workers may steal it.
+    pub fn spawn<F>(&self, future: F) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_future(Placement::Any, future)
+    }
+
+    /// Spawns on the less loaded of two workers (P2C), over the mesh.
+    pub fn spawn_balanced<F>(&self, future: F) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_future(Placement::Balanced, future)
+    }
+
+    /// Spawns on worker `worker`, over the mesh; the task never moves from there.
+    pub fn spawn_to<F>(
+        &self,
+        worker: usize,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_future(Placement::Worker(worker), future)
+    }
+
+    /// Queues a callback job from this worker.
+    ///
+    /// # Safety
+    /// `task.func` may be called with `task.arg` on any worker thread (or on
+    /// `Placement::Worker`'s), and `task.cq`, when not null, stays alive until its
+    /// completion is posted (its reservation is taken here).
+    pub unsafe fn spawn_raw(
+        &self,
+        placement: Placement,
+        task: RawTask,
+    ) -> Result<(), SpawnError<RawTask>> {
+        task.reserve_completion();
+        self.submit(placement, || Job::Raw(task)).map_err(|kind| {
+            task.release_completion();
+            SpawnError::new(kind, task)
+        })
+    }
+
+    pub(crate) fn spawn_future<F>(
+        &self,
+        placement: Placement,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_task(placement, future, TaskRef::new_shared)
+    }
+
+    /// Places a `Send` task made by `alloc(value)`, or gives `value` back.
+    pub(crate) fn spawn_task<V, T>(
+        &self,
+        placement: Placement,
+        value: V,
+        alloc: impl FnOnce(V) -> TaskRef,
+    ) -> Result<JoinHandle<T>, SpawnError<V>> {
+        let mut value = Some(value);
+        let mut handle = None;
+        let submitted = self.submit(placement, || {
+            let task = alloc(value.take().expect("made once"));
+            handle = Some(JoinHandle::new(task, self.registry.clone()));
+            Job::Task(task)
+        });
+        match submitted {
+            Ok(()) => Ok(handle.expect("made on success")),
+            Err(kind) => Err(SpawnError::new(
+                kind,
+                value.take().expect("kept on refusal"),
+            )),
+        }
+    }
+
+    /// Places a job; `make` runs only once the submission is accepted.
+    fn submit(
+        &self,
+        placement: Placement,
+        make: impl FnOnce() -> Job,
+    ) -> Result<(), SpawnErrorKind> {
+        let registry = &*self.registry;
+        let (target, pinned) = match placement {
+            Placement::Any => (self.index, false),
+            Placement::Balanced => (registry.p2c(&self.rng), false),
+            Placement::Worker(w) if w < registry.len() => (w, true),
+            Placement::Worker(_) => return Err(SpawnErrorKind::InvalidWorker),
+        };
+        if target == self.index && placement != Placement::Any {
+            // Sending to ourselves: straight into the local run queue.
+            if registry.closed.load(Relaxed) {
+                return Err(SpawnErrorKind::Shutdown);
+            }
+            match make().into_parts() {
+                JobParts::Task(task) => {
+                    // References: the live list and the run queue entry.
+                    task.adopt(self.me(), 2);
+                    self.adopted(task);
+                    self.push_local_task(task);
+                }
+                JobParts::Raw(raw) => self.local.borrow_mut().push_back(Job::Raw(raw)),
+            }
+            return Ok(());
+        }
+        let worker = registry.worker(target);
+        if !registry.admit(worker) {
+            return Err(SpawnErrorKind::Shutdown);
+        }
+        let job = make();
+        if placement == Placement::Any {
+            worker.injector.push(job);
+            return Ok(()); // our own queue; peers are woken at the end of the turn
+        }
+        // SAFETY: this thread is worker `self.index`, the only producer of its row.
+        if let Err(job) = unsafe { registry.mesh.push(self.index, target, job) } {
+            if pinned {
+                worker.inbox.push(job);
+            } else {
+                worker.injector.push(job);
+            }
+        }
+        self.notify_later(target);
+        Ok(())
+    }
+
+    /// Records that `worker` must be notified once the current job returns.
+    fn notify_later(&self, worker: usize) {
+        self.notify_pending[worker].set(true);
+        self.any_notify_pending.set(true);
+    }
+
+    /// Notifies every worker we handed work to since the last flush.
+    pub(crate) fn flush_notifications(&self) {
+        if !self.any_notify_pending.replace(false) {
+            return;
+        }
+        for (i, pending) in self.notify_pending.iter().enumerate() {
+            if pending.replace(false) {
+                self.registry.worker(i).notify();
+            }
+        }
+    }
+
+    /// Registers a task that now belongs to this worker as unfinished.
+    pub(crate) fn adopted(&self, task: TaskRef) {
+        task.link_live(&self.live_head);
+        self.live_futures.set(self.live_futures.get() + 1);
+        self.me().task_memory_acquired();
+    }
+
+    /// Queues a scheduled task (the queue takes over one reference).
+    pub(crate) fn push_local_task(&self, task: TaskRef) {
+        self.local.borrow_mut().push_back(Job::Task(task));
+    }
+
+    /// A task finished (or was cancelled): off the live list, its live reference dropped.
+    pub(crate) fn task_finished(&self, task: TaskRef) {
+        task.unlink_live(&self.live_head);
+        self.live_futures.set(self.live_futures.get() - 1);
+        task.release_local();
+    }
+}
+
+/// Runs `f` with the current worker's context, if this thread is a worker.
+pub(crate) fn with_current<R>(f: impl FnOnce(Option<&RuntimeContext>) -> R) -> R {
+    let cx = CURRENT.with(Cell::get);
+    // SAFETY: CURRENT is set only while the context lives on this thread's stack
+    // (see `enter`).
+    f(unsafe { cx.as_ref() })
+}
+
+/// The shared state of the worker this thread is, or null.
+pub(crate) fn current_worker_shared() -> *const WorkerShared {
+    CURRENT_SHARED.with(Cell::get)
+}
+
+/// Installs `cx` as this thread's context while `f` runs.
+pub(crate) fn enter<R>(cx: &RuntimeContext, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(ptr::null()));
+            CURRENT_SHARED.with(|c| c.set(ptr::null()));
+        }
+    }
+    CURRENT.with(|c| c.set(cx));
+    CURRENT_SHARED.with(|c| c.set(cx.me()));
+    let _reset = Reset;
+    f()
+}
+
+/// Spawns a `!Send` future on the current worker. Fails with `NoRuntime` off a worker.
+pub fn spawn_local<F>(future: F) -> Result<LocalJoinHandle<F::Output>, SpawnError<F>>
+where
+    F: Future + 'static,
+{
+    with_current(|cx| match cx {
+        Some(cx) => cx.spawn_local(future),
+        None => Err(SpawnError::new(SpawnErrorKind::NoRuntime, future)),
+    })
+}
+
+/// Spawns a `Send` future: on a worker into its injector (stealable); inside
+/// `Runtime::block_on`, onto some worker. Fails with `NoRuntime` elsewhere.
+pub fn spawn<F>(future: F) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    spawn_placed(Placement::Any, future)
+}
+
+/// Spawns a `Send` future on the less loaded of two workers (P2C).
+pub fn spawn_balanced<F>(future: F) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    spawn_placed(Placement::Balanced, future)
+}
+
+/// Spawns a `Send` future on worker `worker`; it never moves.
+pub fn spawn_to<F>(worker: usize, future: F) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    spawn_placed(Placement::Worker(worker), future)
+}
+
+fn spawn_placed<F>(placement: Placement, future: F) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut future = Some(future);
+    let on_worker = with_current(|cx| {
+        cx.map(|cx| cx.spawn_future(placement, future.take().expect("taken once")))
+    });
+    if let Some(result) = on_worker {
+        return result;
+    }
+    let future = future.take().expect("not taken off a worker");
+    match super::runtime::entered_handle() {
+        Some(handle) => handle.spawn_placed(placement, future),
+        None => Err(SpawnError::new(SpawnErrorKind::NoRuntime, future)),
+    }
+}
+
+/// The index of the worker this thread is, if it is one.
+pub fn worker_index() -> Option<usize> {
+    with_current(|cx| cx.map(|cx| cx.index))
+}
+
+/// Yields once: the task goes to the back of its worker's run queue.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}

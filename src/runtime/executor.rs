@@ -1,0 +1,336 @@
+//! `LocalExecutor`: the loop every worker thread runs.
+//!
+//! One turn visits every source with its own budget, so none can starve another: the
+//! local run queue, the inbound mesh channels, the pinned inbox and the own injector.
+//! A turn that found nothing steals a batch from a random peer's injector, spins a
+//! little, then parks in the io_uring ring until notified.
+
+pub(crate) mod spawner;
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Instant;
+
+use crossbeam_deque::Steal;
+
+use super::context::RuntimeContext;
+use super::job::{Job, JobParts};
+use spawner::next_random;
+
+/// Where a job came from (for statistics).
+#[derive(Clone, Copy)]
+enum Source {
+    Local,
+    Mesh,
+    Inbox,
+    Injector,
+    Stolen,
+}
+
+/// Counters the worker keeps in cells and publishes once per turn.
+#[derive(Default)]
+pub(crate) struct LocalCounters {
+    local: Cell<u64>,
+    mesh: Cell<u64>,
+    inbox: Cell<u64>,
+    injector: Cell<u64>,
+    stolen: Cell<u64>,
+}
+
+impl RuntimeContext {
+    /// The worker loop; returns when shutdown has drained this worker.
+    pub(crate) fn run_loop(&self) {
+        let budget = self.registry.config.budget;
+        let mut cancelled = false;
+        loop {
+            let mut ran = 0;
+            if self.me().has_remote() {
+                ran += self.me().drain_remote(self);
+            }
+            ran += self.run_local(budget);
+            ran += self.run_mesh(budget);
+            ran += self.run_inbox(budget);
+            ran += self.run_injector(budget);
+            self.end_turn();
+            if ran > 0 {
+                continue;
+            }
+            if self.registry.closed.load(SeqCst) {
+                if !cancelled && self.registry.cancel.load(SeqCst) {
+                    cancelled = true;
+                    self.cancel_all();
+                    continue;
+                }
+                if self.can_exit() {
+                    return;
+                }
+            }
+            if self.steal(budget) {
+                continue;
+            }
+            self.idle(cancelled);
+        }
+    }
+
+    fn run_local(&self, budget: usize) -> usize {
+        let mut n = 0;
+        while n < budget {
+            let Some(job) = self.local.borrow_mut().pop_front() else {
+                break;
+            };
+            self.run_job(job, Source::Local);
+            n += 1;
+        }
+        n
+    }
+
+    fn run_mesh(&self, budget: usize) -> usize {
+        let workers = self.registry.len();
+        let start = self.mesh_cursor.get();
+        let mut n = 0;
+        for k in 0..workers {
+            let from = (start + k) % workers;
+            if from == self.index {
+                continue;
+            }
+            let Some(chan) = self.registry.mesh.channel(from, self.index) else {
+                continue;
+            };
+            while n < budget {
+                // SAFETY: this thread is worker `self.index`, the only consumer of its column.
+                let Some(job) = (unsafe { chan.pop() }) else {
+                    break;
+                };
+                self.run_job(job, Source::Mesh);
+                n += 1;
+            }
+            if n >= budget {
+                // Start with the next channel next turn so every sender gets its share.
+                self.mesh_cursor.set((from + 1) % workers);
+                break;
+            }
+        }
+        self.taken.set(self.taken.get() + n as u64);
+        n
+    }
+
+    fn run_inbox(&self, budget: usize) -> usize {
+        let mut n = 0;
+        while n < budget {
+            let Some(job) = self.me().inbox.steal().success() else {
+                break;
+            };
+            self.run_job(job, Source::Inbox);
+            n += 1;
+        }
+        self.taken.set(self.taken.get() + n as u64);
+        n
+    }
+
+    fn run_injector(&self, budget: usize) -> usize {
+        let mut n = 0;
+        if self.buffer.is_empty() {
+            if let Steal::Success(job) = self
+                .me()
+                .injector
+                .steal_batch_with_limit_and_pop(&self.buffer, budget)
+            {
+                self.taken.set(self.taken.get() + 1);
+                self.run_job(job, Source::Injector);
+                n += 1;
+            }
+        }
+        while n < budget {
+            let Some(job) = self.buffer.pop() else { break };
+            self.taken.set(self.taken.get() + 1);
+            self.run_job(job, Source::Injector);
+            n += 1;
+        }
+        n
+    }
+
+    /// Steals a batch from a random peer's injector; true when it ran something.
+    fn steal(&self, budget: usize) -> bool {
+        let workers = self.registry.len();
+        if workers < 2 {
+            return false;
+        }
+        let first = (next_random(&self.rng) % workers as u64) as usize;
+        for k in 0..workers {
+            let victim_index = (first + k) % workers;
+            if victim_index == self.index {
+                continue;
+            }
+            let victim = self.registry.worker(victim_index);
+            if victim.injector.is_empty() {
+                continue;
+            }
+            let before = self.buffer.len();
+            if let Steal::Success(job) = victim
+                .injector
+                .steal_batch_with_limit_and_pop(&self.buffer, budget)
+            {
+                let n = (self.buffer.len() - before + 1) as u64;
+                // Count them as ours before they stop being the victim's, so shutdown
+                // never sees them nowhere.
+                self.me().count_submitted(n);
+                victim.count_taken(n);
+                self.me().counters.steals.fetch_add(1, Relaxed);
+                self.stats.stolen.set(self.stats.stolen.get() + n);
+                self.taken.set(self.taken.get() + 1);
+                self.run_job(job, Source::Stolen);
+                self.end_turn();
+                return true;
+            }
+        }
+        false
+    }
+
+    fn run_job(&self, job: Job, source: Source) {
+        match job.into_parts() {
+            JobParts::Raw(raw) => {
+                // SAFETY: promised by the spawn call that accepted the job.
+                unsafe { raw.run(self) };
+            }
+            JobParts::Task(task) => {
+                if !matches!(source, Source::Local) {
+                    // A Send task arriving here: adopt it (live list + this run).
+                    let cancel = task.adopt(self.me(), 2);
+                    self.adopted(task);
+                    if cancel || self.registry.cancel.load(Relaxed) {
+                        task.cancel_now(self);
+                        task.release_local();
+                        self.count(source);
+                        return;
+                    }
+                }
+                task.run(self);
+            }
+        }
+        self.count(source);
+        self.flush_notifications();
+    }
+
+    fn count(&self, source: Source) {
+        let c = match source {
+            Source::Local => &self.stats.local,
+            Source::Mesh => &self.stats.mesh,
+            Source::Inbox => &self.stats.inbox,
+            Source::Injector => &self.stats.injector,
+            Source::Stolen => &self.stats.stolen,
+        };
+        if !matches!(source, Source::Stolen) {
+            c.set(c.get() + 1);
+        }
+    }
+
+    /// Publishes counts and wakes a sleeping peer if our injector has work to steal.
+    fn end_turn(&self) {
+        let me = self.me();
+        me.count_taken(self.taken.replace(0));
+        me.publish_local_queued(self.local.borrow().len());
+        let c = &me.counters;
+        for (cell, shared) in [
+            (&self.stats.local, &c.tasks_local),
+            (&self.stats.mesh, &c.tasks_mesh),
+            (&self.stats.inbox, &c.tasks_inbox),
+            (&self.stats.injector, &c.tasks_injector),
+            (&self.stats.stolen, &c.tasks_stolen),
+        ] {
+            let v = cell.replace(0);
+            if v > 0 {
+                shared.fetch_add(v, Relaxed);
+            }
+        }
+        self.flush_notifications();
+        if !me.injector.is_empty() {
+            self.wake_a_sleeping_peer();
+        }
+    }
+
+    fn wake_a_sleeping_peer(&self) {
+        let workers = self.registry.len();
+        for k in 1..workers {
+            let peer = self.registry.worker((self.index + k) % workers);
+            if peer.park.is_parked() && peer.notify() {
+                return;
+            }
+        }
+    }
+
+    /// Whether any source of this worker has work.
+    fn has_work(&self) -> bool {
+        let me = self.me();
+        if !self.local.borrow().is_empty()
+            || !self.buffer.is_empty()
+            || me.has_remote()
+            || !me.inbox.is_empty()
+            || !me.injector.is_empty()
+        {
+            return true;
+        }
+        (0..self.registry.len()).any(|from| {
+            self.registry
+                .mesh
+                .channel(from, self.index)
+                .is_some_and(|c| !c.is_empty())
+        })
+    }
+
+    /// Nothing to do: spin for the configured time, then park in the ring.
+    fn idle(&self, cancelled: bool) {
+        let spin = self.registry.config.spin_before_park;
+        if !spin.is_zero() {
+            let start = Instant::now();
+            let mut rounds = 0u32;
+            loop {
+                if self.has_work() {
+                    return;
+                }
+                rounds += 1;
+                if rounds % 64 == 0 {
+                    if self.steal(self.registry.config.budget) {
+                        return;
+                    }
+                    if start.elapsed() >= spin {
+                        break;
+                    }
+                }
+                std::hint::spin_loop();
+            }
+        }
+        let me = self.me();
+        me.park.begin_park();
+        let shutdown_news = self.registry.closed.load(SeqCst)
+            && (self.can_exit() || (!cancelled && self.registry.cancel.load(SeqCst)));
+        if self.has_work() || shutdown_news {
+            me.park.abort_park();
+            return;
+        }
+        if !me.park.commit_park() {
+            return; // a notifier got in first
+        }
+        me.counters.parks.fetch_add(1, Relaxed);
+        self.driver.borrow_mut().park();
+        me.park.unparked();
+    }
+
+    /// Shutdown limit passed: drop every unfinished future owned here.
+    fn cancel_all(&self) {
+        while let Some(task) = self.live_head.get() {
+            // A task being polled cannot be here (we are between jobs), so this always
+            // finishes the task and unlinks it.
+            task.cancel_now(self);
+            debug_assert!(self.live_head.get() != Some(task));
+        }
+    }
+
+    /// Shutdown may let this worker go: nothing unfinished, nothing queued, every job
+    /// handed to it has run.
+    fn can_exit(&self) -> bool {
+        self.live_futures.get() == 0
+            && self.local.borrow().is_empty()
+            && self.buffer.is_empty()
+            && self.me().all_jobs_taken()
+    }
+}

@@ -1,0 +1,335 @@
+//! What every thread may touch of a worker (`WorkerShared`), the registry of all of them
+//! (`ExecutorRegistry`), and the placement policy (P2C).
+
+use std::cell::{Cell, UnsafeCell};
+use std::ffi::c_void;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crossbeam_deque::Injector;
+use crossbeam_utils::CachePadded;
+
+use crate::runtime::job::Job;
+use crate::runtime::mesh::MeshMatrix;
+use crate::runtime::park::ParkState;
+use crate::runtime::task::{RemoteOp, TaskRef};
+
+/// Settings fixed at build time.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) budget: usize,
+    pub(crate) spin_before_park: Duration,
+    pub(crate) ring_entries: u32,
+}
+
+/// Counters a worker publishes for others (statistics and load balancing).
+#[derive(Default)]
+pub(crate) struct WorkerCounters {
+    pub(crate) tasks_local: AtomicU64,
+    pub(crate) tasks_mesh: AtomicU64,
+    pub(crate) tasks_injector: AtomicU64,
+    pub(crate) tasks_inbox: AtomicU64,
+    pub(crate) tasks_stolen: AtomicU64,
+    pub(crate) steals: AtomicU64,
+    pub(crate) parks: AtomicU64,
+    pub(crate) wakeups_sent: AtomicU64,
+}
+
+/// The part of a worker that other threads may touch.
+pub(crate) struct WorkerShared {
+    pub(crate) index: usize,
+    /// Stealable work: `spawn` from this worker, `spawn` / `spawn_balanced` from outside.
+    pub(crate) injector: Injector<Job>,
+    /// Pinned work that did not come over the mesh (from outside, or overflow): never
+    /// stolen.
+    pub(crate) inbox: Injector<Job>,
+    /// Waker operations from other threads on this worker's tasks (FIFO).
+    remote: Injector<RemoteOp>,
+    pub(crate) park: ParkState,
+    /// Written to wake the worker from its ring.
+    pub(crate) eventfd: OwnedFd,
+    /// Jobs ever handed to this worker (by any thread).
+    submitted: CachePadded<AtomicU64>,
+    /// Jobs of this worker ever run or stolen away.
+    taken: CachePadded<AtomicU64>,
+    /// Length of the local run queue, as last published by the worker.
+    local_queued: AtomicU64,
+    pub(crate) counters: WorkerCounters,
+    /// Set when the worker thread has left its loop; from then on remote operations are
+    /// applied by whoever sends them, under `orphan_lock`.
+    orphaned: AtomicBool,
+    orphan_lock: Mutex<()>,
+    /// Task allocations that still name this worker as owner. Touched only by the
+    /// owner thread, or under `orphan_lock` once orphaned.
+    task_memory: UnsafeCell<usize>,
+    /// `Arc::into_raw` of the registry while orphaned tasks keep it alive.
+    keep_alive: AtomicPtr<ExecutorRegistry>,
+}
+
+// SAFETY: `task_memory` is the only non-Sync field; see its comment for its discipline.
+unsafe impl Sync for WorkerShared {}
+
+impl WorkerShared {
+    fn new(index: usize, eventfd: OwnedFd) -> Self {
+        WorkerShared {
+            index,
+            injector: Injector::new(),
+            inbox: Injector::new(),
+            remote: Injector::new(),
+            park: ParkState::new(),
+            eventfd,
+            submitted: CachePadded::new(AtomicU64::new(0)),
+            taken: CachePadded::new(AtomicU64::new(0)),
+            local_queued: AtomicU64::new(0),
+            counters: WorkerCounters::default(),
+            orphaned: AtomicBool::new(false),
+            orphan_lock: Mutex::new(()),
+            task_memory: UnsafeCell::new(0),
+            keep_alive: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// Wakes the worker if it sleeps; returns whether a system call was made.
+    pub(crate) fn notify(&self) -> bool {
+        if self.park.notify() {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a valid u64 to our own eventfd.
+            let _ = unsafe {
+                libc::write(
+                    self.eventfd.as_raw_fd(),
+                    &one as *const u64 as *const c_void,
+                    8,
+                )
+            };
+            self.counters.wakeups_sent.fetch_add(1, Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    // --- load accounting -----------------------------------------------------------------
+
+    /// Counts a job about to be handed to this worker. SeqCst pairs with the shutdown
+    /// check: see `ExecutorRegistry::admit`.
+    pub(crate) fn count_submitted(&self, n: u64) {
+        self.submitted.fetch_add(n, SeqCst);
+    }
+
+    /// Takes back a count whose job was refused before it was queued.
+    pub(crate) fn uncount_submitted(&self, n: u64) {
+        self.submitted.fetch_sub(n, SeqCst);
+    }
+
+    /// Counts jobs of this worker that ran (or were stolen away).
+    pub(crate) fn count_taken(&self, n: u64) {
+        if n > 0 {
+            self.taken.fetch_add(n, SeqCst);
+        }
+    }
+
+    /// Publishes the local run queue length.
+    pub(crate) fn publish_local_queued(&self, n: usize) {
+        self.local_queued.store(n as u64, Relaxed);
+    }
+
+    /// Jobs handed to this worker that have not finished yet, plus its local run queue.
+    /// Never wraps: `taken` is read first and every taken job was submitted before.
+    pub fn load(&self) -> u64 {
+        let taken = self.taken.load(SeqCst);
+        let submitted = self.submitted.load(SeqCst);
+        submitted.saturating_sub(taken) + self.local_queued.load(Relaxed)
+    }
+
+    /// Whether every job handed to this worker has run.
+    pub(crate) fn all_jobs_taken(&self) -> bool {
+        let taken = self.taken.load(SeqCst);
+        self.submitted.load(SeqCst) == taken
+    }
+
+    // --- remote waker operations ---------------------------------------------------------
+
+    /// Sends a waker operation from a foreign thread to this worker.
+    pub(crate) fn post_remote(&self, op: RemoteOp) {
+        self.remote.push(op);
+        std::sync::atomic::fence(SeqCst);
+        if self.orphaned.load(SeqCst) {
+            // The worker is gone (or leaving): apply what is queued ourselves.
+            self.drain_orphaned();
+        } else {
+            self.notify();
+        }
+    }
+
+    /// Whether remote operations wait.
+    pub(crate) fn has_remote(&self) -> bool {
+        !self.remote.is_empty()
+    }
+
+    /// Owner thread: applies queued remote operations; returns how many.
+    pub(crate) fn drain_remote(&self, cx: &super::super::context::RuntimeContext) -> usize {
+        let mut n = 0;
+        while let Some(op) = self.remote.steal().success() {
+            TaskRef::apply_remote(op, Some(cx));
+            n += 1;
+        }
+        n
+    }
+
+    /// Owner thread: a task allocation naming this worker was made.
+    pub(crate) fn task_memory_acquired(&self) {
+        // SAFETY: owner thread (see `task_memory`).
+        unsafe { *self.task_memory.get() += 1 };
+    }
+
+    /// Owner thread, or under `orphan_lock`: a task allocation was let go.
+    pub(crate) fn task_memory_released(&self) {
+        // SAFETY: owner thread or orphan lock held (see `task_memory`).
+        unsafe { *self.task_memory.get() -= 1 };
+    }
+
+    /// Owner thread, leaving its loop: from now on remote operations are applied by
+    /// their senders. If tasks are still allocated (foreign wakers hold them), the
+    /// registry is kept alive until the last of them is released.
+    pub(crate) fn orphan(&self, registry: &Arc<ExecutorRegistry>) {
+        let _guard = self.orphan_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.orphaned.store(true, SeqCst);
+        while let Some(op) = self.remote.steal().success() {
+            TaskRef::apply_remote(op, None);
+        }
+        // SAFETY: orphan lock held.
+        if unsafe { *self.task_memory.get() } > 0 {
+            let raw = Arc::into_raw(registry.clone()) as *mut ExecutorRegistry;
+            self.keep_alive.store(raw, SeqCst);
+        }
+    }
+
+    fn drain_orphaned(&self) {
+        let release = {
+            let _guard = self.orphan_lock.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(op) = self.remote.steal().success() {
+                TaskRef::apply_remote(op, None);
+            }
+            // SAFETY: orphan lock held.
+            if unsafe { *self.task_memory.get() } == 0 {
+                self.keep_alive.swap(std::ptr::null_mut(), SeqCst)
+            } else {
+                std::ptr::null_mut()
+            }
+        };
+        if !release.is_null() {
+            // SAFETY: made by Arc::into_raw in `orphan`, taken out exactly once by the
+            // swap above. `self` is not used after this point.
+            drop(unsafe { Arc::from_raw(release) });
+        }
+    }
+}
+
+/// All workers' shared state, the mesh and the runtime-wide flags. Every worker, every
+/// `Handle` and every `JoinHandle` holds it through an `Arc`.
+pub(crate) struct ExecutorRegistry {
+    pub(crate) workers: Box<[CachePadded<WorkerShared>]>,
+    pub(crate) mesh: MeshMatrix<Job>,
+    pub(crate) config: Config,
+    /// Set when shutdown starts: new submissions are refused.
+    pub(crate) closed: AtomicBool,
+    /// Set when the shutdown limit passed (or on drop): unfinished futures are dropped.
+    pub(crate) cancel: AtomicBool,
+    /// Workers that have left their loop, and the condition shutdown waits on.
+    pub(crate) exited: Mutex<usize>,
+    pub(crate) exited_cv: Condvar,
+    /// An opaque pointer the C layer attaches (its `veloq_runtime *`).
+    pub(crate) host_data: AtomicPtr<c_void>,
+    /// Round-robin cursor for `spawn` from outside threads.
+    outside_cursor: AtomicUsize,
+}
+
+impl ExecutorRegistry {
+    pub(crate) fn new(
+        eventfds: Vec<OwnedFd>,
+        mesh_capacity: usize,
+        config: Config,
+    ) -> ExecutorRegistry {
+        let n = eventfds.len();
+        ExecutorRegistry {
+            workers: eventfds
+                .into_iter()
+                .enumerate()
+                .map(|(i, fd)| CachePadded::new(WorkerShared::new(i, fd)))
+                .collect(),
+            mesh: MeshMatrix::new(n, mesh_capacity),
+            config,
+            closed: AtomicBool::new(false),
+            cancel: AtomicBool::new(false),
+            exited: Mutex::new(0),
+            exited_cv: Condvar::new(),
+            host_data: AtomicPtr::new(std::ptr::null_mut()),
+            outside_cursor: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn worker(&self, i: usize) -> &WorkerShared {
+        &self.workers[i]
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Counts a submission to `target` unless shutdown has started. The count is made
+    /// before `closed` is read, and shutdown sets `closed` before workers compare their
+    /// counts (all SeqCst): a submission is either refused here or waited for by its
+    /// worker, never lost.
+    pub(crate) fn admit(&self, target: &WorkerShared) -> bool {
+        target.count_submitted(1);
+        if self.closed.load(SeqCst) {
+            target.uncount_submitted(1);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// The next worker for a `spawn` from outside.
+    pub(crate) fn next_outside(&self) -> usize {
+        self.outside_cursor.fetch_add(1, Relaxed) % self.len()
+    }
+
+    /// Power of two choices: the less loaded of two workers drawn at random.
+    pub(crate) fn p2c(&self, rng: &Cell<u64>) -> usize {
+        let n = self.len();
+        if n == 1 {
+            return 0;
+        }
+        let a = (next_random(rng) % n as u64) as usize;
+        let mut b = (next_random(rng) % (n as u64 - 1)) as usize;
+        if b >= a {
+            b += 1;
+        }
+        if self.workers[b].load() < self.workers[a].load() {
+            b
+        } else {
+            a
+        }
+    }
+}
+
+/// xorshift64*: the per-thread generator for P2C and victim selection.
+pub(crate) fn next_random(state: &Cell<u64>) -> u64 {
+    let mut x = state.get();
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    state.set(x);
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// A seed that differs between threads and calls.
+pub(crate) fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(&h as *const _ as usize);
+    h.finish() | 1
+}

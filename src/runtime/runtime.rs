@@ -1,0 +1,800 @@
+//! `Runtime`, its builder, and `Handle`, the `Send` door into it from any thread.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::pin::pin;
+use std::sync::atomic::Ordering::{Release, SeqCst};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use super::context::{self, RuntimeContext};
+use super::executor::spawner::{Config, ExecutorRegistry};
+use super::job::{Job, RawTask};
+use super::join::JoinHandle;
+use super::mesh::MeshMatrix;
+use super::task::TaskRef;
+use crate::io::driver::Driver;
+
+/// Where a spawned task or callback should run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// On a worker: its own injector (stealable). Elsewhere: some worker's injector.
+    Any,
+    /// The less loaded of two workers drawn at random (P2C); over the mesh from a
+    /// worker, through the chosen worker's injector from elsewhere. Stealable.
+    Balanced,
+    /// Exactly this worker; never stolen.
+    Worker(usize),
+}
+
+/// Why a spawn was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnErrorKind {
+    /// The runtime is shutting down (or shut down).
+    Shutdown,
+    /// `Placement::Worker` named a worker the runtime does not have.
+    InvalidWorker,
+    /// Called off a worker thread with no runtime to spawn on.
+    NoRuntime,
+}
+
+/// A refused spawn; gives back what was to be spawned.
+pub struct SpawnError<T> {
+    kind: SpawnErrorKind,
+    value: T,
+}
+
+impl<T> SpawnError<T> {
+    pub(crate) fn new(kind: SpawnErrorKind, value: T) -> Self {
+        SpawnError { kind, value }
+    }
+
+    /// Why it was refused.
+    pub fn kind(&self) -> SpawnErrorKind {
+        self.kind
+    }
+
+    /// The future or callback that was not spawned.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+impl<T> fmt::Debug for SpawnError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpawnError")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl<T> fmt::Display for SpawnError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            SpawnErrorKind::Shutdown => "spawn refused: the runtime is shutting down",
+            SpawnErrorKind::InvalidWorker => "spawn refused: no such worker",
+            SpawnErrorKind::NoRuntime => "spawn refused: not on a runtime",
+        })
+    }
+}
+
+impl<T> std::error::Error for SpawnError<T> {}
+
+/// Why `shutdown` did not finish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownError {
+    /// The limit passed first. Unfinished futures are now being cancelled; call
+    /// `shutdown` again to wait for the workers to exit.
+    TimedOut,
+    /// Called from one of the runtime's own workers, where waiting would deadlock.
+    FromWorker,
+}
+
+impl fmt::Display for ShutdownError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ShutdownError::TimedOut => "shutdown timed out; unfinished tasks are being cancelled",
+            ShutdownError::FromWorker => "shutdown called from a worker of the same runtime",
+        })
+    }
+}
+
+impl std::error::Error for ShutdownError {}
+
+/// An OS-level error with its errno kept (inside an `io::Error`) and a readable reason.
+#[derive(Debug)]
+pub struct OsError {
+    errno: i32,
+    message: String,
+}
+
+impl OsError {
+    pub(crate) fn new(errno: i32, message: String) -> Self {
+        OsError { errno, message }
+    }
+
+    /// The errno of any `io::Error` libveloq returns (EIO when it has none).
+    pub fn errno_of(e: &io::Error) -> i32 {
+        e.raw_os_error()
+            .or_else(|| e.get_ref()?.downcast_ref::<OsError>().map(|o| o.errno))
+            .unwrap_or(match e.kind() {
+                io::ErrorKind::InvalidInput => libc::EINVAL,
+                io::ErrorKind::OutOfMemory => libc::ENOMEM,
+                _ => libc::EIO,
+            })
+    }
+}
+
+impl fmt::Display for OsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for OsError {}
+
+impl From<OsError> for io::Error {
+    fn from(e: OsError) -> io::Error {
+        io::Error::new(io::Error::from_raw_os_error(e.errno).kind(), e)
+    }
+}
+
+/// Configures and starts a [`Runtime`].
+#[derive(Clone, Debug)]
+pub struct RuntimeBuilder {
+    workers: usize,
+    pin_workers: bool,
+    mesh_capacity: usize,
+    budget: usize,
+    ring_entries: u32,
+    spin_before_park: Duration,
+    invalid: Option<&'static str>,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        RuntimeBuilder {
+            workers: 0,
+            pin_workers: false,
+            mesh_capacity: Self::DEFAULT_MESH_CAPACITY,
+            budget: Self::DEFAULT_BUDGET,
+            ring_entries: Self::DEFAULT_RING_ENTRIES,
+            spin_before_park: Self::DEFAULT_SPIN,
+            invalid: None,
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// Most workers a runtime may have.
+    pub const MAX_WORKERS: usize = 1024;
+    /// Slots per mesh channel unless set.
+    pub const DEFAULT_MESH_CAPACITY: usize = 256;
+    /// Largest mesh channel.
+    pub const MAX_MESH_CAPACITY: usize = 1 << 16;
+    /// Tasks per source per loop turn unless set.
+    pub const DEFAULT_BUDGET: usize = 64;
+    /// Largest budget.
+    pub const MAX_BUDGET: usize = 1 << 16;
+    /// io_uring submission queue entries unless set.
+    pub const DEFAULT_RING_ENTRIES: u32 = 256;
+    /// Largest ring the kernel accepts.
+    pub const MAX_RING_ENTRIES: u32 = 32768;
+    /// How long an idle worker polls before it parks, unless set.
+    pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+    /// A builder with the defaults: one worker per online CPU, not pinned.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of workers; 0 means one per online CPU. Checked by [`Self::set_workers`].
+    pub fn workers(mut self, n: usize) -> Self {
+        let r = self.set_workers(n);
+        self.record(r);
+        self
+    }
+
+    /// Pins worker i to core i (modulo the cores there are).
+    pub fn pin_workers(mut self, pin: bool) -> Self {
+        self.pin_workers = pin;
+        self
+    }
+
+    /// Slots per mesh channel (1..=MAX_MESH_CAPACITY; rounded up to a power of two).
+    pub fn mesh_capacity(mut self, slots: usize) -> Self {
+        let r = self.set_mesh_capacity(slots);
+        self.record(r);
+        self
+    }
+
+    /// Jobs each source may run per loop turn (1..=MAX_BUDGET).
+    pub fn budget(mut self, tasks: usize) -> Self {
+        let r = self.set_budget(tasks);
+        self.record(r);
+        self
+    }
+
+    /// io_uring submission queue size (1..=MAX_RING_ENTRIES).
+    pub fn ring_entries(mut self, entries: u32) -> Self {
+        let r = self.set_ring_entries(entries);
+        self.record(r);
+        self
+    }
+
+    /// How long an idle worker keeps polling its queues before it parks. Longer costs
+    /// idle CPU and saves the 50–60 µs a parked worker takes to wake.
+    pub fn spin_before_park(mut self, spin: Duration) -> Self {
+        self.spin_before_park = spin;
+        self
+    }
+
+    /// Checked setter: `n <= MAX_WORKERS` (0 = one per CPU).
+    pub fn set_workers(&mut self, n: usize) -> Result<(), &'static str> {
+        if n > Self::MAX_WORKERS {
+            return Err("workers: more than MAX_WORKERS");
+        }
+        self.workers = n;
+        Ok(())
+    }
+
+    /// Checked setter: `1..=MAX_MESH_CAPACITY`.
+    pub fn set_mesh_capacity(&mut self, slots: usize) -> Result<(), &'static str> {
+        if !(1..=Self::MAX_MESH_CAPACITY).contains(&slots) {
+            return Err("mesh_capacity: out of 1..=MAX_MESH_CAPACITY");
+        }
+        self.mesh_capacity = slots;
+        Ok(())
+    }
+
+    /// Checked setter: `1..=MAX_BUDGET`.
+    pub fn set_budget(&mut self, tasks: usize) -> Result<(), &'static str> {
+        if !(1..=Self::MAX_BUDGET).contains(&tasks) {
+            return Err("budget: out of 1..=MAX_BUDGET");
+        }
+        self.budget = tasks;
+        Ok(())
+    }
+
+    /// Checked setter: `1..=MAX_RING_ENTRIES`.
+    pub fn set_ring_entries(&mut self, entries: u32) -> Result<(), &'static str> {
+        if !(1..=Self::MAX_RING_ENTRIES).contains(&entries) {
+            return Err("ring_entries: out of 1..=MAX_RING_ENTRIES");
+        }
+        self.ring_entries = entries;
+        Ok(())
+    }
+
+    fn record(&mut self, r: Result<(), &'static str>) {
+        if let Err(e) = r {
+            self.invalid.get_or_insert(e);
+        }
+    }
+
+    /// Starts the workers. Fails with `InvalidInput` for a bad setting and with the
+    /// kernel's errno (and reason) when a worker's ring or eventfd cannot be made; then
+    /// nothing is left running.
+    pub fn build(self) -> io::Result<Runtime> {
+        if let Some(why) = self.invalid {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        }
+        let workers = if self.workers == 0 {
+            thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        };
+        let eventfds = (0..workers)
+            .map(|_| {
+                // SAFETY: plain syscall; the result is checked.
+                let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+                if fd < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    // SAFETY: a fresh fd we own.
+                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                }
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let config = Config {
+            budget: self.budget,
+            spin_before_park: self.spin_before_park,
+            ring_entries: self.ring_entries,
+        };
+        let registry = Arc::new(ExecutorRegistry::new(eventfds, self.mesh_capacity, config));
+        let cores = if self.pin_workers {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(workers);
+        let mut failure = None;
+        for index in 0..workers {
+            let registry = registry.clone();
+            let ready = ready_tx.clone();
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let spawned = thread::Builder::new()
+                .name(format!("veloq-w{index}"))
+                .spawn(move || worker_main(registry, index, core, ready));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(ready_tx);
+        for _ in 0..threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {
+                    failure.get_or_insert_with(|| io::Error::other("worker died at start"));
+                }
+            }
+        }
+        let runtime = Runtime {
+            handle: Handle { registry },
+            threads: Mutex::new(threads),
+        };
+        match failure {
+            None => Ok(runtime),
+            Some(e) => {
+                drop(runtime); // stops and joins the workers that did start
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The body of worker thread `index`.
+fn worker_main(
+    registry: Arc<ExecutorRegistry>,
+    index: usize,
+    core: Option<core_affinity::CoreId>,
+    ready: mpsc::Sender<io::Result<()>>,
+) {
+    if let Some(core) = core {
+        core_affinity::set_for_current(core);
+    }
+    use std::os::fd::AsRawFd;
+    let eventfd = registry.worker(index).eventfd.as_raw_fd();
+    let driver = match Driver::new(registry.config.ring_entries, eventfd) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            mark_exited(&registry);
+            return;
+        }
+    };
+    let cx = RuntimeContext::new(registry.clone(), index, driver);
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    context::enter(&cx, || cx.run_loop());
+    registry.worker(index).orphan(&registry);
+    drop(cx);
+    mark_exited(&registry);
+}
+
+fn mark_exited(registry: &ExecutorRegistry) {
+    let mut exited = registry.exited.lock().unwrap_or_else(|e| e.into_inner());
+    *exited += 1;
+    registry.exited_cv.notify_all();
+}
+
+/// Per-worker counters, read with [`Runtime::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Jobs run from the local run queue.
+    pub tasks_local: u64,
+    /// Jobs run that arrived over the mesh.
+    pub tasks_mesh: u64,
+    /// Jobs run from the pinned inbox.
+    pub tasks_inbox: u64,
+    /// Jobs run from the own injector.
+    pub tasks_injector: u64,
+    /// Jobs stolen from other workers' injectors.
+    pub tasks_stolen: u64,
+    /// Successful steal operations (each takes a batch).
+    pub steals: u64,
+    /// Times the worker went to sleep.
+    pub parks: u64,
+    /// Wake-up system calls made for this worker.
+    pub wakeups: u64,
+    /// Current load (queued + running jobs) as P2C sees it.
+    pub load: u64,
+}
+
+/// A `Send + Sync + Clone` handle for spawning onto a runtime from any thread.
+#[derive(Clone)]
+pub struct Handle {
+    registry: Arc<ExecutorRegistry>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("workers", &self.workers())
+            .finish()
+    }
+}
+
+impl Handle {
+    pub(crate) fn from_registry(registry: Arc<ExecutorRegistry>) -> Self {
+        Handle { registry }
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Spawns a `Send` future (see [`Placement::Any`]).
+    pub fn spawn<F>(&self, future: F) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_placed(Placement::Any, future)
+    }
+
+    /// Spawns a `Send` future on the less loaded of two workers (P2C).
+    pub fn spawn_balanced<F>(&self, future: F) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_placed(Placement::Balanced, future)
+    }
+
+    /// Spawns a `Send` future on worker `worker`; it never moves.
+    pub fn spawn_to<F>(
+        &self,
+        worker: usize,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_placed(Placement::Worker(worker), future)
+    }
+
+    /// Spawns with an explicit placement. On one of this runtime's workers it takes the
+    /// worker's path (mesh, own injector); elsewhere it goes through injectors and inboxes.
+    pub fn spawn_placed<F>(
+        &self,
+        placement: Placement,
+        future: F,
+    ) -> Result<JoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_task(placement, future, TaskRef::new_shared)
+    }
+
+    /// Runs `make` on worker `worker` and spawns the (possibly `!Send`) future it returns
+    /// there as a local task: the way to start work that uses `spawn_local` and
+    /// `LocalJoinHandle` from outside the runtime. The handle is `Send`.
+    pub fn spawn_local_to<M, F>(
+        &self,
+        worker: usize,
+        make: M,
+    ) -> Result<JoinHandle<F::Output>, SpawnError<M>>
+    where
+        M: FnOnce() -> F + Send + 'static,
+        F: Future + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_task(Placement::Worker(worker), make, TaskRef::new_shared_lazy)
+    }
+
+    fn spawn_task<V, T>(
+        &self,
+        placement: Placement,
+        value: V,
+        alloc: impl FnOnce(V) -> TaskRef,
+    ) -> Result<JoinHandle<T>, SpawnError<V>> {
+        let mut value = Some(value);
+        let mut alloc = Some(alloc);
+        if let Some(result) = self.on_own_worker(|cx| {
+            cx.spawn_task(
+                placement,
+                value.take().expect("taken once"),
+                alloc.take().expect("taken once"),
+            )
+        }) {
+            return result;
+        }
+        let alloc = alloc.take().expect("not taken off a worker");
+        let mut handle = None;
+        let submitted = self.submit_outside(placement, || {
+            let task = alloc(value.take().expect("made once"));
+            handle = Some(JoinHandle::new(task, self.registry.clone()));
+            Job::Task(task)
+        });
+        match submitted {
+            Ok(()) => Ok(handle.expect("made on success")),
+            Err(kind) => Err(SpawnError::new(
+                kind,
+                value.take().expect("kept on refusal"),
+            )),
+        }
+    }
+
+    /// Queues a callback job. From a worker of this runtime it takes the worker's path.
+    ///
+    /// # Safety
+    /// `task.func` may be called with `task.arg` on a worker thread, and `task.cq`, when
+    /// not null, stays alive until its completion is posted (the reservation taken
+    /// here keeps a C `veloq_cq_free` from freeing it).
+    pub unsafe fn spawn_raw(
+        &self,
+        placement: Placement,
+        task: RawTask,
+    ) -> Result<(), SpawnError<RawTask>> {
+        // SAFETY: forwarded promise.
+        if let Some(result) = self.on_own_worker(|cx| unsafe { cx.spawn_raw(placement, task) }) {
+            return result;
+        }
+        task.reserve_completion();
+        self.submit_outside(placement, || Job::Raw(task))
+            .map_err(|kind| {
+                task.release_completion();
+                SpawnError::new(kind, task)
+            })
+    }
+
+    /// Runs `f` with the current worker's context if this thread is one of ours.
+    fn on_own_worker<R>(&self, f: impl FnOnce(&RuntimeContext) -> R) -> Option<R> {
+        context::with_current(|cx| {
+            cx.filter(|cx| Arc::ptr_eq(&cx.registry, &self.registry))
+                .map(f)
+        })
+    }
+
+    /// Places a job from a thread that is not one of our workers.
+    fn submit_outside(
+        &self,
+        placement: Placement,
+        make: impl FnOnce() -> Job,
+    ) -> Result<(), SpawnErrorKind> {
+        let registry = &*self.registry;
+        let (target, pinned) = match placement {
+            Placement::Any => (registry.next_outside(), false),
+            Placement::Balanced => (OUTSIDE_RNG.with(|rng| registry.p2c(rng)), false),
+            Placement::Worker(w) if w < registry.len() => (w, true),
+            Placement::Worker(_) => return Err(SpawnErrorKind::InvalidWorker),
+        };
+        let worker = registry.worker(target);
+        if !registry.admit(worker) {
+            return Err(SpawnErrorKind::Shutdown);
+        }
+        let job = make();
+        if pinned {
+            worker.inbox.push(job);
+        } else {
+            worker.injector.push(job);
+        }
+        worker.notify();
+        Ok(())
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.registry.closed.load(SeqCst)
+    }
+}
+
+thread_local! {
+    static OUTSIDE_RNG: Cell<u64> = Cell::new(super::executor::spawner::random_seed());
+    static ENTERED: RefCell<Option<Handle>> = const { RefCell::new(None) };
+}
+
+/// The runtime `block_on` is running on this thread, if any.
+pub(crate) fn entered_handle() -> Option<Handle> {
+    ENTERED.with(|e| e.borrow().clone())
+}
+
+/// A thread-per-core runtime: owns the worker threads. Dropping it cancels unfinished
+/// futures, runs every accepted callback, and joins the workers.
+pub struct Runtime {
+    handle: Handle,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("workers", &self.workers())
+            .finish()
+    }
+}
+
+impl std::ops::Deref for Runtime {
+    type Target = Handle;
+    fn deref(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+impl Runtime {
+    /// A runtime with the defaults (one worker per online CPU).
+    pub fn new() -> io::Result<Runtime> {
+        RuntimeBuilder::new().build()
+    }
+
+    /// A builder.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::new()
+    }
+
+    /// A `Send + Sync + Clone` handle for spawning from other threads.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Runs `future` to completion on the calling thread (not a worker). Inside it, the
+    /// free `veloq::spawn*` functions spawn onto this runtime.
+    ///
+    /// # Panics
+    /// When called on one of the runtime's workers (it would block that worker).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        assert!(
+            context::worker_index().is_none(),
+            "Runtime::block_on called on a worker thread; spawn the future instead"
+        );
+        struct Restore(Option<Handle>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                ENTERED.with(|e| *e.borrow_mut() = self.0.take());
+            }
+        }
+        let _restore = Restore(ENTERED.with(|e| e.borrow_mut().replace(self.handle.clone())));
+        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = pin!(future);
+        loop {
+            if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                return out;
+            }
+            thread::park();
+        }
+    }
+
+    /// Stops the runtime. From the call on, every new spawn is refused; tasks and
+    /// callbacks accepted before it keep running. Returns `Ok` once every worker has
+    /// drained and exited (threads joined). When `timeout` passes first it returns
+    /// `Err(TimedOut)` and cancels the unfinished futures (dropped on their own workers,
+    /// their handles resolve to `Cancelled`; callbacks still run); call again to wait
+    /// for the exit. `None` waits without limit. Callable from any thread but the
+    /// runtime's own workers (`Err(FromWorker)`).
+    pub fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
+        if context::with_current(|cx| {
+            cx.is_some_and(|cx| Arc::ptr_eq(&cx.registry, &self.handle.registry))
+        }) {
+            return Err(ShutdownError::FromWorker);
+        }
+        let registry = &*self.handle.registry;
+        registry.closed.store(true, SeqCst);
+        self.notify_all();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut exited = registry.exited.lock().unwrap_or_else(|e| e.into_inner());
+        while *exited < registry.len() {
+            match deadline {
+                None => {
+                    exited = registry
+                        .exited_cv
+                        .wait(exited)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        drop(exited);
+                        registry.cancel.store(true, SeqCst);
+                        self.notify_all();
+                        return Err(ShutdownError::TimedOut);
+                    }
+                    exited = registry
+                        .exited_cv
+                        .wait_timeout(exited, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        drop(exited);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+
+    fn notify_all(&self) {
+        for w in self.handle.registry.workers.iter() {
+            w.notify();
+        }
+    }
+
+    /// Attaches an opaque pointer that workers can read back
+    /// ([`RuntimeContext::host_data`]); the C layer stores its `veloq_runtime *` here.
+    pub fn set_host_data(&self, data: *mut c_void) {
+        self.handle.registry.host_data.store(data, Release);
+    }
+
+    /// Counters of every worker.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.handle
+            .registry
+            .workers
+            .iter()
+            .map(|w| {
+                let c = &w.counters;
+                WorkerStats {
+                    tasks_local: c.tasks_local.load(Relaxed),
+                    tasks_mesh: c.tasks_mesh.load(Relaxed),
+                    tasks_inbox: c.tasks_inbox.load(Relaxed),
+                    tasks_injector: c.tasks_injector.load(Relaxed),
+                    tasks_stolen: c.tasks_stolen.load(Relaxed),
+                    steals: c.steals.load(Relaxed),
+                    parks: c.parks.load(Relaxed),
+                    wakeups: c.wakeups_sent.load(Relaxed),
+                    load: w.load(),
+                }
+            })
+            .collect()
+    }
+
+    /// Bytes the mesh takes now (channels are made on first use).
+    pub fn mesh_memory(&self) -> usize {
+        self.handle.registry.mesh.footprint()
+    }
+
+    /// Bytes the mesh of a runtime with `workers` workers and `capacity` slots per
+    /// channel takes when every channel is in use.
+    pub fn mesh_memory_bytes(workers: usize, capacity: usize) -> usize {
+        MeshMatrix::<Job>::full_footprint(workers, capacity)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if context::with_current(|cx| {
+            cx.is_some_and(|cx| Arc::ptr_eq(&cx.registry, &self.handle.registry))
+        }) {
+            // Dropped on its own worker: cannot wait for ourselves. Stop what can be
+            // stopped; the threads exit on their own.
+            self.handle.registry.closed.store(true, SeqCst);
+            self.handle.registry.cancel.store(true, SeqCst);
+            self.notify_all();
+            return;
+        }
+        self.handle.registry.closed.store(true, SeqCst);
+        self.handle.registry.cancel.store(true, SeqCst);
+        let _ = self.shutdown(None);
+    }
+}
