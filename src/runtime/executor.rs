@@ -52,7 +52,7 @@ impl RuntimeContext {
             ran += self.run_inbox(budget);
             ran += self.run_injector(budget);
             self.end_turn();
-            if ran > 0 {
+            if ran > 0 || self.steal(budget) {
                 continue;
             }
             if self.registry.closed.load(SeqCst) {
@@ -64,9 +64,6 @@ impl RuntimeContext {
                 if self.can_exit() {
                     return;
                 }
-            }
-            if self.steal(budget) {
-                continue;
             }
             self.idle(cancelled);
         }
