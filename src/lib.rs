@@ -19,6 +19,7 @@
 
 mod sync;
 
+pub mod ffi;
 pub(crate) mod io;
 pub mod runtime;
 

@@ -1,26 +1,29 @@
 //! One place that picks the synchronisation primitives: `std` normally, `loom` under
-//! `--cfg loom`, so the lock-free state machines are model-checked with the same code
-//! that ships.
+//! `--cfg veloq_loom`, so the lock-free state machines are model-checked with the same
+//! code that ships. (Not plain `--cfg loom`: the benchmark peers among the
+//! dev-dependencies, Tokio and concurrent-queue, read `cfg(loom)` as their own and stop
+//! building under it.)
+#![allow(unused_imports, dead_code)]
 
-#[cfg(loom)]
+#[cfg(veloq_loom)]
 pub(crate) use loom::{
     cell::UnsafeCell,
     sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize},
     sync::{Arc, Mutex},
 };
 
-#[cfg(not(loom))]
+#[cfg(not(veloq_loom))]
 pub(crate) use std::sync::{
     atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize},
     Arc, Mutex,
 };
 
 /// `UnsafeCell` with loom's closure-based access API, so code reads the same under both.
-#[cfg(not(loom))]
+#[cfg(not(veloq_loom))]
 #[derive(Debug, Default)]
 pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
-#[cfg(not(loom))]
+#[cfg(not(veloq_loom))]
 impl<T> UnsafeCell<T> {
     pub(crate) const fn new(value: T) -> Self {
         Self(std::cell::UnsafeCell::new(value))
@@ -42,8 +45,8 @@ impl<T> UnsafeCell<T> {
 /// Spin-loop hint that loom understands as a yield point.
 #[inline(always)]
 pub(crate) fn spin_hint() {
-    #[cfg(loom)]
+    #[cfg(veloq_loom)]
     loom::thread::yield_now();
-    #[cfg(not(loom))]
+    #[cfg(not(veloq_loom))]
     std::hint::spin_loop();
 }

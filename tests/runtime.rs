@@ -1,4 +1,6 @@
 //! The runtime core's promises, one test each (issue: runtime core).
+// Cloning a waker only to wake it is what some tests exercise on purpose.
+#![allow(clippy::waker_clone_wake)]
 
 use std::ffi::c_void;
 use std::future::Future;
@@ -9,10 +11,15 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use veloq::{JoinError, Placement, RawTask, Runtime, RuntimeContext, ShutdownError, SpawnErrorKind};
+use veloq::{
+    JoinError, Placement, RawTask, Runtime, RuntimeContext, ShutdownError, SpawnErrorKind,
+};
 
 fn runtime(workers: usize) -> Runtime {
-    Runtime::builder().workers(workers).build().expect("runtime")
+    Runtime::builder()
+        .workers(workers)
+        .build()
+        .expect("runtime")
 }
 
 /// Records that task `id` ran; a second run is caught by `assert_each_ran_once`.
@@ -34,7 +41,10 @@ impl Ledger {
             .map(|(i, c)| (i, c.load(SeqCst)))
             .take(10)
             .collect();
-        assert!(bad.is_empty(), "tasks not run exactly once (id, runs): {bad:?}");
+        assert!(
+            bad.is_empty(),
+            "tasks not run exactly once (id, runs): {bad:?}"
+        );
     }
 }
 
@@ -115,7 +125,8 @@ fn a_million_tasks_through_every_spawn_kind_each_run_exactly_once() {
                         1 => drop(handle.spawn_balanced(job).unwrap()),
                         2 => drop(handle.spawn_to(k % 2, job).unwrap()),
                         // SAFETY: raw_mark takes the boxed argument made by raw_job.
-                        _ => unsafe { handle.spawn_raw(Placement::Balanced, raw_job(&ledger, id)) }.unwrap(),
+                        _ => unsafe { handle.spawn_raw(Placement::Balanced, raw_job(&ledger, id)) }
+                            .unwrap(),
                     }
                 }
             });
@@ -161,7 +172,10 @@ fn p2c_sends_balanced_work_to_the_idle_worker_when_the_other_is_loaded() {
     }
     let (on0, on1) = (ran_on[0].load(SeqCst), ran_on[1].load(SeqCst));
     assert_eq!(on0 + on1, 1000);
-    assert!(on1 >= 900, "P2C should avoid the loaded worker: {on0} on it, {on1} on the idle one");
+    assert!(
+        on1 >= 900,
+        "P2C should avoid the loaded worker: {on0} on it, {on1} on the idle one"
+    );
 }
 
 #[test]
@@ -259,7 +273,10 @@ impl Future for WaitForWakes {
 #[test]
 fn a_local_task_is_woken_from_another_thread() {
     let rt = runtime(1);
-    let slot = Arc::new(WakeSlot { waker: Mutex::new(None), polls: AtomicUsize::new(0) });
+    let slot = Arc::new(WakeSlot {
+        waker: Mutex::new(None),
+        polls: AtomicUsize::new(0),
+    });
     let s = slot.clone();
     let task = rt
         .spawn_local_to(0, move || {
@@ -304,9 +321,14 @@ fn a_local_task_is_woken_from_another_thread() {
 #[test]
 fn wakes_after_the_task_finished_or_the_runtime_is_gone_are_harmless() {
     let rt = runtime(1);
-    let slot = Arc::new(WakeSlot { waker: Mutex::new(None), polls: AtomicUsize::new(0) });
+    let slot = Arc::new(WakeSlot {
+        waker: Mutex::new(None),
+        polls: AtomicUsize::new(0),
+    });
     let s = slot.clone();
-    let task = rt.spawn_local_to(0, move || WaitForWakes { slot: s, wakes: 1 }).unwrap();
+    let task = rt
+        .spawn_local_to(0, move || WaitForWakes { slot: s, wakes: 1 })
+        .unwrap();
     while slot.waker.lock().unwrap().is_none() {
         std::thread::yield_now();
     }
@@ -326,8 +348,15 @@ fn a_task_woken_many_times_while_queued_runs_once_per_wake_cycle() {
     let rt = runtime(1);
     let root = rt
         .spawn_local_to(0, || async {
-            let slot = Arc::new(WakeSlot { waker: Mutex::new(None), polls: AtomicUsize::new(0) });
-            let waiter = veloq::spawn_local(WaitForWakes { slot: slot.clone(), wakes: 1 }).unwrap();
+            let slot = Arc::new(WakeSlot {
+                waker: Mutex::new(None),
+                polls: AtomicUsize::new(0),
+            });
+            let waiter = veloq::spawn_local(WaitForWakes {
+                slot: slot.clone(),
+                wakes: 1,
+            })
+            .unwrap();
             veloq::yield_now().await; // let the waiter park its waker
             let waker = slot.waker.lock().unwrap().clone().unwrap();
             for _ in 0..100 {
@@ -394,7 +423,9 @@ fn abort_cancels_a_task_and_drops_its_future_on_its_worker() {
     let busy = rt.spawn_to(0, hold_worker(&release)).unwrap();
     let ran = Arc::new(AtomicBool::new(false));
     let r = ran.clone();
-    let queued = rt.spawn_to(0, async move { r.store(true, SeqCst) }).unwrap();
+    let queued = rt
+        .spawn_to(0, async move { r.store(true, SeqCst) })
+        .unwrap();
     queued.abort();
     release.store(true, SeqCst);
     rt.block_on(busy).unwrap();
@@ -439,9 +470,16 @@ fn shutdown_runs_accepted_work_and_cancels_what_is_still_pending_at_the_limit() 
             .unwrap()
         })
         .collect();
-    assert_eq!(rt.shutdown(Some(Duration::from_millis(50))), Err(ShutdownError::TimedOut));
+    assert_eq!(
+        rt.shutdown(Some(Duration::from_millis(50))),
+        Err(ShutdownError::TimedOut)
+    );
     assert_eq!(rt.shutdown(None), Ok(()));
-    assert_eq!(finished.load(SeqCst), 1000, "accepted tasks ran before the limit");
+    assert_eq!(
+        finished.load(SeqCst),
+        1000,
+        "accepted tasks ran before the limit"
+    );
     for h in quick {
         rt.block_on(h).unwrap();
     }
@@ -450,7 +488,10 @@ fn shutdown_runs_accepted_work_and_cancels_what_is_still_pending_at_the_limit() 
     }
     let drops = drops.lock().unwrap();
     assert_eq!(drops.len(), 10);
-    assert!(drops.iter().all(|t| t.starts_with("veloq-w")), "dropped on their workers: {drops:?}");
+    assert!(
+        drops.iter().all(|t| t.starts_with("veloq-w")),
+        "dropped on their workers: {drops:?}"
+    );
     // After shutdown every spawn is refused and the future comes back.
     let err = rt.spawn(async { 1 }).unwrap_err();
     assert_eq!(err.kind(), SpawnErrorKind::Shutdown);
@@ -466,8 +507,13 @@ fn shutdown_while_outside_threads_keep_spawning_loses_nothing() {
     let started = Arc::new(Barrier::new(5));
     std::thread::scope(|s| {
         for t in 0..4 {
-            let (h, ran, accepted, refused, started) =
-                (rt.handle(), ran.clone(), accepted.clone(), refused.clone(), started.clone());
+            let (h, ran, accepted, refused, started) = (
+                rt.handle(),
+                ran.clone(),
+                accepted.clone(),
+                refused.clone(),
+                started.clone(),
+            );
             s.spawn(move || {
                 started.wait();
                 loop {
@@ -497,7 +543,11 @@ fn shutdown_while_outside_threads_keep_spawning_loses_nothing() {
     });
     assert_eq!(refused.load(SeqCst), 4);
     assert!(accepted.load(SeqCst) > 0);
-    assert_eq!(ran.load(SeqCst), accepted.load(SeqCst), "every accepted spawn ran exactly once");
+    assert_eq!(
+        ran.load(SeqCst),
+        accepted.load(SeqCst),
+        "every accepted spawn ran exactly once"
+    );
 }
 
 #[test]
@@ -558,7 +608,10 @@ fn neither_a_mesh_flood_nor_busy_local_tasks_starve_the_other() {
     let first = samples[1];
     let last = *samples.last().unwrap();
     assert!(last.0 > first.0, "mesh tasks made no progress: {samples:?}");
-    assert!(last.1 > first.1, "the local task made no progress during the flood: {samples:?}");
+    assert!(
+        last.1 > first.1,
+        "the local task made no progress during the flood: {samples:?}"
+    );
 }
 
 #[test]
@@ -567,15 +620,27 @@ fn sixty_four_workers_of_mesh_cost_at_most_64_mib() {
     assert!(bytes <= 64 << 20, "{bytes} bytes");
     let rt = runtime(4);
     let before = rt.mesh_memory();
-    let root = rt.spawn_local_to(0, || async { veloq::spawn_to(1, async {}).unwrap().await }).unwrap();
+    let root = rt
+        .spawn_local_to(0, || async { veloq::spawn_to(1, async {}).unwrap().await })
+        .unwrap();
     rt.block_on(root).unwrap().unwrap();
-    assert!(rt.mesh_memory() > before, "the 0→1 channel is made on first use");
-    assert!(rt.mesh_memory() < Runtime::mesh_memory_bytes(4, veloq::RuntimeBuilder::DEFAULT_MESH_CAPACITY));
+    assert!(
+        rt.mesh_memory() > before,
+        "the 0→1 channel is made on first use"
+    );
+    assert!(
+        rt.mesh_memory()
+            < Runtime::mesh_memory_bytes(4, veloq::RuntimeBuilder::DEFAULT_MESH_CAPACITY)
+    );
 }
 
 #[test]
 fn a_full_mesh_channel_overflows_without_losing_or_moving_pinned_tasks() {
-    let rt = Runtime::builder().workers(2).mesh_capacity(4).build().unwrap();
+    let rt = Runtime::builder()
+        .workers(2)
+        .mesh_capacity(4)
+        .build()
+        .unwrap();
     let release = Arc::new(AtomicBool::new(false));
     let busy = rt.spawn_to(1, hold_worker(&release)).unwrap();
     let root = rt
@@ -602,16 +667,28 @@ fn bad_builder_settings_are_refused_with_invalid_input() {
         Runtime::builder().ring_entries(0),
         Runtime::builder().ring_entries(1 << 20),
     ] {
-        assert_eq!(b.build().unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+        assert_eq!(
+            b.build().unwrap_err().kind(),
+            std::io::ErrorKind::InvalidInput
+        );
     }
 }
 
 #[test]
 fn spawn_off_a_runtime_and_to_a_missing_worker_are_refused() {
-    assert_eq!(veloq::spawn(async {}).unwrap_err().kind(), SpawnErrorKind::NoRuntime);
-    assert_eq!(veloq::spawn_local(async {}).unwrap_err().kind(), SpawnErrorKind::NoRuntime);
+    assert_eq!(
+        veloq::spawn(async {}).unwrap_err().kind(),
+        SpawnErrorKind::NoRuntime
+    );
+    assert_eq!(
+        veloq::spawn_local(async {}).unwrap_err().kind(),
+        SpawnErrorKind::NoRuntime
+    );
     let rt = runtime(2);
-    assert_eq!(rt.spawn_to(2, async {}).unwrap_err().kind(), SpawnErrorKind::InvalidWorker);
+    assert_eq!(
+        rt.spawn_to(2, async {}).unwrap_err().kind(),
+        SpawnErrorKind::InvalidWorker
+    );
     // Inside block_on the free functions reach the runtime.
     let v = rt.block_on(async { veloq::spawn(async { 5 }).unwrap().await.unwrap() });
     assert_eq!(v, 5);

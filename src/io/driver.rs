@@ -19,7 +19,7 @@ pub(crate) struct Driver {
     wake_buf: Box<u64>,
     wake_armed: bool,
     /// Which set-up flags the kernel accepted.
-    pub(crate) flags: RingFlags,
+    flags: RingFlags,
 }
 
 /// The optional set-up flags, each probed on its own.
@@ -28,6 +28,16 @@ pub(crate) struct RingFlags {
     pub(crate) single_issuer: bool,
     pub(crate) defer_taskrun: bool,
     pub(crate) coop_taskrun: bool,
+}
+
+impl RingFlags {
+    /// As the `WorkerStats::ring_flags` bits.
+    pub(crate) fn bits(self) -> u32 {
+        use crate::runtime::WorkerStats as S;
+        (self.single_issuer as u32 * S::RING_SINGLE_ISSUER)
+            | (self.defer_taskrun as u32 * S::RING_DEFER_TASKRUN)
+            | (self.coop_taskrun as u32 * S::RING_COOP_TASKRUN)
+    }
 }
 
 impl Driver {
@@ -43,6 +53,11 @@ impl Driver {
             wake_armed: false,
             flags,
         })
+    }
+
+    /// Which optional set-up flags the kernel accepted.
+    pub(crate) fn flags(&self) -> RingFlags {
+        self.flags
     }
 
     fn build_ring(entries: u32) -> io::Result<(IoUring, RingFlags)> {
@@ -159,4 +174,56 @@ fn describe(e: io::Error, entries: u32) -> io::Error {
         format!("cannot create an io_uring ring of {entries} entries: {why} ({e})"),
     )
     .into()
+}
+
+#[cfg(all(test, not(veloq_loom)))]
+mod tests {
+    use super::*;
+
+    fn eventfd() -> std::os::fd::OwnedFd {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain syscall, result checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0);
+        // SAFETY: fresh fd we own.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    }
+
+    #[test]
+    fn a_ring_is_made_with_the_flags_the_kernel_accepts() {
+        use std::os::fd::AsRawFd;
+        let efd = eventfd();
+        let driver = Driver::new(8, efd.as_raw_fd()).expect("ring");
+        let flags = driver.flags();
+        // DEFER_TASKRUN is only ever asked for together with SINGLE_ISSUER.
+        assert!(!flags.defer_taskrun || flags.single_issuer, "{flags:?}");
+    }
+
+    #[test]
+    fn an_impossible_ring_fails_with_errno_and_reason() {
+        use std::os::fd::AsRawFd;
+        let efd = eventfd();
+        let err = Driver::new(0, efd.as_raw_fd())
+            .err()
+            .expect("0 entries is refused");
+        assert_eq!(crate::OsError::errno_of(&err), libc::EINVAL);
+        assert!(err.to_string().contains("entries"), "{err}");
+    }
+
+    #[test]
+    fn a_written_eventfd_wakes_a_parked_driver() {
+        use std::os::fd::AsRawFd;
+        let efd = eventfd();
+        let mut driver = Driver::new(8, efd.as_raw_fd()).expect("ring");
+        let fd = efd.as_raw_fd();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let one: u64 = 1;
+            // SAFETY: 8 bytes from a u64 to an eventfd.
+            unsafe { libc::write(fd, &one as *const u64 as *const _, 8) };
+        });
+        driver.park(); // returns only once the eventfd read completed
+        assert!(!driver.wake_armed);
+        waker.join().unwrap();
+    }
 }

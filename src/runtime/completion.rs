@@ -1,4 +1,4 @@
-//! Completion queues (placeholder until the real one lands from its branch).
+//! PLACEHOLDER: replaced by the real completion queue from the `cq` branch before release.
 #![allow(missing_docs, dead_code)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -13,6 +13,18 @@ pub struct CompletionQueue {
     owed: std::sync::atomic::AtomicU64,
 }
 impl CompletionQueue {
+    pub const MAX_CAPACITY: u32 = 1 << 20;
+    pub fn wait(
+        &self,
+        _o: &mut [Cqe],
+        _m: usize,
+        _t: Option<std::time::Duration>,
+    ) -> std::io::Result<usize> {
+        todo!()
+    }
+    pub fn fd(&self) -> i32 {
+        todo!()
+    }
     pub fn new(_c: u32) -> std::io::Result<Self> {
         Ok(Self {
             q: Default::default(),

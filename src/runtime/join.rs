@@ -367,7 +367,7 @@ impl<T> fmt::Debug for LocalJoinHandle<T> {
     }
 }
 
-#[cfg(loom)]
+#[cfg(veloq_loom)]
 mod loom_tests {
     use super::*;
     use loom::sync::Arc;

@@ -108,12 +108,6 @@ impl<T> Channel<T> {
     pub(crate) fn is_empty(&self) -> bool {
         self.head.load(Acquire) == self.tail.load(Acquire)
     }
-
-    /// Values waiting, as seen from any thread.
-    pub(crate) fn len(&self) -> usize {
-        let head = self.head.load(Acquire);
-        self.tail.load(Acquire).wrapping_sub(head)
-    }
 }
 
 impl<T> Drop for Channel<T> {
@@ -183,11 +177,6 @@ impl<T: Send> MeshMatrix<T> {
         // SAFETY: a published channel lives until the matrix is dropped.
         unsafe { chan.as_ref() }
     }
-
-    /// Number of workers.
-    pub(crate) fn workers(&self) -> usize {
-        self.workers
-    }
 }
 
 impl<T> Drop for MeshMatrix<T> {
@@ -202,7 +191,7 @@ impl<T> Drop for MeshMatrix<T> {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(veloq_loom)))]
 mod tests {
     use super::*;
 
@@ -267,7 +256,7 @@ mod tests {
     }
 }
 
-#[cfg(loom)]
+#[cfg(veloq_loom)]
 mod loom_tests {
     use super::*;
     use loom::sync::Arc;

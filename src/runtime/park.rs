@@ -64,7 +64,7 @@ impl ParkState {
     }
 }
 
-#[cfg(loom)]
+#[cfg(veloq_loom)]
 mod loom_tests {
     use super::*;
     use crate::sync::{Arc, AtomicBool, AtomicU32};

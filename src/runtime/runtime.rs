@@ -376,6 +376,10 @@ fn worker_main(
             return;
         }
     };
+    registry.worker(index).counters.ring_flags.store(
+        driver.flags().bits() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let cx = RuntimeContext::new(registry.clone(), index, driver);
     let _ = ready.send(Ok(()));
     drop(ready);
@@ -412,6 +416,17 @@ pub struct WorkerStats {
     pub wakeups: u64,
     /// Current load (queued + running jobs) as P2C sees it.
     pub load: u64,
+    /// Which optional io_uring set-up flags the worker's ring got (`RING_*` bits).
+    pub ring_flags: u32,
+}
+
+impl WorkerStats {
+    /// `ring_flags` bit: IORING_SETUP_SINGLE_ISSUER.
+    pub const RING_SINGLE_ISSUER: u32 = 1 << 0;
+    /// `ring_flags` bit: IORING_SETUP_DEFER_TASKRUN.
+    pub const RING_DEFER_TASKRUN: u32 = 1 << 1;
+    /// `ring_flags` bit: IORING_SETUP_COOP_TASKRUN.
+    pub const RING_COOP_TASKRUN: u32 = 1 << 2;
 }
 
 /// A `Send + Sync + Clone` handle for spawning onto a runtime from any thread.
@@ -764,6 +779,7 @@ impl Runtime {
                     parks: c.parks.load(Relaxed),
                     wakeups: c.wakeups_sent.load(Relaxed),
                     load: w.load(),
+                    ring_flags: c.ring_flags.load(Relaxed) as u32,
                 }
             })
             .collect()

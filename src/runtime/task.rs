@@ -241,10 +241,6 @@ impl TaskRef {
 
     // --- owner-thread operations -------------------------------------------------------
 
-    pub(crate) fn state_is_complete(&self) -> bool {
-        self.header().state.get() == COMPLETE
-    }
-
     /// Adds an owner-side reference.
     pub(crate) fn retain_local(&self) {
         let h = self.header();
@@ -365,10 +361,6 @@ impl TaskRef {
     }
 
     // --- the owner's list of unfinished tasks --------------------------------------------
-
-    pub(crate) fn live_next(&self) -> Option<TaskRef> {
-        NonNull::new(self.header().live_next.get() as *mut Header).map(TaskRef)
-    }
 
     pub(crate) fn link_live(&self, head: &Cell<Option<TaskRef>>) {
         let h = self.header();

@@ -35,11 +35,11 @@ pub(crate) struct WorkerCounters {
     pub(crate) steals: AtomicU64,
     pub(crate) parks: AtomicU64,
     pub(crate) wakeups_sent: AtomicU64,
+    pub(crate) ring_flags: AtomicU64,
 }
 
 /// The part of a worker that other threads may touch.
 pub(crate) struct WorkerShared {
-    pub(crate) index: usize,
     /// Stealable work: `spawn` from this worker, `spawn` / `spawn_balanced` from outside.
     pub(crate) injector: Injector<Job>,
     /// Pinned work that did not come over the mesh (from outside, or overflow): never
@@ -72,9 +72,8 @@ pub(crate) struct WorkerShared {
 unsafe impl Sync for WorkerShared {}
 
 impl WorkerShared {
-    fn new(index: usize, eventfd: OwnedFd) -> Self {
+    fn new(eventfd: OwnedFd) -> Self {
         WorkerShared {
-            index,
             injector: Injector::new(),
             inbox: Injector::new(),
             remote: Injector::new(),
@@ -256,8 +255,7 @@ impl ExecutorRegistry {
         ExecutorRegistry {
             workers: eventfds
                 .into_iter()
-                .enumerate()
-                .map(|(i, fd)| CachePadded::new(WorkerShared::new(i, fd)))
+                .map(|fd| CachePadded::new(WorkerShared::new(fd)))
                 .collect(),
             mesh: MeshMatrix::new(n, mesh_capacity),
             config,

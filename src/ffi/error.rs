@@ -1,0 +1,51 @@
+//! Error codes and their descriptions.
+
+use std::ffi::c_char;
+
+/// libveloq's own codes live below -4096, away from every errno.
+const VELOQ_ERRNO_BASE: i32 = -4096;
+
+/// The call hit an internal bug (a Rust panic was caught at the boundary). Nothing was
+/// accepted; the runtime stays usable.
+pub const VELOQ_EPANIC: i32 = VELOQ_ERRNO_BASE - 1;
+
+/// Describes any return value of libveloq: 0, a negative errno, or a `VELOQ_E*` code.
+/// The string is static and must not be freed. Callable from any thread.
+#[no_mangle]
+pub extern "C" fn veloq_strerror(err: i32) -> *const c_char {
+    let s: &'static [u8] = match err {
+        0 => b"success\0",
+        VELOQ_EPANIC => b"internal error in libveloq (panic caught); the runtime stays usable\0",
+        e if e > 0 => b"not an error code (positive value)\0",
+        e => match -e {
+            libc::EINVAL => b"invalid argument\0",
+            libc::ENOMEM => b"out of memory\0",
+            libc::EAGAIN => b"resource temporarily unavailable\0",
+            libc::EBUSY => b"busy: completions are still owed\0",
+            libc::ECANCELED => b"operation cancelled\0",
+            libc::ETIMEDOUT => b"timed out\0",
+            libc::ESHUTDOWN => b"the runtime is shutting down\0",
+            libc::EDEADLK => b"refused: would deadlock (called from a worker callback)\0",
+            libc::ENOSYS => b"function not implemented (io_uring unavailable?)\0",
+            libc::EPERM => b"operation not permitted\0",
+            libc::EACCES => b"permission denied\0",
+            libc::EBADF => b"bad file descriptor\0",
+            libc::EFAULT => b"bad address\0",
+            libc::EINTR => b"interrupted system call\0",
+            libc::EIO => b"input/output error\0",
+            libc::ENOENT => b"no such file or directory\0",
+            libc::EEXIST => b"file exists\0",
+            libc::EMFILE => b"too many open files\0",
+            libc::ENFILE => b"too many open files in system\0",
+            libc::ENOSPC => b"no space left on device\0",
+            libc::EPIPE => b"broken pipe\0",
+            libc::ECONNREFUSED => b"connection refused\0",
+            libc::ECONNRESET => b"connection reset by peer\0",
+            libc::ENOTCONN => b"socket not connected\0",
+            libc::EADDRINUSE => b"address already in use\0",
+            libc::EOVERFLOW => b"value too large\0",
+            _ => b"unknown error\0",
+        },
+    };
+    s.as_ptr() as *const c_char
+}

@@ -1,0 +1,48 @@
+//! The C ABI. Every exported function checks its arguments, converts them, calls the
+//! Rust API and converts the result back; nothing else. Each body runs inside
+//! [`ffi_boundary!`], so no panic ever unwinds into C.
+//!
+//! Conventions (the header repeats them): negative errno on failure, out-parameters
+//! written only on success, `_free(NULL)` is a no-op, bad input changes nothing.
+
+// Every exported function takes raw pointers from C and checks them before use; marking
+// them `unsafe fn` would tell C callers nothing.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+// The C names are the contract.
+#![allow(non_camel_case_types)]
+
+/// Runs `$body` and turns a panic into `$on_panic`: the one panic boundary of the C ABI.
+macro_rules! ffi_boundary {
+    ($on_panic:expr, $body:block) => {
+        match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| $body)) {
+            Ok(value) => value,
+            Err(_) => $on_panic,
+        }
+    };
+}
+
+mod cq;
+mod error;
+mod runtime;
+mod task;
+mod version;
+
+pub use cq::*;
+pub use error::*;
+pub use runtime::*;
+pub use task::*;
+pub use version::*;
+
+/// Borrows a handle, or fails with `-EINVAL` when it is NULL.
+///
+/// # Safety
+/// A non-null `p` points to a live `T` (the C caller's promise).
+pub(crate) unsafe fn handle<'a, T>(p: *const T) -> Result<&'a T, i32> {
+    // SAFETY: caller's promise for non-null pointers.
+    unsafe { p.as_ref() }.ok_or(-libc::EINVAL)
+}
+
+/// Folds `Ok(v)` / `Err(-errno)` into one C return value.
+pub(crate) fn result_code(r: Result<i32, i32>) -> i32 {
+    r.unwrap_or_else(|e| e)
+}

@@ -1,0 +1,193 @@
+//! Builder and runtime lifecycle.
+
+use std::ptr;
+use std::time::Duration;
+
+use super::error::VELOQ_EPANIC;
+use super::{handle, result_code};
+use crate::{OsError, Runtime, RuntimeBuilder, ShutdownError};
+
+/// Settings for a runtime, made by `veloq_builder_new` and consumed by
+/// `veloq_runtime_build`. Not thread-safe: use one builder from one thread at a time.
+pub struct veloq_builder {
+    inner: RuntimeBuilder,
+}
+
+/// A running runtime: its worker threads, queues and rings. Every function taking a
+/// `veloq_runtime *` may be called from any thread unless its comment says otherwise.
+pub struct veloq_runtime {
+    pub(crate) inner: Runtime,
+}
+
+/// A new builder with the defaults: one worker per online CPU, not pinned, mesh channels
+/// of 256 slots, a budget of 64 tasks per loop turn, io_uring rings of 256 entries.
+/// Returns NULL only when out of memory. Free it with `veloq_builder_free` unless it is
+/// passed to `veloq_runtime_build`, which consumes it.
+#[no_mangle]
+pub extern "C" fn veloq_builder_new() -> *mut veloq_builder {
+    ffi_boundary!(ptr::null_mut(), {
+        Box::into_raw(Box::new(veloq_builder {
+            inner: RuntimeBuilder::new(),
+        }))
+    })
+}
+
+/// Runs `set` on the builder behind `b`; -EINVAL for NULL or a value `set` refuses
+/// (the builder is then unchanged).
+fn configure(
+    b: *mut veloq_builder,
+    set: impl FnOnce(&mut RuntimeBuilder) -> Result<(), &'static str>,
+) -> i32 {
+    ffi_boundary!(VELOQ_EPANIC, {
+        // SAFETY: a non-null builder comes from veloq_builder_new and is not shared.
+        match unsafe { b.as_mut() } {
+            None => -libc::EINVAL,
+            Some(b) => set(&mut b.inner).map_or(-libc::EINVAL, |()| 0),
+        }
+    })
+}
+
+/// Number of workers, 1..=1024; 0 means one per online CPU (the default).
+/// Returns 0, or -EINVAL (NULL builder, n > 1024; the builder is unchanged).
+#[no_mangle]
+pub extern "C" fn veloq_builder_workers(b: *mut veloq_builder, n: u32) -> i32 {
+    configure(b, |b| b.set_workers(n as usize))
+}
+
+/// Pin worker i to CPU core i (modulo the cores there are). Default: not pinned.
+/// Returns 0, or -EINVAL for a NULL builder.
+#[no_mangle]
+pub extern "C" fn veloq_builder_pin_workers(b: *mut veloq_builder, pin: bool) -> i32 {
+    configure(b, |b| {
+        *b = std::mem::take(b).pin_workers(pin);
+        Ok(())
+    })
+}
+
+/// Slots per mesh channel (between two workers), 1..=65536, rounded up to a power of
+/// two. A full channel never loses a task: the rest waits in the target's inbox.
+/// Returns 0, or -EINVAL (NULL builder, out of range; the builder is unchanged).
+#[no_mangle]
+pub extern "C" fn veloq_builder_mesh_capacity(b: *mut veloq_builder, slots: u32) -> i32 {
+    configure(b, |b| b.set_mesh_capacity(slots as usize))
+}
+
+/// io_uring submission queue entries per worker, 1..=32768 (the kernel rounds up to a
+/// power of two). Returns 0, or -EINVAL (NULL builder, out of range; unchanged).
+#[no_mangle]
+pub extern "C" fn veloq_builder_ring_entries(b: *mut veloq_builder, entries: u32) -> i32 {
+    configure(b, |b| b.set_ring_entries(entries))
+}
+
+/// Tasks each source (local queue, mesh, inbox, injector) may run per loop turn,
+/// 1..=65536; default 64. Returns 0, or -EINVAL (NULL builder, out of range; unchanged).
+#[no_mangle]
+pub extern "C" fn veloq_builder_budget(b: *mut veloq_builder, tasks: u32) -> i32 {
+    configure(b, |b| b.set_budget(tasks as usize))
+}
+
+/// Frees a builder that was never passed to `veloq_runtime_build`. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn veloq_builder_free(b: *mut veloq_builder) {
+    ffi_boundary!((), {
+        if !b.is_null() {
+            // SAFETY: a non-null builder comes from veloq_builder_new, freed once.
+            drop(unsafe { Box::from_raw(b) });
+        }
+    })
+}
+
+/// Starts a runtime from `b` and stores it in `*out`. Always consumes `b`, even on
+/// error. Returns 0; -EINVAL (NULL `b` or `out`); or the kernel's errno when a worker
+/// thread, eventfd or io_uring ring cannot be made (-ENOMEM under RLIMIT_MEMLOCK,
+/// -EPERM where io_uring is forbidden, -ENOSYS without io_uring); then nothing is left
+/// running and `*out` is untouched. Free the runtime with `veloq_runtime_free`.
+#[no_mangle]
+pub extern "C" fn veloq_runtime_build(b: *mut veloq_builder, out: *mut *mut veloq_runtime) -> i32 {
+    ffi_boundary!(VELOQ_EPANIC, {
+        if b.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: a non-null builder comes from veloq_builder_new; consumed here.
+        let builder = unsafe { Box::from_raw(b) }.inner;
+        if out.is_null() {
+            return -libc::EINVAL;
+        }
+        build_into(builder, out)
+    })
+}
+
+/// Starts a runtime with all defaults (see `veloq_builder_new`) into `*out`.
+/// Returns 0, or the errors of `veloq_runtime_build`.
+#[no_mangle]
+pub extern "C" fn veloq_runtime_new(out: *mut *mut veloq_runtime) -> i32 {
+    ffi_boundary!(VELOQ_EPANIC, {
+        if out.is_null() {
+            return -libc::EINVAL;
+        }
+        build_into(RuntimeBuilder::new(), out)
+    })
+}
+
+fn build_into(builder: RuntimeBuilder, out: *mut *mut veloq_runtime) -> i32 {
+    match builder.build() {
+        Ok(inner) => {
+            let rt = Box::into_raw(Box::new(veloq_runtime { inner }));
+            // SAFETY: just made; the runtime lets workers hand it to callbacks.
+            unsafe { (*rt).inner.set_host_data(rt.cast()) };
+            // SAFETY: `out` checked non-null by the caller.
+            unsafe { *out = rt };
+            0
+        }
+        Err(e) => -OsError::errno_of(&e),
+    }
+}
+
+/// Number of worker threads; 0 for NULL.
+#[no_mangle]
+pub extern "C" fn veloq_runtime_workers(rt: *const veloq_runtime) -> u32 {
+    ffi_boundary!(0, {
+        // SAFETY: a non-null runtime is live (caller's promise).
+        unsafe { handle(rt) }.map_or(0, |rt| rt.inner.workers() as u32)
+    })
+}
+
+/// Shuts the runtime down gracefully. From the call on, every spawn is refused with
+/// -ESHUTDOWN; every task accepted before runs exactly once and every completion owed is
+/// posted; then the workers exit. Returns 0 when they have; -ETIMEDOUT when
+/// `timeout_ns` (< 0: no limit) passed first (call again to go on waiting); -EDEADLK
+/// when called from one of this runtime's worker callbacks (nothing happens);
+/// -EINVAL for NULL. Callable from any other thread, any number of times.
+#[no_mangle]
+pub extern "C" fn veloq_runtime_shutdown(rt: *mut veloq_runtime, timeout_ns: i64) -> i32 {
+    ffi_boundary!(VELOQ_EPANIC, {
+        result_code((|| {
+            // SAFETY: a non-null runtime is live (caller's promise).
+            let rt = unsafe { handle(rt) }?;
+            let timeout = (timeout_ns >= 0).then(|| Duration::from_nanos(timeout_ns as u64));
+            match rt.inner.shutdown(timeout) {
+                Ok(()) => Ok(0),
+                Err(ShutdownError::TimedOut) => Err(-libc::ETIMEDOUT),
+                Err(ShutdownError::FromWorker) => Err(-libc::EDEADLK),
+            }
+        })())
+    })
+}
+
+/// Shuts the runtime down without a time limit (see `veloq_runtime_shutdown`), then
+/// frees it. NULL is a no-op. Refused (nothing happens) when called from one of this
+/// runtime's worker callbacks. No other call may use `rt` during or after this one.
+#[no_mangle]
+pub extern "C" fn veloq_runtime_free(rt: *mut veloq_runtime) {
+    ffi_boundary!((), {
+        // SAFETY: a non-null runtime is live (caller's promise).
+        let Ok(runtime) = (unsafe { handle(rt) }) else {
+            return;
+        };
+        if runtime.inner.shutdown(None) == Err(ShutdownError::FromWorker) {
+            return;
+        }
+        // SAFETY: made by Box::into_raw in build_into; the caller hands it back once.
+        drop(unsafe { Box::from_raw(rt) });
+    })
+}

@@ -1,0 +1,136 @@
+//! Spawning callbacks, and the worker context they receive.
+
+use std::ffi::c_void;
+use std::ptr;
+
+use super::cq::veloq_cq;
+use super::error::VELOQ_EPANIC;
+use super::handle;
+use super::runtime::veloq_runtime;
+use crate::{Placement, RawTask, RawTaskFn, RuntimeContext, SpawnErrorKind};
+
+/// A worker's context. Valid only inside the callback it is passed to, and only on that
+/// worker's thread; never store it.
+pub struct veloq_ctx {
+    _opaque: [u8; 0],
+}
+
+/// A task: runs once on a worker with that worker's context and the `arg` given at
+/// spawn; its return value becomes the completion's `res`.
+pub type veloq_task_fn = Option<unsafe extern "C" fn(ctx: *mut veloq_ctx, arg: *mut c_void) -> i64>;
+
+fn spawn(
+    rt: *mut veloq_runtime,
+    placement: Placement,
+    func: veloq_task_fn,
+    arg: *mut c_void,
+    cq: *mut veloq_cq,
+    user_data: u64,
+) -> i32 {
+    ffi_boundary!(VELOQ_EPANIC, {
+        // SAFETY: a non-null runtime is live (caller's promise).
+        let Ok(rt) = (unsafe { handle(rt) }) else {
+            return -libc::EINVAL;
+        };
+        let Some(func) = func else {
+            return -libc::EINVAL;
+        };
+        // SAFETY: the two function pointer types differ only in the pointee of the first
+        // argument (`veloq_ctx` is the C name of `RuntimeContext`); same ABI.
+        let func: RawTaskFn = unsafe { std::mem::transmute(func) };
+        let task = RawTask {
+            func,
+            arg,
+            // SAFETY: a non-null cq is live (caller's promise).
+            cq: unsafe { cq.as_ref() }.map_or(ptr::null(), |cq| &cq.inner as *const _),
+            user_data,
+        };
+        // SAFETY: the C contract: `arg` stays valid until the callback ran, `cq` until
+        // its completion was delivered (veloq_cq_free refuses while one is owed).
+        match unsafe { rt.inner.spawn_raw(placement, task) } {
+            Ok(()) => 0,
+            Err(e) => match e.kind() {
+                SpawnErrorKind::Shutdown => -libc::ESHUTDOWN,
+                SpawnErrorKind::InvalidWorker | SpawnErrorKind::NoRuntime => -libc::EINVAL,
+            },
+        }
+    })
+}
+
+/// Runs `fn(ctx, arg)` once on a worker. From a worker callback it goes into that
+/// worker's injector; from any other thread onto some worker's injector; idle workers
+/// may steal it. When `cq` is not NULL, exactly one completion `{user_data, res = fn's
+/// return value, worker}` is posted to it.
+///
+/// Returns 0 when accepted; -EINVAL (NULL `rt` or `fn`); -ESHUTDOWN once shutdown has
+/// started (then `fn` never runs and nothing is posted). `arg` and `cq` stay the
+/// caller's and must stay valid until the callback ran and its completion was posted.
+/// Callable from any thread, including worker callbacks.
+#[no_mangle]
+pub extern "C" fn veloq_spawn(
+    rt: *mut veloq_runtime,
+    fn_: veloq_task_fn,
+    arg: *mut c_void,
+    cq: *mut veloq_cq,
+    user_data: u64,
+) -> i32 {
+    spawn(rt, Placement::Any, fn_, arg, cq, user_data)
+}
+
+/// Like `veloq_spawn`, on the less loaded of two workers drawn at random (power of two
+/// choices). From a worker callback the task travels over the mesh (the SPSC channel
+/// between the two workers; when it is full, the target's queue takes it); from any
+/// other thread through the chosen worker's injector. Same returns and ownership.
+#[no_mangle]
+pub extern "C" fn veloq_spawn_balanced(
+    rt: *mut veloq_runtime,
+    fn_: veloq_task_fn,
+    arg: *mut c_void,
+    cq: *mut veloq_cq,
+    user_data: u64,
+) -> i32 {
+    spawn(rt, Placement::Balanced, fn_, arg, cq, user_data)
+}
+
+/// Like `veloq_spawn`, on exactly worker `worker` (0..workers); the task is never stolen.
+/// Returns also -EINVAL for `worker` out of range.
+#[no_mangle]
+pub extern "C" fn veloq_spawn_to(
+    rt: *mut veloq_runtime,
+    worker: u32,
+    fn_: veloq_task_fn,
+    arg: *mut c_void,
+    cq: *mut veloq_cq,
+    user_data: u64,
+) -> i32 {
+    spawn(
+        rt,
+        Placement::Worker(worker as usize),
+        fn_,
+        arg,
+        cq,
+        user_data,
+    )
+}
+
+/// The index (0..workers) of the worker running the callback that received `ctx`;
+/// UINT32_MAX for NULL. Only inside that callback.
+#[no_mangle]
+pub extern "C" fn veloq_ctx_worker(ctx: *const veloq_ctx) -> u32 {
+    ffi_boundary!(u32::MAX, {
+        // SAFETY: a non-null ctx is the RuntimeContext passed to the running callback.
+        unsafe { (ctx as *const RuntimeContext).as_ref() }
+            .map_or(u32::MAX, |cx| cx.worker_index() as u32)
+    })
+}
+
+/// The runtime the callback that received `ctx` runs on (to spawn more work); NULL for
+/// NULL. Only inside that callback.
+#[no_mangle]
+pub extern "C" fn veloq_ctx_runtime(ctx: *const veloq_ctx) -> *mut veloq_runtime {
+    ffi_boundary!(ptr::null_mut(), {
+        // SAFETY: as in veloq_ctx_worker.
+        unsafe { (ctx as *const RuntimeContext).as_ref() }
+            .map_or(ptr::null_mut(), |cx| cx.host_data().cast())
+    })
+}
