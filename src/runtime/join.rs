@@ -130,31 +130,34 @@ impl<T> SharedJoin<T> {
     }
 
     /// Handle side: the output when ready, else registers `cx`'s waker.
-    /// Invariant: the handle writes `waker` only while WAITING is clear.
+    /// Invariant: the handle touches `waker` only while WAITING is clear; it clears
+    /// WAITING with a CAS that fails once READY is set, so it never races the task side,
+    /// which takes the waker only after setting READY over a set WAITING.
     pub(crate) fn poll_output(&self, cx: &mut Context<'_>) -> Poll<Output<T>> {
         let mut state = self.state.load(Acquire);
-        if state & READY == 0 && state & WAITING != 0 {
-            // SAFETY: WAITING is set, so the task side may read the slot but not write
-            // it until it sets READY; a shared read of the waker is fine.
-            let same = self
-                .waker
-                .with(|p| unsafe { (*p).as_ref().is_some_and(|w| w.will_wake(cx.waker())) });
-            if same {
-                return Poll::Pending;
+        loop {
+            if state & READY != 0 {
+                // SAFETY: READY is set (seen with Acquire): the output slot is ours.
+                let out = self.output.with_mut(|p| unsafe { (*p).take() });
+                return Poll::Ready(out.unwrap_or(Err(JoinError::Cancelled)));
             }
-            // Take the slot back to replace the waker.
-            match self
-                .state
-                .compare_exchange(state, state & !WAITING, AcqRel, Acquire)
-            {
-                Ok(_) => state &= !WAITING,
-                Err(actual) => state = actual,
+            if state & WAITING != 0 {
+                // WAITING -> IDLE: take the waker slot back to replace it.
+                match self
+                    .state
+                    .compare_exchange(state, state & !WAITING, AcqRel, Acquire)
+                {
+                    Ok(_) => state &= !WAITING,
+                    Err(actual) => {
+                        state = actual;
+                        continue;
+                    }
+                }
             }
-        }
-        if state & READY == 0 {
             // SAFETY: WAITING is clear: the slot is the handle's.
             self.waker
                 .with_mut(|p| unsafe { *p = Some(cx.waker().clone()) });
+            // IDLE -> WAITING: hand the slot to the task side.
             match self
                 .state
                 .compare_exchange(state, state | WAITING, AcqRel, Acquire)
@@ -162,15 +165,7 @@ impl<T> SharedJoin<T> {
                 Ok(_) => return Poll::Pending,
                 Err(actual) => state = actual,
             }
-            // Only READY (or CANCEL) can have changed it; retry once READY is in.
-            if state & READY == 0 {
-                // CANCEL was set concurrently by our own abort path; register again.
-                return self.poll_output(cx);
-            }
         }
-        // SAFETY: READY is set (seen with Acquire): the output slot is the handle's.
-        let out = self.output.with_mut(|p| unsafe { (*p).take() });
-        Poll::Ready(out.unwrap_or(Err(JoinError::Cancelled)))
     }
 
     /// Whether the output is in.
@@ -461,6 +456,34 @@ mod loom_tests {
                 ),
             }
             let _ = asked;
+        });
+    }
+
+    /// The task side and the handle let go at once (plus an abort in flight): exactly
+    /// one of them frees the memory.
+    #[test]
+    fn loom_join_refs_are_released_exactly_once() {
+        loom::model(|| {
+            let join = Arc::new(SharedJoin::<u32>::new());
+            join.acquire(); // an abort message in flight
+            let frees = Arc::new(crate::sync::AtomicU32::new(0));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (join, frees) = (join.clone(), frees.clone());
+                    loom::thread::spawn(move || {
+                        if join.release() {
+                            frees.fetch_add(1, SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            if join.release() {
+                frees.fetch_add(1, SeqCst);
+            }
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(frees.load(SeqCst), 1);
         });
     }
 }
