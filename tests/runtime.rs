@@ -706,3 +706,55 @@ fn dropping_a_join_handle_detaches_the_task() {
     rt.shutdown(None).unwrap();
     assert!(ran.load(SeqCst));
 }
+
+#[test]
+fn foreign_clones_racing_the_owners_last_release_never_free_early() {
+    // A waker shared through a mutex: another thread clones and wakes it by reference
+    // while the owner side takes it out and drops it after the task finished.
+    let rt = runtime(1);
+    for _ in 0..200 {
+        let shared: Arc<Mutex<Option<Waker>>> = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let foreign = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(SeqCst) {
+                    let copy = shared.lock().unwrap().as_ref().map(Waker::clone);
+                    if let Some(w) = copy {
+                        w.wake_by_ref();
+                        drop(w);
+                    }
+                }
+            })
+        };
+        let s = shared.clone();
+        let task = rt
+            .spawn_local_to(0, move || async move {
+                let slot = Arc::new(WakeSlot {
+                    waker: Mutex::new(None),
+                    polls: AtomicUsize::new(0),
+                });
+                let waiter = veloq::spawn_local(WaitForWakes {
+                    slot: slot.clone(),
+                    wakes: 1,
+                })
+                .unwrap();
+                veloq::yield_now().await;
+                let w = slot.waker.lock().unwrap().clone().unwrap();
+                *s.lock().unwrap() = Some(w.clone());
+                w.wake();
+                waiter.await.unwrap();
+                for _ in 0..10 {
+                    veloq::yield_now().await;
+                }
+                // Owner side drops the last references while the thread keeps cloning.
+                drop(slot);
+                s.lock().unwrap().take()
+            })
+            .unwrap();
+        let last = rt.block_on(task).unwrap();
+        drop(last);
+        stop.store(true, SeqCst);
+        foreign.join().unwrap();
+    }
+}

@@ -6,9 +6,12 @@
 //!
 //! A [`Waker`] is `Send + Sync`, so a waker may be cloned, woken or dropped on another
 //! thread. Those operations never touch the cells: they are sent as [`RemoteOp`]s to the
-//! owner's mailbox, a FIFO queue, and the owner applies them. FIFO order is what makes
-//! this sound: a foreign thread only sends an operation while it holds a reference
-//! (its waker), and the release of that reference is sent later, so it is applied later.
+//! owner's mailbox, a FIFO queue, and the owner applies them. `wake` and `drop` carry the
+//! waker's own reference. `clone` and `wake_by_ref` carry none, so they count themselves
+//! in the task's `foreign_pending` (the one atomic, touched only on these foreign paths)
+//! and the owner frees a task only when its reference count *and* that counter are zero:
+//! a foreign operation always happens before the release of the reference it was made
+//! through, so the owner sees it counted before it could free the task.
 //!
 //! `Send` tasks (spawned with `spawn`, `spawn_balanced`, `spawn_to`) are created on the
 //! spawning thread, travel as a [`Job`](super::job::Job) and are *adopted* by the worker
@@ -21,7 +24,10 @@ use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicPtr, AtomicU32,
+    Ordering::{AcqRel, Acquire, SeqCst},
+};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use super::context::{self, RuntimeContext};
@@ -47,6 +53,8 @@ pub(crate) struct Header {
     state: Cell<u8>,
     cancel_requested: Cell<bool>,
     refs: Cell<u32>,
+    /// Foreign `clone` / `wake_by_ref` operations queued but not applied yet.
+    foreign_pending: AtomicU32,
     /// The owning worker; written once when the task is adopted, before any waker of it
     /// exists. Atomic because a `JoinHandle::abort` on another thread reads it.
     owner: AtomicPtr<WorkerShared>,
@@ -197,6 +205,7 @@ impl TaskRef {
                 state: Cell::new(SCHEDULED),
                 cancel_requested: Cell::new(false),
                 refs: Cell::new(refs),
+                foreign_pending: AtomicU32::new(0),
                 owner: AtomicPtr::new(owner),
                 live_prev: Cell::new(ptr::null()),
                 live_next: Cell::new(ptr::null()),
@@ -253,11 +262,32 @@ impl TaskRef {
         let refs = h.refs.get() - 1;
         h.refs.set(refs);
         if refs == 0 {
-            let owner = self.owner();
-            // SAFETY: no owner-side reference is left.
-            unsafe { (h.vtable.release_task_side)(self) };
-            owner.task_memory_released();
+            self.release_if_unreferenced();
         }
+    }
+
+    /// Lets go of the task when no reference is left and no foreign operation is queued
+    /// (the last such operation, when applied, calls this again).
+    fn release_if_unreferenced(self) {
+        let h = self.header();
+        if h.refs.get() != 0 || h.foreign_pending.load(Acquire) != 0 {
+            return;
+        }
+        let owner = self.owner();
+        // SAFETY: no owner-side reference and no queued foreign operation is left.
+        unsafe { (h.vtable.release_task_side)(self) };
+        owner.task_memory_released();
+    }
+
+    /// A foreign `clone` / `wake_by_ref` is about to be queued.
+    fn count_foreign_op(&self) {
+        self.header().foreign_pending.fetch_add(1, AcqRel);
+    }
+
+    /// A counted foreign operation was applied.
+    fn foreign_op_applied(self) {
+        self.header().foreign_pending.fetch_sub(1, AcqRel);
+        self.release_if_unreferenced();
     }
 
     /// Wakes the task on its owner thread: queues it unless it is queued, running (then
@@ -343,13 +373,19 @@ impl TaskRef {
     /// (then every task of it is complete and only references change).
     pub(crate) fn apply_remote(op: RemoteOp, cx: Option<&RuntimeContext>) {
         match op {
-            RemoteOp::Clone(t) => t.retain_local(),
+            RemoteOp::Clone(t) => {
+                t.retain_local();
+                t.foreign_op_applied();
+            }
             RemoteOp::Drop(t) => t.release_local(),
             RemoteOp::Wake(t) => {
                 t.wake_local(cx);
                 t.release_local();
             }
-            RemoteOp::WakeByRef(t) => t.wake_local(cx),
+            RemoteOp::WakeByRef(t) => {
+                t.wake_local(cx);
+                t.foreign_op_applied();
+            }
             RemoteOp::Abort(t) => {
                 if let Some(cx) = cx {
                     t.cancel_now(cx);
@@ -594,6 +630,7 @@ fn waker_clone(data: *const ()) -> RawWaker {
     if task.on_owner_thread() {
         task.retain_local();
     } else {
+        task.count_foreign_op();
         task.owner().post_remote(RemoteOp::Clone(task));
     }
     RawWaker::new(data, &WAKER_VTABLE)
@@ -614,6 +651,7 @@ fn waker_wake_by_ref(data: *const ()) {
     if task.on_owner_thread() {
         context::with_current(|cx| task.wake_local(cx));
     } else {
+        task.count_foreign_op();
         task.owner().post_remote(RemoteOp::WakeByRef(task));
     }
 }
