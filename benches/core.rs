@@ -1,1 +1,59 @@
-fn main() {}
+//! Core runtime benchmarks: veloq against Tokio, async-executor and a raw SPSC ring.
+//!
+//! Run with `cargo bench --bench core` (`VELOQ_BENCH_QUICK=1` for a smoke test). Optional
+//! arguments select scenario groups by name: `cargo bench --bench core -- mesh park`;
+//! a filtered run prints its table but leaves `target/bench/core.json` alone.
+//!
+//! Every scenario lives in one of the modules below, one function per scenario and
+//! system; `benches/harness` alternates the systems, takes medians and writes the table.
+
+#[path = "harness/mod.rs"]
+mod harness;
+
+#[path = "core/common.rs"]
+mod common;
+#[path = "core/memory.rs"]
+mod memory;
+#[path = "core/mesh.rs"]
+mod mesh;
+#[path = "core/park.rs"]
+mod park;
+#[path = "core/spawn.rs"]
+mod spawn;
+#[path = "core/spsc_ring.rs"]
+mod spsc_ring;
+
+use harness::{alloc::CountingAlloc, Bench};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// A named group of scenarios.
+type Group = (&'static str, fn(&mut Bench));
+
+/// Scenario groups in run order.
+const GROUPS: [Group; 4] = [
+    ("spawn", spawn::all),
+    ("mesh", mesh::all),
+    ("memory", memory::all),
+    ("park", park::all),
+];
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else not starting with `-` is a filter.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut bench = Bench::new("core");
+    for (name, run) in GROUPS {
+        if filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())) {
+            run(&mut bench);
+        }
+    }
+    if filters.is_empty() {
+        bench.finish();
+    } else {
+        bench.finish_without_saving();
+    }
+}

@@ -1,0 +1,327 @@
+//! Worker A → worker B: one-way messages per second and ping-pong round trip.
+//!
+//! veloq sends `RawTask` callback jobs with `RuntimeContext::spawn_raw(Worker(b), ..)` from
+//! a task on worker 0 to worker 1 (pinned to cores 0 and 1). The reference is a bare SPSC
+//! ring between two threads pinned to the same cores, carrying the same 32-byte
+//! `RawTask` and running the same callback on arrival: the hardware limit for moving a
+//! message between the two cores.
+//!
+//! For the one-way stream both senders use the same flow control: at most one channel's
+//! worth of messages not yet arrived, read off the arrival counter the callback bumps
+//! (a full mesh channel would otherwise spill into the target's inbox, a different path;
+//! veloq's `spawn_raw` has no way to say "full").
+
+use std::ffi::c_void;
+use std::future::poll_fn;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Release};
+use std::sync::{Arc, Barrier, Mutex};
+use std::task::{Poll, Waker};
+use std::thread;
+use std::time::Instant;
+
+use veloq::{Placement, RawTask, RuntimeBuilder, RuntimeContext};
+
+use crate::common::{human, veloq_builder};
+use crate::harness::{count, mops_per_sec, ns_per_op, Bench, Goal, Scenario, System};
+use crate::spsc_ring;
+
+/// Slots per channel, the same for the mesh and the ring: veloq's default.
+const CAPACITY: usize = RuntimeBuilder::DEFAULT_MESH_CAPACITY;
+/// Worker A (sender) and worker B (receiver).
+const A: usize = 0;
+const B: usize = 1;
+
+pub fn all(bench: &mut Bench) {
+    one_way(bench);
+    ping_pong(bench);
+}
+
+/// The callback every message runs on arrival: count it.
+unsafe extern "C" fn count_arrival(_cx: *mut RuntimeContext, arg: *mut c_void) -> i64 {
+    // SAFETY: `arg` is the sender's counter, which it keeps alive until every message
+    // has arrived.
+    let arrivals = unsafe { &*(arg as *const AtomicU64) };
+    arrivals.fetch_add(1, Release);
+    0
+}
+
+/// A message whose arrival bumps `arrivals`.
+fn arrival_job(arrivals: &AtomicU64) -> RawTask {
+    RawTask {
+        func: count_arrival,
+        arg: arrivals as *const AtomicU64 as *mut c_void,
+        cq: ptr::null(),
+        user_data: 0,
+    }
+}
+
+/// Sends `copies` of `job` to worker `to` over the mesh, from the current worker.
+fn send_over_mesh(to: usize, job: RawTask, copies: u64) {
+    RuntimeContext::with_current(|cx| {
+        let cx = cx.expect("called on a worker");
+        for _ in 0..copies {
+            // SAFETY: the job's arg outlives every run of it: the sender waits for all
+            // arrivals before dropping it.
+            unsafe { cx.spawn_raw(Placement::Worker(to), job) }.expect("spawn_raw");
+        }
+    });
+}
+
+/// The two cores workers A and B are pinned to (veloq pins worker i to core i).
+fn cores_a_b() -> (core_affinity::CoreId, core_affinity::CoreId) {
+    let cores = core_affinity::get_core_ids().expect("core list");
+    assert!(cores.len() >= 2, "the mesh scenarios need two cores");
+    (cores[A], cores[B])
+}
+
+/// A runtime with workers A and B, pinned, with `CAPACITY`-slot mesh channels.
+fn two_worker_runtime() -> veloq::Runtime {
+    veloq_builder(2)
+        .mesh_capacity(CAPACITY)
+        .build()
+        .expect("veloq runtime")
+}
+
+// ---------------------------------------------------------------------------------------
+// one-way throughput
+// ---------------------------------------------------------------------------------------
+
+fn one_way(bench: &mut Bench) {
+    let n = count(10_000_000) as u64;
+    let scenario = Scenario::higher_is_better(
+        format!("mesh one-way A→B, {} messages", human(n as usize)),
+        "M msg/s",
+    )
+    .goal(Goal::at_least("spsc-ring", 0.7));
+    bench.run(
+        scenario,
+        vec![
+            System::new("veloq", || veloq_one_way(n)),
+            System::new("spsc-ring", || ring_one_way(n)),
+        ],
+    );
+}
+
+/// Messages the sender may still send: `CAPACITY` minus those sent but not yet arrived.
+fn credits(sent: u64, arrivals: &AtomicU64) -> u64 {
+    CAPACITY as u64 - (sent - arrivals.load(Acquire))
+}
+
+/// A task on worker A sends `n` jobs to worker B, at most `CAPACITY` unarrived, and
+/// waits until all have run.
+fn veloq_one_way(n: u64) -> f64 {
+    let rt = two_worker_runtime();
+    let root = rt
+        .spawn_local_to(A, move || async move {
+            let arrivals = AtomicU64::new(0);
+            let job = arrival_job(&arrivals);
+            let mut sent = 0;
+            let start = Instant::now();
+            while sent < n {
+                let burst = credits(sent, &arrivals).min(n - sent);
+                if burst == 0 {
+                    // End this poll so the worker wakes B if needed and runs its loop.
+                    veloq::yield_now().await;
+                    continue;
+                }
+                send_over_mesh(B, job, burst);
+                sent += burst;
+            }
+            while arrivals.load(Acquire) < n {
+                veloq::yield_now().await;
+            }
+            mops_per_sec(start, n as usize)
+        })
+        .expect("spawn root");
+    rt.block_on(root).expect("root task")
+}
+
+/// The same over a bare SPSC ring: thread A pushes (spinning while out of credits),
+/// thread B drains whatever has been published (spinning while empty) and runs each job.
+fn ring_one_way(n: u64) -> f64 {
+    let (mut tx, mut rx) = spsc_ring::channel::<RawTask>(CAPACITY);
+    let (core_a, core_b) = cores_a_b();
+    let ready = Arc::new(Barrier::new(2));
+    let consumer = {
+        let ready = ready.clone();
+        thread::spawn(move || {
+            core_affinity::set_for_current(core_b);
+            ready.wait();
+            let mut received = 0;
+            while received < n {
+                let batch = rx.drain(|job| {
+                    // SAFETY: as for veloq: the producer keeps the counter alive.
+                    unsafe { (job.func)(ptr::null_mut(), job.arg) };
+                });
+                if batch == 0 {
+                    std::hint::spin_loop();
+                }
+                received += batch as u64;
+            }
+        })
+    };
+    let producer = thread::spawn(move || {
+        core_affinity::set_for_current(core_a);
+        let arrivals = AtomicU64::new(0);
+        let job = arrival_job(&arrivals);
+        ready.wait();
+        let mut sent = 0;
+        let start = Instant::now();
+        while sent < n {
+            let burst = credits(sent, &arrivals).min(n - sent);
+            if burst == 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            for _ in 0..burst {
+                tx.push(job);
+            }
+            sent += burst;
+        }
+        while arrivals.load(Acquire) < n {
+            std::hint::spin_loop();
+        }
+        mops_per_sec(start, n as usize)
+    });
+    consumer.join().expect("consumer");
+    producer.join().expect("producer")
+}
+
+// ---------------------------------------------------------------------------------------
+// ping-pong round trip
+// ---------------------------------------------------------------------------------------
+
+fn ping_pong(bench: &mut Bench) {
+    let n = count(200_000) as u64;
+    let scenario = Scenario::lower_is_better(
+        format!("mesh ping-pong A→B→A, {} round trips", human(n as usize)),
+        "ns",
+    )
+    .goal(Goal::cost_at_most("spsc-ring", 2.0));
+    bench.run(
+        scenario,
+        vec![
+            System::new("veloq", || veloq_ping_pong(n)),
+            System::new("spsc-ring", || ring_ping_pong(n)),
+        ],
+    );
+}
+
+/// What a pong updates on worker A: a reply count and the task waiting for it.
+#[derive(Default)]
+struct Replies {
+    count: AtomicU64,
+    waiter: Mutex<Option<Waker>>,
+}
+
+impl Replies {
+    /// Resolves once `target` replies have arrived.
+    async fn reach(&self, target: u64) {
+        poll_fn(|cx| {
+            if self.count.load(Acquire) >= target {
+                return Poll::Ready(());
+            }
+            *self.waiter.lock().unwrap() = Some(cx.waker().clone());
+            if self.count.load(Acquire) >= target {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// The pong, run on A: counts the reply and wakes the waiting task, if any.
+unsafe extern "C" fn pong(_cx: *mut RuntimeContext, arg: *mut c_void) -> i64 {
+    // SAFETY: `arg` is worker A's `Replies`, alive until the last reply.
+    let replies = unsafe { &*(arg as *const Replies) };
+    replies.count.fetch_add(1, Release);
+    if let Some(waker) = replies.waiter.lock().unwrap().take() {
+        waker.wake();
+    }
+    0
+}
+
+/// The ping, run on B: sends the pong back to worker A.
+unsafe extern "C" fn ping(cx: *mut RuntimeContext, arg: *mut c_void) -> i64 {
+    // SAFETY: the runtime passes the context of the worker running the job.
+    let cx = unsafe { &*cx };
+    let pong = RawTask {
+        func: pong,
+        arg,
+        cq: ptr::null(),
+        user_data: 0,
+    };
+    // SAFETY: same argument, same promise as the ping's.
+    if let Err(e) = unsafe { cx.spawn_raw(Placement::Worker(A), pong) } {
+        eprintln!("pong refused: {e:?}");
+        std::process::abort(); // cannot unwind out of an extern "C" callback
+    }
+    0
+}
+
+/// A ping job carrying `replies`.
+fn ping_job(replies: &Replies) -> RawTask {
+    RawTask {
+        func: ping,
+        arg: replies as *const Replies as *mut c_void,
+        cq: ptr::null(),
+        user_data: 0,
+    }
+}
+
+/// A task on worker A sends a ping to B and awaits the pong, `n` times.
+fn veloq_ping_pong(n: u64) -> f64 {
+    let rt = two_worker_runtime();
+    let root = rt
+        .spawn_local_to(A, move || async move {
+            let replies = Replies::default();
+            let ping = ping_job(&replies);
+            let start = Instant::now();
+            for i in 1..=n {
+                send_over_mesh(B, ping, 1);
+                replies.reach(i).await;
+            }
+            ns_per_op(start, n as usize)
+        })
+        .expect("spawn root");
+    rt.block_on(root).expect("root task")
+}
+
+/// The same over two bare rings: A pushes a ping, spins for the pong and runs it; B
+/// spins for the ping and pushes the matching pong back.
+fn ring_ping_pong(n: u64) -> f64 {
+    let (mut ping_tx, mut ping_rx) = spsc_ring::channel::<RawTask>(CAPACITY);
+    let (mut pong_tx, mut pong_rx) = spsc_ring::channel::<RawTask>(CAPACITY);
+    let (core_a, core_b) = cores_a_b();
+    let ready = Arc::new(Barrier::new(2));
+    let echo = {
+        let ready = ready.clone();
+        thread::spawn(move || {
+            core_affinity::set_for_current(core_b);
+            ready.wait();
+            for _ in 0..n {
+                let ping = ping_rx.pop();
+                pong_tx.push(RawTask { func: pong, ..ping });
+            }
+        })
+    };
+    let pinger = thread::spawn(move || {
+        core_affinity::set_for_current(core_a);
+        let replies = Replies::default();
+        let ping = ping_job(&replies);
+        ready.wait();
+        let start = Instant::now();
+        for _ in 0..n {
+            ping_tx.push(ping);
+            let pong = pong_rx.pop();
+            // SAFETY: `replies` is alive for the whole loop.
+            unsafe { (pong.func)(ptr::null_mut(), pong.arg) };
+        }
+        ns_per_op(start, n as usize)
+    });
+    echo.join().expect("echo");
+    pinger.join().expect("pinger")
+}
