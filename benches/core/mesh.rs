@@ -6,6 +6,9 @@
 //! `RawTask` and running the same callback on arrival: the hardware limit for moving a
 //! message between the two cores.
 //!
+//! The ping-pong also runs veloq with `spin_before_park(Duration::ZERO)` ("veloq-park"),
+//! where B parks between pings: the worker-to-worker side of the park/wake trade-off.
+//!
 //! For the one-way stream both senders use the same flow control: at most one channel's
 //! worth of messages not yet arrived, read off the arrival counter the callback bumps
 //! (a full mesh channel would otherwise spill into the target's inbox, a different path;
@@ -18,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Release};
 use std::sync::{Arc, Barrier, Mutex};
 use std::task::{Poll, Waker};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use veloq::{Placement, RawTask, RuntimeBuilder, RuntimeContext};
 
@@ -75,12 +78,15 @@ fn cores_a_b() -> (core_affinity::CoreId, core_affinity::CoreId) {
     (cores[A], cores[B])
 }
 
-/// A runtime with workers A and B, pinned, with `CAPACITY`-slot mesh channels.
-fn two_worker_runtime() -> veloq::Runtime {
-    veloq_builder(2)
-        .mesh_capacity(CAPACITY)
-        .build()
-        .expect("veloq runtime")
+/// A runtime with workers A and B, pinned, with `CAPACITY`-slot mesh channels; idle
+/// workers spin for the default time before parking, or `spin` when given.
+fn two_worker_runtime(spin: Option<Duration>) -> veloq::Runtime {
+    let builder = veloq_builder(2).mesh_capacity(CAPACITY);
+    let builder = match spin {
+        Some(spin) => builder.spin_before_park(spin),
+        None => builder,
+    };
+    builder.build().expect("veloq runtime")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -111,7 +117,7 @@ fn credits(sent: u64, arrivals: &AtomicU64) -> u64 {
 /// A task on worker A sends `n` jobs to worker B, at most `CAPACITY` unarrived, and
 /// waits until all have run.
 fn veloq_one_way(n: u64) -> f64 {
-    let rt = two_worker_runtime();
+    let rt = two_worker_runtime(None);
     let root = rt
         .spawn_local_to(A, move || async move {
             let arrivals = AtomicU64::new(0);
@@ -171,7 +177,11 @@ fn ring_one_way(n: u64) -> f64 {
         while sent < n {
             let burst = credits(sent, &arrivals).min(n - sent);
             if burst == 0 {
-                std::hint::spin_loop();
+                // Back off a little: rereading the counter at full speed would slow down
+                // the consumer that bumps it.
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             for _ in 0..burst {
@@ -194,16 +204,26 @@ fn ring_one_way(n: u64) -> f64 {
 
 fn ping_pong(bench: &mut Bench) {
     let n = count(200_000) as u64;
+    // A parked worker takes tens of µs to wake: fewer round trips keep the run short
+    // (the unit is per round trip).
+    let n_parked = n / 20;
     let scenario = Scenario::lower_is_better(
-        format!("mesh ping-pong A→B→A, {} round trips", human(n as usize)),
+        format!(
+            "mesh ping-pong A→B→A, {} round trips (veloq-park: {})",
+            human(n as usize),
+            human(n_parked as usize)
+        ),
         "ns",
     )
     .goal(Goal::cost_at_most("spsc-ring", 2.0));
     bench.run(
         scenario,
         vec![
-            System::new("veloq", || veloq_ping_pong(n)),
+            System::new("veloq", || veloq_ping_pong(None, n)),
             System::new("spsc-ring", || ring_ping_pong(n)),
+            System::new("veloq-park", || {
+                veloq_ping_pong(Some(Duration::ZERO), n_parked)
+            }),
         ],
     );
 }
@@ -273,8 +293,8 @@ fn ping_job(replies: &Replies) -> RawTask {
 }
 
 /// A task on worker A sends a ping to B and awaits the pong, `n` times.
-fn veloq_ping_pong(n: u64) -> f64 {
-    let rt = two_worker_runtime();
+fn veloq_ping_pong(spin: Option<Duration>, n: u64) -> f64 {
+    let rt = two_worker_runtime(spin);
     let root = rt
         .spawn_local_to(A, move || async move {
             let replies = Replies::default();

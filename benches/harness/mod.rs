@@ -22,6 +22,7 @@
 #![allow(dead_code)] // each bench binary uses a different part of the harness
 
 pub mod alloc;
+mod quiet;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -29,7 +30,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-/// Timed rounds per scenario (each round runs every system once).
+/// Timed rounds per scenario (each round runs every system once); `VELOQ_BENCH_RUNS`
+/// may ask for more.
 pub const RUNS: usize = 5;
 /// Untimed rounds before the timed ones.
 pub const WARMUPS: usize = 1;
@@ -40,6 +42,14 @@ pub const VELOQ: &str = "veloq";
 /// Whether `VELOQ_BENCH_QUICK=1` asks for a smoke-test run.
 pub fn quick() -> bool {
     std::env::var("VELOQ_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+/// Timed rounds for this run: `VELOQ_BENCH_RUNS` if set (at least [`RUNS`]).
+pub fn runs() -> usize {
+    std::env::var("VELOQ_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(RUNS, |n: usize| n.max(RUNS))
 }
 
 /// A workload count, divided by ten in quick mode.
@@ -357,7 +367,8 @@ impl Bench {
     /// Starts the bench `name` (its results go to `target/bench/<name>.json`).
     pub fn new(name: &str) -> Bench {
         let mode = if quick() { " (quick: counts / 10)" } else { "" };
-        eprintln!("bench {name}: {WARMUPS} warm-up + {RUNS} timed rounds per scenario{mode}");
+        let rounds = runs();
+        eprintln!("bench {name}: {WARMUPS} warm-up + {rounds} timed rounds per scenario{mode}");
         Bench {
             name: name.to_owned(),
             rows: Vec::new(),
@@ -374,8 +385,10 @@ impl Bench {
                 (system.run)();
             }
         }
-        let mut samples = vec![Vec::with_capacity(RUNS); systems.len()];
-        for _ in 0..RUNS {
+        let rounds = runs();
+        let mut samples = vec![Vec::with_capacity(rounds); systems.len()];
+        for _ in 0..rounds {
+            quiet::wait();
             for (system, samples) in systems.iter_mut().zip(&mut samples) {
                 samples.push((system.run)());
             }
