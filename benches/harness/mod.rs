@@ -455,9 +455,10 @@ pub fn fmt_value(v: f64) -> String {
     }
 }
 
-/// A ratio as `2.34×`, or `—` when undefined.
+/// A ratio as `2.34×` (more digits below 0.1), or `—` when undefined.
 pub fn fmt_ratio(r: Option<f64>) -> String {
     match r {
+        Some(r) if r < 0.1 => format!("{r:.3}×"),
         Some(r) => format!("{r:.2}×"),
         None => "—".to_owned(),
     }
