@@ -95,28 +95,53 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 // BENCHMARKS.md
 // ---------------------------------------------------------------------------------------
 
-/// What each system name stands for, for the legend of BENCHMARKS.md.
-const SYSTEMS: [(&str, &str); 7] = [
-    ("veloq", "this crate, default settings, workers pinned"),
+/// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
+/// locked version is shown next to it.
+const SYSTEMS: [(&str, &str, Option<&str>); 7] = [
+    (
+        "veloq",
+        "this crate, default settings, workers pinned",
+        None,
+    ),
     (
         "veloq-park",
         "veloq with `spin_before_park(Duration::ZERO)`: idle workers park at once",
+        Some("veloq"),
     ),
     (
         "tokio",
-        "Tokio: current_thread runtime for one worker, multi_thread otherwise; `tokio::spawn`",
+        "`tokio::spawn` / `Handle::spawn`: current_thread runtime in the one-worker spawn \
+         row, multi_thread elsewhere",
+        Some("tokio"),
     ),
     (
         "tokio-localset",
         "Tokio current_thread runtime, `tokio::task::spawn_local` in a `LocalSet`",
+        Some("tokio"),
     ),
-    ("async-executor", "smol's `async_executor::LocalExecutor`"),
+    (
+        "async-executor",
+        "smol's `async_executor::LocalExecutor`",
+        Some("async-executor"),
+    ),
     (
         "spsc-ring",
-        "a bare cache-padded SPSC ring between two pinned spinning threads (hardware reference)",
+        "a bare cache-padded SPSC ring between two pinned spinning threads (hardware \
+         reference, written in the bench)",
+        None,
     ),
-    ("budget", "a fixed limit, not a system"),
+    ("budget", "a fixed limit, not a system", None),
 ];
+
+/// The version of `krate` in the repository's Cargo.lock.
+fn locked_version(krate: &str) -> Option<String> {
+    let lock = std::fs::read_to_string(repo_root().join("Cargo.lock")).ok()?;
+    let mut lines = lock.lines();
+    let name_line = format!("name = \"{krate}\"");
+    lines.find(|l| *l == name_line)?;
+    let version = lines.next()?.strip_prefix("version = ")?;
+    Some(version.trim_matches('"').to_owned())
+}
 
 fn benchmarks_md(results: &[ResultFile]) -> String {
     let mut md = String::new();
@@ -150,17 +175,15 @@ fn benchmarks_md(results: &[ResultFile]) -> String {
         harness::RUNS
     )
     .unwrap();
-    let used: Vec<&(&str, &str)> = SYSTEMS
-        .iter()
-        .filter(|(name, _)| {
-            results
-                .iter()
-                .any(|f| f.rows.iter().any(|r| r.value(name).is_some()))
-        })
-        .collect();
-    writeln!(w, "| system | what it is |\n|---|---|").unwrap();
-    for (name, what) in used {
-        writeln!(w, "| {name} | {what} |").unwrap();
+    let used = SYSTEMS.iter().filter(|(name, _, _)| {
+        results
+            .iter()
+            .any(|f| f.rows.iter().any(|r| r.value(name).is_some()))
+    });
+    writeln!(w, "| system | what it is | version |\n|---|---|---|").unwrap();
+    for (name, what, krate) in used {
+        let version = krate.and_then(locked_version).unwrap_or_default();
+        writeln!(w, "| {name} | {what} | {version} |").unwrap();
     }
     writeln!(w).unwrap();
 
