@@ -101,7 +101,7 @@ const SYSTEMS: [(&str, &str, Option<&str>); 7] = [
     (
         "veloq",
         "this crate, default settings, workers pinned",
-        None,
+        Some("veloq"),
     ),
     (
         "veloq-park",
