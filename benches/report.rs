@@ -185,6 +185,23 @@ fn benchmarks_md(results: &[ResultFile]) -> String {
         let version = krate.and_then(locked_version).unwrap_or_default();
         writeln!(w, "| {name} | {what} | {version} |").unwrap();
     }
+    // Systems this report does not know (a new bench's peers): name where they come from.
+    let mut unknown: Vec<(&str, &str)> = Vec::new();
+    for file in results {
+        for (system, _) in file.rows.iter().flat_map(|r| &r.results) {
+            let known = SYSTEMS.iter().any(|(name, _, _)| name == system);
+            if !known && !unknown.iter().any(|(s, _)| s == system) {
+                unknown.push((system, &file.name));
+            }
+        }
+    }
+    for (system, file) in unknown {
+        writeln!(
+            w,
+            "| {system} | see the bench that writes `{file}.json` | |"
+        )
+        .unwrap();
+    }
     writeln!(w).unwrap();
 
     for file in results {
