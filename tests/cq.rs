@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use veloq::completion::{CompletionQueue, Cqe};
+use veloq::runtime::completion::{CompletionQueue, Cqe};
 
 fn cqe(producer: u32, seq: u64) -> Cqe {
     Cqe {
