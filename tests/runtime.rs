@@ -758,3 +758,44 @@ fn foreign_clones_racing_the_owners_last_release_never_free_early() {
         foreign.join().unwrap();
     }
 }
+
+#[test]
+fn shutdown_while_workers_keep_spawning_on_each_other_loses_nothing() {
+    // Every task tries to spawn a follow-up on the other worker (over the mesh, or
+    // balanced) until shutdown refuses it: each accepted spawn must have run.
+    fn relay(
+        hops_left: u32,
+        accepted: Arc<AtomicUsize>,
+        ran: Arc<AtomicUsize>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            ran.fetch_add(1, SeqCst);
+            if hops_left == 0 {
+                return;
+            }
+            let me = veloq::worker_index().unwrap();
+            let next = relay(hops_left - 1, accepted.clone(), ran.clone());
+            let spawned = if hops_left % 2 == 0 {
+                veloq::spawn_to(1 - me, next).map(drop)
+            } else {
+                veloq::spawn_balanced(next).map(drop)
+            };
+            if spawned.is_ok() {
+                accepted.fetch_add(1, SeqCst);
+            }
+        })
+    }
+    for _ in 0..20 {
+        let rt = runtime(2);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let ran = Arc::new(AtomicUsize::new(0));
+        for _ in 0..64 {
+            rt.spawn(relay(u32::MAX, accepted.clone(), ran.clone()))
+                .unwrap();
+            accepted.fetch_add(1, SeqCst);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        rt.shutdown(None).unwrap();
+        assert_eq!(ran.load(SeqCst), accepted.load(SeqCst));
+    }
+}

@@ -40,6 +40,8 @@ pub struct RuntimeContext {
     /// Workers we handed work to during the current job, to notify once it returns.
     pub(crate) notify_pending: Box<[Cell<bool>]>,
     pub(crate) any_notify_pending: Cell<bool>,
+    /// Counted in the registry's shutdown idle count.
+    pub(crate) counted_idle: Cell<bool>,
     pub(crate) rng: Cell<u64>,
     pub(crate) mesh_cursor: Cell<usize>,
     pub(crate) driver: RefCell<Driver>,
@@ -59,6 +61,7 @@ impl RuntimeContext {
             taken: Cell::new(0),
             notify_pending: (0..n).map(|_| Cell::new(false)).collect(),
             any_notify_pending: Cell::new(false),
+            counted_idle: Cell::new(false),
             rng: Cell::new(random_seed()),
             mesh_cursor: Cell::new(0),
             driver: RefCell::new(driver),
@@ -197,6 +200,10 @@ impl RuntimeContext {
     }
 
     /// Places a job; `make` runs only once the submission is accepted.
+    ///
+    /// From a worker no per-job shutdown handshake is needed: shutdown ends only when
+    /// every worker is idle (see `ExecutorRegistry::try_terminate`), which this one is not
+    /// while it runs the job calling this. A job accepted here always runs.
     fn submit(
         &self,
         placement: Placement,
@@ -205,15 +212,15 @@ impl RuntimeContext {
         let registry = &*self.registry;
         let (target, pinned) = match placement {
             Placement::Any => (self.index, false),
-            Placement::Balanced => (registry.p2c(&self.rng), false),
+            Placement::Balanced => (registry.p2c(&self.rng, Some(self.index)), false),
             Placement::Worker(w) if w < registry.len() => (w, true),
             Placement::Worker(_) => return Err(SpawnErrorKind::InvalidWorker),
         };
+        if registry.closed.load(Relaxed) {
+            return Err(SpawnErrorKind::Shutdown);
+        }
         if target == self.index && placement != Placement::Any {
             // Sending to ourselves: straight into the local run queue.
-            if registry.closed.load(Relaxed) {
-                return Err(SpawnErrorKind::Shutdown);
-            }
             match make().into_parts() {
                 JobParts::Task(task) => {
                     // References: the live list and the run queue entry.
@@ -226,16 +233,15 @@ impl RuntimeContext {
             return Ok(());
         }
         let worker = registry.worker(target);
-        if !registry.admit(worker) {
-            return Err(SpawnErrorKind::Shutdown);
-        }
         let job = make();
         if placement == Placement::Any {
+            worker.count_submitted(1);
             worker.injector.push(job);
             return Ok(()); // our own queue; peers are woken at the end of the turn
         }
         // SAFETY: this thread is worker `self.index`, the only producer of its row.
         if let Err(job) = unsafe { registry.mesh.push(self.index, target, job) } {
+            worker.count_submitted(1);
             if pinned {
                 worker.inbox.push(job);
             } else {

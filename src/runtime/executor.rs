@@ -38,11 +38,14 @@ pub(crate) struct LocalCounters {
 }
 
 impl RuntimeContext {
-    /// The worker loop; returns when shutdown has drained this worker.
+    /// The worker loop; returns when shutdown has drained every worker.
     pub(crate) fn run_loop(&self) {
         let budget = self.registry.config.budget;
         let mut cancelled = false;
         loop {
+            if self.counted_idle.get() && self.has_work() {
+                self.leave_idle();
+            }
             let mut ran = 0;
             if self.me().has_remote() {
                 ran += self.me().drain_remote(self);
@@ -61,11 +64,23 @@ impl RuntimeContext {
                     self.cancel_all();
                     continue;
                 }
-                if self.can_exit() {
-                    return;
+                if self.locally_quiet() {
+                    if !self.counted_idle.replace(true) {
+                        self.registry.enter_idle();
+                    }
+                    if self.registry.try_terminate() {
+                        return;
+                    }
                 }
             }
             self.idle(cancelled);
+        }
+    }
+
+    /// Takes this worker out of the shutdown idle count before it takes work.
+    fn leave_idle(&self) {
+        if self.counted_idle.replace(false) {
+            self.registry.leave_idle();
         }
     }
 
@@ -93,21 +108,15 @@ impl RuntimeContext {
             let Some(chan) = self.registry.mesh.channel(from, self.index) else {
                 continue;
             };
-            while n < budget {
-                // SAFETY: this thread is worker `self.index`, the only consumer of its column.
-                let Some(job) = (unsafe { chan.pop() }) else {
-                    break;
-                };
-                self.run_job(job, Source::Mesh);
-                n += 1;
-            }
+            // SAFETY: this thread is worker `self.index`, the only consumer of its column;
+            // running a job never consumes from this channel.
+            n += unsafe { chan.drain(budget - n, |job| self.run_job(job, Source::Mesh)) };
             if n >= budget {
                 // Start with the next channel next turn so every sender gets its share.
                 self.mesh_cursor.set((from + 1) % workers);
                 break;
             }
         }
-        self.taken.set(self.taken.get() + n as u64);
         n
     }
 
@@ -162,6 +171,7 @@ impl RuntimeContext {
             if victim.injector.is_empty() {
                 continue;
             }
+            self.leave_idle();
             let before = self.buffer.len();
             if let Steal::Success(job) = victim
                 .injector
@@ -299,7 +309,8 @@ impl RuntimeContext {
         let me = self.me();
         me.park.begin_park();
         let shutdown_news = self.registry.closed.load(SeqCst)
-            && (self.can_exit() || (!cancelled && self.registry.cancel.load(SeqCst)));
+            && (self.registry.terminated.load(SeqCst)
+                || (!cancelled && self.registry.cancel.load(SeqCst)));
         if self.has_work() || shutdown_news {
             me.park.abort_park();
             return;
@@ -322,12 +333,13 @@ impl RuntimeContext {
         }
     }
 
-    /// Shutdown may let this worker go: nothing unfinished, nothing queued, every job
-    /// handed to it has run.
-    fn can_exit(&self) -> bool {
+    /// Nothing left on this worker: no unfinished task, nothing queued anywhere it owns,
+    /// nothing on its way into its injector or inbox.
+    fn locally_quiet(&self) -> bool {
         self.live_futures.get() == 0
             && self.local.borrow().is_empty()
             && self.buffer.is_empty()
+            && !self.has_work()
             && self.me().all_jobs_taken()
     }
 }

@@ -103,6 +103,41 @@ impl<T> Channel<T> {
         Some(value)
     }
 
+    /// Removes up to `max` values, oldest first, handing each to `f`; publishes the new
+    /// head once at the end, so the producer's view of the ring changes once per batch.
+    /// Returns how many were taken.
+    ///
+    /// # Safety
+    /// Only one thread ever calls `pop` or `drain` on this channel, and `f` does not
+    /// touch this channel's consumer side.
+    pub(crate) unsafe fn drain(&self, max: usize, mut f: impl FnMut(T)) -> usize {
+        let head = self.head.load(Relaxed);
+        // SAFETY: tail_cache is consumer-private (caller is the single consumer).
+        let mut tail = self.tail_cache.with(|p| unsafe { *p });
+        if head == tail {
+            tail = self.tail.load(Acquire);
+            self.tail_cache.with_mut(|p| unsafe { *p = tail });
+        }
+        let n = tail.wrapping_sub(head).min(max);
+        for k in 0..n {
+            let at = head.wrapping_add(k) & self.mask;
+            // SAFETY: slots head..tail were published by the producer (Acquire load of
+            // tail, now or earlier) and are each read exactly once.
+            let value = self.slots[at].with(|p| unsafe { (*p).assume_init_read() });
+            f(value);
+        }
+        if n > 0 {
+            self.head.store(head.wrapping_add(n), Release);
+        }
+        n
+    }
+
+    /// Values waiting, as seen by the producer (exact for it, a hint for others).
+    pub(crate) fn occupancy(&self) -> usize {
+        let head = self.head.load(Acquire);
+        self.tail.load(Acquire).wrapping_sub(head)
+    }
+
     /// Whether the channel looks empty; callable from any thread (a hint, exact only
     /// for the consumer).
     pub(crate) fn is_empty(&self) -> bool {
@@ -231,6 +266,20 @@ mod tests {
             }
         }
         producer.join().unwrap();
+    }
+
+    #[test]
+    fn drain_takes_a_bounded_batch_in_order() {
+        let ch = Channel::new(8);
+        for i in 0..6 {
+            unsafe { ch.push(i) }.unwrap();
+        }
+        let mut got = Vec::new();
+        assert_eq!(unsafe { ch.drain(4, |v| got.push(v)) }, 4);
+        assert_eq!(ch.occupancy(), 2);
+        assert_eq!(unsafe { ch.drain(10, |v| got.push(v)) }, 2);
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(unsafe { ch.drain(10, |v| got.push(v)) }, 0);
     }
 
     #[test]

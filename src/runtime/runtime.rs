@@ -331,6 +331,11 @@ impl RuntimeBuilder {
             }
         }
         drop(ready_tx);
+        for _ in threads.len()..workers {
+            // Threads that could not be started count as idle and exited.
+            registry.enter_idle();
+            mark_exited(&registry);
+        }
         for _ in 0..threads.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -372,6 +377,8 @@ fn worker_main(
         Ok(d) => d,
         Err(e) => {
             let _ = ready.send(Err(e));
+            // Never runs: count it idle for good, so the others can terminate.
+            registry.enter_idle();
             mark_exited(&registry);
             return;
         }
@@ -586,8 +593,11 @@ impl Handle {
     ) -> Result<(), SpawnErrorKind> {
         let registry = &*self.registry;
         let (target, pinned) = match placement {
-            Placement::Any => (registry.next_outside(), false),
-            Placement::Balanced => (OUTSIDE_RNG.with(|rng| registry.p2c(rng)), false),
+            Placement::Any => (
+                OUTSIDE_CURSOR.with(|c| next_outside(c, registry.len())),
+                false,
+            ),
+            Placement::Balanced => (OUTSIDE_RNG.with(|rng| registry.p2c(rng, None)), false),
             Placement::Worker(w) if w < registry.len() => (w, true),
             Placement::Worker(_) => return Err(SpawnErrorKind::InvalidWorker),
         };
@@ -611,7 +621,15 @@ impl Handle {
     }
 }
 
+/// Round robin over the workers, per outside thread (no shared counter to contend on).
+fn next_outside(cursor: &Cell<usize>, workers: usize) -> usize {
+    let i = cursor.get().wrapping_add(1);
+    cursor.set(i);
+    i % workers
+}
+
 thread_local! {
+    static OUTSIDE_CURSOR: Cell<usize> = Cell::new(super::executor::spawner::random_seed() as usize);
     static OUTSIDE_RNG: Cell<u64> = Cell::new(super::executor::spawner::random_seed());
     static ENTERED: RefCell<Option<Handle>> = const { RefCell::new(None) };
 }

@@ -4,7 +4,7 @@
 use std::cell::{Cell, UnsafeCell};
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -50,9 +50,10 @@ pub(crate) struct WorkerShared {
     pub(crate) park: ParkState,
     /// Written to wake the worker from its ring.
     pub(crate) eventfd: OwnedFd,
-    /// Jobs ever handed to this worker (by any thread).
+    /// Jobs ever put in this worker's injector or inbox (mesh jobs are not counted: see
+    /// `ExecutorRegistry::try_terminate`).
     submitted: CachePadded<AtomicU64>,
-    /// Jobs of this worker ever run or stolen away.
+    /// Of those, jobs run here or stolen away.
     taken: CachePadded<AtomicU64>,
     /// Length of the local run queue, as last published by the worker.
     local_queued: AtomicU64,
@@ -134,18 +135,25 @@ impl WorkerShared {
         self.local_queued.store(n as u64, Relaxed);
     }
 
-    /// Jobs handed to this worker that have not finished yet, plus its local run queue.
-    /// Never wraps: `taken` is read first and every taken job was submitted before.
+    /// Queued and running work as others can see it: injector and inbox jobs not yet
+    /// finished, plus the local run queue as last published. Never wraps or drifts:
+    /// both counts only grow, `taken` is read first and every taken job was submitted
+    /// before it.
     pub fn load(&self) -> u64 {
-        let taken = self.taken.load(SeqCst);
-        let submitted = self.submitted.load(SeqCst);
+        let taken = self.taken.load(Acquire);
+        let submitted = self.submitted.load(Acquire);
         submitted.saturating_sub(taken) + self.local_queued.load(Relaxed)
     }
 
-    /// Whether every job handed to this worker has run.
+    /// Whether every injector and inbox job handed to this worker has run.
     pub(crate) fn all_jobs_taken(&self) -> bool {
         let taken = self.taken.load(SeqCst);
         self.submitted.load(SeqCst) == taken
+    }
+
+    /// Whether the injector and the inbox are empty and nothing is on its way into them.
+    fn shared_queues_empty(&self) -> bool {
+        self.injector.is_empty() && self.inbox.is_empty() && self.all_jobs_taken()
     }
 
     // --- remote waker operations ---------------------------------------------------------
@@ -241,9 +249,17 @@ pub(crate) struct ExecutorRegistry {
     pub(crate) exited_cv: Condvar,
     /// An opaque pointer the C layer attaches (its `veloq_runtime *`).
     pub(crate) host_data: AtomicPtr<c_void>,
-    /// Round-robin cursor for `spawn` from outside threads.
-    outside_cursor: AtomicUsize,
+    /// During shutdown: workers with nothing left to do (low 32 bits) and how many times
+    /// one of them found work again (high 32 bits). See `try_terminate`.
+    idle: AtomicU64,
+    /// Set once every worker may exit.
+    pub(crate) terminated: AtomicBool,
 }
+
+/// One worker in `ExecutorRegistry::idle`.
+const IDLE_ONE: u64 = 1;
+/// One un-idling in `ExecutorRegistry::idle` (epoch + 1, count - 1).
+const IDLE_LEAVE: u64 = (1 << 32) - 1;
 
 impl ExecutorRegistry {
     pub(crate) fn new(
@@ -264,8 +280,59 @@ impl ExecutorRegistry {
             exited: Mutex::new(0),
             exited_cv: Condvar::new(),
             host_data: AtomicPtr::new(std::ptr::null_mut()),
-            outside_cursor: AtomicUsize::new(0),
+            idle: AtomicU64::new(0),
+            terminated: AtomicBool::new(false),
         }
+    }
+
+    // --- shutdown by quiescence ----------------------------------------------------------
+    //
+    // Jobs a worker hands to another (mesh, overflow, its own injector) are not counted
+    // one by one: a worker only hands work over while it runs a job, and it counts itself
+    // idle only after that job returned and its own queues are empty. So once every
+    // worker is idle and every shared queue is empty, no job can appear any more (outside
+    // threads are refused, or counted through `admit`) and all may exit.
+
+    /// A worker has nothing left to do during shutdown.
+    pub(crate) fn enter_idle(&self) {
+        self.idle.fetch_add(IDLE_ONE, SeqCst);
+    }
+
+    /// A worker that counted itself idle is about to take work again. Must come before
+    /// it takes anything out of a queue.
+    pub(crate) fn leave_idle(&self) {
+        self.idle.fetch_add(IDLE_LEAVE, SeqCst);
+    }
+
+    /// Ends shutdown if every worker is idle and every shared queue is empty, with no
+    /// worker leaving idle meanwhile (the epoch is read before and after the scan).
+    pub(crate) fn try_terminate(&self) -> bool {
+        if self.terminated.load(SeqCst) {
+            return true;
+        }
+        let before = self.idle.load(SeqCst);
+        if before & 0xffff_ffff != self.len() as u64 {
+            return false;
+        }
+        let n = self.len();
+        for to in 0..n {
+            if !self.workers[to].shared_queues_empty() {
+                return false;
+            }
+            for from in 0..n {
+                if self.mesh.channel(from, to).is_some_and(|c| !c.is_empty()) {
+                    return false;
+                }
+            }
+        }
+        if self.idle.load(SeqCst) != before {
+            return false;
+        }
+        self.terminated.store(true, SeqCst);
+        for w in self.workers.iter() {
+            w.notify();
+        }
+        true
     }
 
     pub(crate) fn worker(&self, i: usize) -> &WorkerShared {
@@ -284,19 +351,17 @@ impl ExecutorRegistry {
         target.count_submitted(1);
         if self.closed.load(SeqCst) {
             target.uncount_submitted(1);
+            // Shutdown may have waited on this count: let the target look again.
+            target.notify();
             false
         } else {
             true
         }
     }
 
-    /// The next worker for a `spawn` from outside.
-    pub(crate) fn next_outside(&self) -> usize {
-        self.outside_cursor.fetch_add(1, Relaxed) % self.len()
-    }
-
-    /// Power of two choices: the less loaded of two workers drawn at random.
-    pub(crate) fn p2c(&self, rng: &Cell<u64>) -> usize {
+    /// Power of two choices: the less loaded of two workers drawn at random. `from` is
+    /// the worker asking, whose unconsumed mesh messages to each candidate count too.
+    pub(crate) fn p2c(&self, rng: &Cell<u64>, from: Option<usize>) -> usize {
         let n = self.len();
         if n == 1 {
             return 0;
@@ -306,7 +371,13 @@ impl ExecutorRegistry {
         if b >= a {
             b += 1;
         }
-        if self.workers[b].load() < self.workers[a].load() {
+        let load = |w: usize| {
+            let sent = from
+                .and_then(|f| self.mesh.channel(f, w))
+                .map_or(0, |c| c.occupancy() as u64);
+            self.workers[w].load() + sent
+        };
+        if load(b) < load(a) {
             b
         } else {
             a
