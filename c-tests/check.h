@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #ifdef __cplusplus
+#include <exception>
 #define CHECK_API_ inline
 #else
 #define CHECK_API_ static inline
@@ -176,7 +177,18 @@ CHECK_API_ void check_run_case_(const char *name, void (*fn)(void)) {
     struct check_state_ *st = check_state_();
     unsigned before = __atomic_load_n(&st->failures, __ATOMIC_SEQ_CST);
     st->current = name;
+#ifdef __cplusplus
+    /* An exception escaping a case fails that case; the program goes on. */
+    try {
+        fn();
+    } catch (const std::exception &e) {
+        check_fail_(__FILE__, __LINE__, "uncaught exception: %s", e.what());
+    } catch (...) {
+        check_fail_(__FILE__, __LINE__, "uncaught exception of unknown type");
+    }
+#else
     fn();
+#endif
     if (__atomic_load_n(&st->failures, __ATOMIC_SEQ_CST) == before) {
         st->passed++;
         printf("ok   %s\n", name);

@@ -3,17 +3,22 @@
 # `N passed, N failed`. A program that exits non-zero, or ends without that line, counts as
 # one more failure. Prints `<label>: N passed, N failed` and exits non-zero on any failure.
 #
-#   c-tests/run.sh [--label NAME] [--wrap "valgrind --flags"] PROGRAM...
+#   c-tests/run.sh [--label NAME] [--limit SECONDS] [--wrap "valgrind --flags"] PROGRAM...
+#
+# --limit kills a program (SIGKILL) that outlives its own watchdog by that much: a process
+# stuck where signals cannot reach it (e.g. inside valgrind) still ends, as a failure.
 #
 # With VELOQ_TEST_TOTALS set, appends "passed failed" to that file (make test's total).
 set -uo pipefail
 
 label=c-tests
 wrap=""
+limit=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --label) label=$2; shift 2 ;;
     --wrap) wrap=$2; shift 2 ;;
+    --limit) limit=$2; shift 2 ;;
     --) shift; break ;;
     *) break ;;
     esac
@@ -22,20 +27,25 @@ done
 passed=0
 failed=0
 broken=()
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+logdir=$(mktemp -d)
+trap 'rm -rf "$logdir"' EXIT
 
 for prog in "$@"; do
     name=$(basename "$prog")
+    log=$logdir/$name.log
+    : >"$log"
     echo "--- $name${wrap:+ (under ${wrap%% *})}"
+    killer=()
+    [[ $limit -gt 0 ]] && killer=(timeout -s KILL "$limit")
     # shellcheck disable=SC2086 # $wrap is a command line on purpose
-    $wrap "$prog" >"$log" 2>&1 &
+    "${killer[@]}" $wrap "$prog" >"$log" 2>&1 &
     pid=$!
     tail -n +1 -f --pid=$pid "$log" 2>/dev/null
     wait $pid
     rc=$?
     line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n1 || true)
     if [[ -z $line ]]; then
+        [[ $rc -eq 137 && $limit -gt 0 ]] && echo "!!! $name killed after ${limit}s"
         echo "!!! $name exited with status $rc without its closing line"
         failed=$((failed + 1))
         broken+=("$name")
