@@ -252,6 +252,14 @@ static void runtimes_give_back_every_thread_and_fd(void) {
         veloq_runtime_free(rt);
     }
     CHECK_EQ(count_dir("/proc/self/fd"), fds);
+    /* io_uring's own kernel workers (iou-wrk-*) are listed as our threads and may take a
+     * moment to go after their ring is closed: give them up to 10 s. */
+    {
+        int64_t start = check_now_ns();
+        while (count_dir("/proc/self/task") != threads &&
+               check_now_ns() - start < 10LL * 1000000000LL)
+            check_sleep_ms(10);
+    }
     CHECK_EQ(count_dir("/proc/self/task"), threads);
 }
 
