@@ -1,0 +1,285 @@
+// The C++ wrapper: RAII, moves, spawning any callable, exceptions turned into error
+// completions, refusals turned into veloq::Error. Two translation units (this one and
+// test_cpp_other.cpp) both include veloq.hpp.
+#include "test_cpp.hpp"
+
+#include <atomic>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+static std::vector<veloq_cqe> reap(veloq::CompletionQueue &cq, std::size_t n) {
+    std::vector<veloq_cqe> all;
+    while (all.size() < n) {
+        auto got = cq.wait(64, 1, 60s);
+        if (got.empty()) {
+            CHECK(!"completions lost");
+            break;
+        }
+        all.insert(all.end(), got.begin(), got.end());
+    }
+    return all;
+}
+
+// Leaving a scope shuts the runtime down: tasks accepted before have all run.
+static void runtime_destructor_runs_every_accepted_task(void) {
+    std::atomic<long> ran{0};
+    {
+        veloq::Runtime rt;
+        CHECK_GE(rt.workers(), 1);
+        for (int i = 0; i < 1000; i++)
+            rt.spawn([&ran] { ran++; });
+    }
+    CHECK_EQ(ran.load(), 1000);
+}
+
+static void runtime_and_queue_move_their_handles(void) {
+    veloq::Runtime a = veloq::Runtime::builder().workers(2).build();
+    veloq_runtime *raw = a.get();
+    REQUIRE(raw != nullptr);
+
+    veloq::Runtime b(std::move(a));
+    CHECK(a.get() == nullptr);
+    CHECK(!a);
+    CHECK(b.get() == raw);
+
+    veloq::Runtime c = veloq::Runtime::builder().workers(1).build();
+    c = std::move(b); // c's old runtime is freed here
+    CHECK(c.get() == raw);
+    CHECK(b.get() == nullptr);
+    CHECK_EQ(c.workers(), 2);
+    veloq::Runtime &alias = c;
+    c = std::move(alias); // self-move keeps it
+    CHECK(c.get() == raw);
+
+    veloq::CompletionQueue q1(c, 8);
+    veloq_cq *rq = q1.get();
+    veloq::CompletionQueue q2(std::move(q1));
+    CHECK(q1.get() == nullptr);
+    CHECK(q2.get() == rq);
+    veloq::CompletionQueue q3(c, 8);
+    q3 = std::move(q2);
+    CHECK(q3.get() == rq);
+    c.spawn_balanced([] { return std::int64_t(5); }, q3, 1);
+    auto got = reap(q3, 1);
+    REQUIRE(got.size() == 1);
+    CHECK_EQ(got[0].res, 5);
+
+    // A moved-from runtime refuses work with an Error, it does not crash.
+    try {
+        b.spawn([] {});
+        CHECK(!"spawn on a moved-from runtime did not throw");
+    } catch (const veloq::Error &e) {
+        CHECK_EQ(e.code(), -EINVAL);
+    }
+}
+
+static std::int64_t free_function(veloq_ctx *ctx) { return 100 + veloq_ctx_worker(ctx); }
+
+struct Functor {
+    std::int64_t operator()(veloq_ctx *) const { return 77; }
+};
+
+// Lambdas with and without ctx, function pointers, functors, std::function, void results.
+static void every_kind_of_callable_runs_with_every_spawn(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    veloq::CompletionQueue cq(rt, 4);
+    int captured = 41;
+    std::function<std::int64_t()> stdfn = [] { return std::int64_t(-3); };
+
+    rt.spawn([captured] { return std::int64_t(captured + 1); }, cq, 1);
+    rt.spawn_balanced([&captured](veloq_ctx *ctx) {
+        return std::int64_t(captured) + (veloq_ctx_runtime(ctx) ? 1000 : 0);
+    }, cq, 2);
+    rt.spawn_to(1, &free_function, cq, 3);
+    rt.spawn_to(0, Functor{}, cq, 4);
+    rt.spawn(stdfn, cq, 5);
+    rt.spawn_balanced([] {}, cq, 6);
+    rt.spawn_to(1, [](veloq_ctx *ctx) { return veloq_ctx_worker(ctx); }, cq, 7);
+
+    std::int64_t res[8] = {0};
+    int seen[8] = {0};
+    for (const veloq_cqe &e : reap(cq, 7)) {
+        REQUIRE(e.user_data >= 1 && e.user_data <= 7);
+        res[e.user_data] = e.res;
+        seen[e.user_data]++;
+    }
+    for (int i = 1; i <= 7; i++)
+        CHECK_EQ(seen[i], 1);
+    CHECK_EQ(res[1], 42);
+    CHECK_EQ(res[2], 1041);
+    CHECK_EQ(res[3], 101);
+    CHECK_EQ(res[4], 77);
+    CHECK_EQ(res[5], -3);
+    CHECK_EQ(res[6], 0);
+    CHECK_EQ(res[7], 1);
+}
+
+// Each box is freed after its callable ran: no Tracked instance outlives the runtime.
+static void boxed_callables_are_freed_after_they_run(void) {
+    {
+        veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+        Tracked t;
+        for (int i = 0; i < 500; i++) {
+            rt.spawn([t] { return std::int64_t(0); });
+            rt.spawn_balanced([t] {});
+        }
+        rt.shutdown();
+        CHECK_EQ(tracked_live(), 1); // only `t` itself
+    }
+    CHECK_EQ(tracked_live(), 0);
+}
+
+// A throwing callable completes with an error code; nothing crosses into the library.
+static void throwing_callable_completes_with_an_error_code(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    veloq::CompletionQueue cq(rt, 8);
+    rt.spawn([]() -> std::int64_t { throw std::runtime_error("boom"); }, cq, 1);
+    rt.spawn_balanced([](veloq_ctx *) -> std::int64_t { throw 42; }, cq, 2);
+    rt.spawn_to(1, []() -> std::int64_t { throw veloq::Error(-EIO, "inside"); }, cq, 3);
+    rt.spawn([] { return std::int64_t(9); }, cq, 4); // the runtime goes on
+    std::int64_t res[5] = {0};
+    for (const veloq_cqe &e : reap(cq, 4))
+        if (e.user_data >= 1 && e.user_data <= 4)
+            res[e.user_data] = e.res;
+    CHECK_EQ(res[1], VELOQ_EPANIC);
+    CHECK_EQ(res[2], VELOQ_EPANIC);
+    CHECK_EQ(res[3], -EIO);
+    CHECK_EQ(res[4], 9);
+}
+
+// Refused: spawn throws Error (the callable is destroyed, never run); try_spawn returns it.
+static void refused_spawn_throws_or_returns_the_errno_and_frees_the_callable(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    std::atomic<int> ran{0};
+    CHECK(rt.shutdown());
+    {
+        Tracked t;
+        try {
+            rt.spawn([t, &ran] { ran++; });
+            CHECK(!"spawn after shutdown did not throw");
+        } catch (const veloq::Error &e) {
+            CHECK_EQ(e.code(), -ESHUTDOWN);
+            CHECK(std::string(e.what()).find("veloq_spawn") != std::string::npos);
+        }
+        CHECK_EQ(rt.try_spawn_balanced([t, &ran] { ran++; }), -ESHUTDOWN);
+        CHECK_EQ(rt.try_spawn_to(0, [t, &ran] { ran++; }), -ESHUTDOWN);
+        CHECK_EQ(tracked_live(), 1);
+    }
+    // A bad worker index is refused the same way, before shutdown too.
+    veloq::Runtime live = veloq::Runtime::builder().workers(2).build();
+    CHECK_EQ(live.try_spawn_to(2, [&ran] { ran++; }), -EINVAL);
+    try {
+        live.spawn_to(99, [&ran] { ran++; });
+        CHECK(!"spawn_to(99) did not throw");
+    } catch (const veloq::Error &e) {
+        CHECK_EQ(e.code(), -EINVAL);
+    }
+    live.shutdown();
+    CHECK_EQ(ran.load(), 0);
+    CHECK_EQ(tracked_live(), 0);
+}
+
+static void completion_queue_poll_wait_fd_post_close(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    veloq::CompletionQueue cq(rt, 4);
+    CHECK_GE(cq.fd(), 0);
+    CHECK(cq.poll().empty());
+    CHECK(cq.wait(8, 1, 1ms).empty()); // timeout: empty, not an exception
+    for (std::uint64_t i = 0; i < 6; i++)
+        cq.post(i, -static_cast<std::int64_t>(i));
+    auto first = cq.poll(4);
+    REQUIRE(first.size() == 4);
+    CHECK_EQ(first[0].user_data, 0);
+    CHECK_EQ(first[3].res, -3);
+    veloq_cqe raw[4];
+    CHECK_EQ(cq.poll_into(raw, 4), 2);
+    CHECK_EQ(raw[1].user_data, 5);
+
+    // close() while a completion is owed: Error(-EBUSY), the queue stays usable.
+    std::atomic<bool> go{false};
+    rt.spawn_to(0, [&go] {
+        while (!go.load())
+            check_sleep_ms(1);
+        return std::int64_t(1);
+    }, cq, 50);
+    try {
+        cq.close();
+        CHECK(!"close with an owed completion did not throw");
+    } catch (const veloq::Error &e) {
+        CHECK_EQ(e.code(), -EBUSY);
+    }
+    CHECK(cq.get() != nullptr);
+    go = true;
+    auto got = cq.wait(4, 1, 60s);
+    REQUIRE(got.size() == 1);
+    CHECK_EQ(got[0].user_data, 50);
+    try {
+        cq.close(); // the completion arrived: nothing is owed any more
+        CHECK(cq.get() == nullptr);
+    } catch (const veloq::Error &e) {
+        check_fail_(__FILE__, __LINE__, "close() after the owed completion arrived: %s", e.what());
+    }
+}
+
+// The destructor of a queue that is still owed completions waits for them.
+static void queue_destructor_waits_for_owed_completions(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    std::atomic<int> ran{0};
+    {
+        veloq::CompletionQueue cq(rt, 2);
+        for (int i = 0; i < 100; i++)
+            rt.spawn_balanced([&ran] { return std::int64_t(ran++); }, cq, std::uint64_t(i));
+    }
+    CHECK_EQ(ran.load(), 100);
+}
+
+static void shutdown_with_a_limit_reports_timeout(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(1).build();
+    std::atomic<bool> go{false}, started{false};
+    rt.spawn([&] {
+        started = true;
+        while (!go.load())
+            check_sleep_ms(1);
+    });
+    while (!started.load())
+        check_sleep_ms(1);
+    CHECK(!rt.shutdown(1ms)); // false: timed out
+    go = true;
+    CHECK(rt.shutdown());
+}
+
+static void same_template_in_both_translation_units(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(1).build();
+    veloq::CompletionQueue cq(rt, 4);
+    rt.spawn(&plain_task, cq, 1); // trampoline<int64_t (*)()>, as in the other unit
+    auto got = reap(cq, 1);
+    REQUIRE(got.size() == 1);
+    CHECK_EQ(got[0].res, 1234);
+    CHECK_EQ(spawn_plain_function_in_other_tu(rt, cq), 1234);
+}
+
+static void version_and_strerror(void) {
+    CHECK_EQ(veloq::version(), veloq_version());
+    CHECK(veloq::strerror(VELOQ_EPANIC) == veloq_strerror(VELOQ_EPANIC));
+}
+
+int main() {
+    check_init("test_cpp", 120);
+    RUN_CASE(runtime_destructor_runs_every_accepted_task);
+    RUN_CASE(runtime_and_queue_move_their_handles);
+    RUN_CASE(every_kind_of_callable_runs_with_every_spawn);
+    RUN_CASE(boxed_callables_are_freed_after_they_run);
+    RUN_CASE(throwing_callable_completes_with_an_error_code);
+    RUN_CASE(refused_spawn_throws_or_returns_the_errno_and_frees_the_callable);
+    RUN_CASE(completion_queue_poll_wait_fd_post_close);
+    RUN_CASE(queue_destructor_waits_for_owed_completions);
+    RUN_CASE(shutdown_with_a_limit_reports_timeout);
+    RUN_CASE(same_template_in_both_translation_units);
+    RUN_CASE(version_and_strerror);
+    run_other_tu_cases();
+    return check_summary();
+}

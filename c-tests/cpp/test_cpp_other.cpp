@@ -1,0 +1,71 @@
+// Second translation unit of the C++ test: more cases, and the same templates as main.
+#include "test_cpp.hpp"
+
+#include <memory>
+#include <string>
+
+std::int64_t spawn_plain_function_in_other_tu(veloq::Runtime &rt, veloq::CompletionQueue &cq) {
+    rt.spawn(&plain_task, cq, 2); // trampoline<int64_t (*)()>, also instantiated in main
+    auto got = cq.wait(1, 1, std::chrono::seconds(60));
+    return got.size() == 1 ? got[0].res : -1;
+}
+
+// A move-only callable (captures a unique_ptr) is boxed by moving.
+static void move_only_callable_is_boxed_and_run(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    veloq::CompletionQueue cq(rt, 8);
+    auto p = std::make_unique<std::int64_t>(99);
+    rt.spawn_balanced([p = std::move(p)]() { return *p + 1; }, cq, 5);
+    auto got = cq.wait(4, 1, std::chrono::seconds(60));
+    REQUIRE(got.size() == 1);
+    CHECK_EQ(got[0].user_data, 5);
+    CHECK_EQ(got[0].res, 100);
+}
+
+// Inside a callback, RuntimeRef(ctx) spawns onto the same runtime.
+static void runtime_ref_from_ctx_spawns_from_inside_a_callback(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    veloq::CompletionQueue cq(rt, 8);
+    veloq_cq *raw = cq.get();
+    rt.spawn_to(0, [raw](veloq_ctx *ctx) -> std::int64_t {
+        veloq::RuntimeRef here(ctx);
+        here.spawn_to(1, [](veloq_ctx *c) { return std::int64_t(veloq_ctx_worker(c)); }, raw, 11);
+        return here.workers();
+    }, cq, 10);
+    int seen = 0;
+    while (seen < 2) {
+        auto got = cq.wait(4, 1, std::chrono::seconds(60));
+        REQUIRE(!got.empty());
+        for (const veloq_cqe &e : got) {
+            if (e.user_data == 10)
+                CHECK_EQ(e.res, 2);
+            else if (e.user_data == 11)
+                CHECK_EQ(e.res, 1); // ran on worker 1
+            else
+                CHECK(false);
+            seen++;
+        }
+    }
+}
+
+// Calls from a throwing setter leave the builder usable.
+static void builder_rejects_bad_options_with_error(void) {
+    veloq::Runtime::Builder b = veloq::Runtime::builder();
+    b.workers(1);
+    try {
+        b.mesh_capacity(0);
+        CHECK(!"mesh_capacity(0) did not throw");
+    } catch (const veloq::Error &e) {
+        CHECK_EQ(e.code(), -EINVAL);
+        CHECK(std::string(e.what()).find("veloq_builder_mesh_capacity") != std::string::npos);
+        CHECK(std::string(e.what()).find(veloq_strerror(-EINVAL)) != std::string::npos);
+    }
+    veloq::Runtime rt = b.pin_workers(false).ring_entries(64).budget(32).build();
+    CHECK_EQ(rt.workers(), 1);
+}
+
+void run_other_tu_cases() {
+    RUN_CASE(move_only_callable_is_boxed_and_run);
+    RUN_CASE(runtime_ref_from_ctx_spawns_from_inside_a_callback);
+    RUN_CASE(builder_rejects_bad_options_with_error);
+}
