@@ -799,3 +799,13 @@ fn shutdown_while_workers_keep_spawning_on_each_other_loses_nothing() {
         assert_eq!(ran.load(SeqCst), accepted.load(SeqCst));
     }
 }
+
+#[test]
+fn shutdown_right_after_build_while_workers_still_spin_finishes() {
+    // Workers that have not parked yet are not woken by a system call; they must still
+    // notice shutdown before they go to sleep.
+    for _ in 0..200 {
+        let rt = runtime(2);
+        assert_eq!(rt.shutdown(None), Ok(()));
+    }
+}

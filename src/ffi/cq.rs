@@ -1,5 +1,6 @@
 //! Completion queues.
 
+use std::ffi::c_int;
 use std::time::Duration;
 
 use super::error::VELOQ_EPANIC;
@@ -54,7 +55,7 @@ pub extern "C" fn veloq_cq_new(
     rt: *mut veloq_runtime,
     capacity: u32,
     out: *mut *mut veloq_cq,
-) -> i32 {
+) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         // SAFETY: a non-null runtime is live (caller's promise).
         let Ok(rt) = (unsafe { handle(rt) }) else {
@@ -78,18 +79,15 @@ pub extern "C" fn veloq_cq_new(
 }
 
 /// Copies up to `max` waiting entries, oldest first, into `out` and returns how many
-/// (0 when none wait). Never blocks. -EINVAL for NULL `cq`, or NULL `out` with `max` > 0.
+/// (0 when none wait). Never blocks. -EINVAL for NULL `cq` or `out`, or `max` 0.
 #[no_mangle]
-pub extern "C" fn veloq_cq_poll(cq: *mut veloq_cq, out: *mut veloq_cqe, max: u32) -> i32 {
+pub extern "C" fn veloq_cq_poll(cq: *mut veloq_cq, out: *mut veloq_cqe, max: u32) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         // SAFETY: a non-null cq is live (caller's promise).
         let Ok(cq) = (unsafe { handle(cq) }) else {
             return -libc::EINVAL;
         };
-        if max == 0 {
-            return 0;
-        }
-        if out.is_null() {
+        if out.is_null() || max == 0 {
             return -libc::EINVAL;
         }
         // SAFETY: `out` holds `max` entries (caller's promise).
@@ -109,7 +107,7 @@ pub extern "C" fn veloq_cq_wait(
     max: u32,
     min: u32,
     timeout_ns: i64,
-) -> i32 {
+) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         // SAFETY: a non-null cq is live (caller's promise).
         let Ok(cq) = (unsafe { handle(cq) }) else {
@@ -133,7 +131,7 @@ pub extern "C" fn veloq_cq_wait(
 /// to your own epoll/poll loop and call `veloq_cq_poll` when it fires. Owned by the
 /// queue (do not close or read it). -EINVAL for NULL.
 #[no_mangle]
-pub extern "C" fn veloq_cq_fd(cq: *const veloq_cq) -> i32 {
+pub extern "C" fn veloq_cq_fd(cq: *const veloq_cq) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         // SAFETY: a non-null cq is live (caller's promise).
         unsafe { handle(cq) }.map_or_else(|e| e, |cq| cq.inner.fd())
@@ -144,7 +142,7 @@ pub extern "C" fn veloq_cq_fd(cq: *const veloq_cq) -> i32 {
 /// Never fails for a valid queue and never drops; costs no system call unless the
 /// queue's consumer may be asleep. Returns 0, or -EINVAL for NULL.
 #[no_mangle]
-pub extern "C" fn veloq_cq_post(cq: *mut veloq_cq, user_data: u64, res: i64) -> i32 {
+pub extern "C" fn veloq_cq_post(cq: *mut veloq_cq, user_data: u64, res: i64) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         // SAFETY: a non-null cq is live (caller's promise).
         let Ok(cq) = (unsafe { handle(cq) }) else {
@@ -165,13 +163,13 @@ pub extern "C" fn veloq_cq_post(cq: *mut veloq_cq, user_data: u64, res: i64) -> 
 /// owed to it (free it after they arrived, or after the runtime shut down). No other
 /// call may use `cq` during or after a successful free.
 #[no_mangle]
-pub extern "C" fn veloq_cq_free(cq: *mut veloq_cq) -> i32 {
+pub extern "C" fn veloq_cq_free(cq: *mut veloq_cq) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         // SAFETY: a non-null cq is live (caller's promise).
         let Ok(queue) = (unsafe { handle(cq) }) else {
             return 0;
         };
-        if queue.inner.owed() > 0 {
+        if !queue.inner.quiesce() {
             return -libc::EBUSY;
         }
         // SAFETY: made by Box::into_raw in veloq_cq_new; nothing is owed to it.

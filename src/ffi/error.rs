@@ -1,18 +1,16 @@
 //! Error codes and their descriptions.
 
-use std::ffi::c_char;
-
-/// libveloq's own codes live below -4096, away from every errno.
-const VELOQ_ERRNO_BASE: i32 = -4096;
+use std::ffi::{c_char, c_int};
 
 /// The call hit an internal bug (a Rust panic was caught at the boundary). Nothing was
-/// accepted; the runtime stays usable.
-pub const VELOQ_EPANIC: i32 = VELOQ_ERRNO_BASE - 1;
+/// accepted; the runtime stays usable. libveloq's own codes live below -4096, away from
+/// every errno.
+pub const VELOQ_EPANIC: c_int = -4097;
 
 /// Describes any return value of libveloq: 0, a negative errno, or a `VELOQ_E*` code.
 /// The string is static and must not be freed. Callable from any thread.
 #[no_mangle]
-pub extern "C" fn veloq_strerror(err: i32) -> *const c_char {
+pub extern "C" fn veloq_strerror(err: c_int) -> *const c_char {
     let s: &'static [u8] = match err {
         0 => b"success\0",
         VELOQ_EPANIC => b"internal error in libveloq (panic caught); the runtime stays usable\0",

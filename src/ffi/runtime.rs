@@ -1,5 +1,6 @@
 //! Builder and runtime lifecycle.
 
+use std::ffi::c_int;
 use std::ptr;
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ pub extern "C" fn veloq_builder_new() -> *mut veloq_builder {
 fn configure(
     b: *mut veloq_builder,
     set: impl FnOnce(&mut RuntimeBuilder) -> Result<(), &'static str>,
-) -> i32 {
+) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         // SAFETY: a non-null builder comes from veloq_builder_new and is not shared.
         match unsafe { b.as_mut() } {
@@ -50,14 +51,14 @@ fn configure(
 /// Number of workers, 1..=1024; 0 means one per online CPU (the default).
 /// Returns 0, or -EINVAL (NULL builder, n > 1024; the builder is unchanged).
 #[no_mangle]
-pub extern "C" fn veloq_builder_workers(b: *mut veloq_builder, n: u32) -> i32 {
+pub extern "C" fn veloq_builder_workers(b: *mut veloq_builder, n: u32) -> c_int {
     configure(b, |b| b.set_workers(n as usize))
 }
 
 /// Pin worker i to CPU core i (modulo the cores there are). Default: not pinned.
 /// Returns 0, or -EINVAL for a NULL builder.
 #[no_mangle]
-pub extern "C" fn veloq_builder_pin_workers(b: *mut veloq_builder, pin: bool) -> i32 {
+pub extern "C" fn veloq_builder_pin_workers(b: *mut veloq_builder, pin: bool) -> c_int {
     configure(b, |b| {
         *b = std::mem::take(b).pin_workers(pin);
         Ok(())
@@ -68,21 +69,21 @@ pub extern "C" fn veloq_builder_pin_workers(b: *mut veloq_builder, pin: bool) ->
 /// two. A full channel never loses a task: the rest waits in the target's inbox.
 /// Returns 0, or -EINVAL (NULL builder, out of range; the builder is unchanged).
 #[no_mangle]
-pub extern "C" fn veloq_builder_mesh_capacity(b: *mut veloq_builder, slots: u32) -> i32 {
+pub extern "C" fn veloq_builder_mesh_capacity(b: *mut veloq_builder, slots: u32) -> c_int {
     configure(b, |b| b.set_mesh_capacity(slots as usize))
 }
 
 /// io_uring submission queue entries per worker, 1..=32768 (the kernel rounds up to a
 /// power of two). Returns 0, or -EINVAL (NULL builder, out of range; unchanged).
 #[no_mangle]
-pub extern "C" fn veloq_builder_ring_entries(b: *mut veloq_builder, entries: u32) -> i32 {
+pub extern "C" fn veloq_builder_ring_entries(b: *mut veloq_builder, entries: u32) -> c_int {
     configure(b, |b| b.set_ring_entries(entries))
 }
 
 /// Tasks each source (local queue, mesh, inbox, injector) may run per loop turn,
 /// 1..=65536; default 64. Returns 0, or -EINVAL (NULL builder, out of range; unchanged).
 #[no_mangle]
-pub extern "C" fn veloq_builder_budget(b: *mut veloq_builder, tasks: u32) -> i32 {
+pub extern "C" fn veloq_builder_budget(b: *mut veloq_builder, tasks: u32) -> c_int {
     configure(b, |b| b.set_budget(tasks as usize))
 }
 
@@ -103,7 +104,10 @@ pub extern "C" fn veloq_builder_free(b: *mut veloq_builder) {
 /// -EPERM where io_uring is forbidden, -ENOSYS without io_uring); then nothing is left
 /// running and `*out` is untouched. Free the runtime with `veloq_runtime_free`.
 #[no_mangle]
-pub extern "C" fn veloq_runtime_build(b: *mut veloq_builder, out: *mut *mut veloq_runtime) -> i32 {
+pub extern "C" fn veloq_runtime_build(
+    b: *mut veloq_builder,
+    out: *mut *mut veloq_runtime,
+) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         if b.is_null() {
             return -libc::EINVAL;
@@ -120,7 +124,7 @@ pub extern "C" fn veloq_runtime_build(b: *mut veloq_builder, out: *mut *mut velo
 /// Starts a runtime with all defaults (see `veloq_builder_new`) into `*out`.
 /// Returns 0, or the errors of `veloq_runtime_build`.
 #[no_mangle]
-pub extern "C" fn veloq_runtime_new(out: *mut *mut veloq_runtime) -> i32 {
+pub extern "C" fn veloq_runtime_new(out: *mut *mut veloq_runtime) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         if out.is_null() {
             return -libc::EINVAL;
@@ -129,7 +133,7 @@ pub extern "C" fn veloq_runtime_new(out: *mut *mut veloq_runtime) -> i32 {
     })
 }
 
-fn build_into(builder: RuntimeBuilder, out: *mut *mut veloq_runtime) -> i32 {
+fn build_into(builder: RuntimeBuilder, out: *mut *mut veloq_runtime) -> c_int {
     match builder.build() {
         Ok(inner) => {
             let rt = Box::into_raw(Box::new(veloq_runtime { inner }));
@@ -159,7 +163,7 @@ pub extern "C" fn veloq_runtime_workers(rt: *const veloq_runtime) -> u32 {
 /// when called from one of this runtime's worker callbacks (nothing happens);
 /// -EINVAL for NULL. Callable from any other thread, any number of times.
 #[no_mangle]
-pub extern "C" fn veloq_runtime_shutdown(rt: *mut veloq_runtime, timeout_ns: i64) -> i32 {
+pub extern "C" fn veloq_runtime_shutdown(rt: *mut veloq_runtime, timeout_ns: i64) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         result_code((|| {
             // SAFETY: a non-null runtime is live (caller's promise).

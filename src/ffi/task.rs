@@ -1,6 +1,6 @@
 //! Spawning callbacks, and the worker context they receive.
 
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 use std::ptr;
 
 use super::cq::veloq_cq;
@@ -26,7 +26,7 @@ fn spawn(
     arg: *mut c_void,
     cq: *mut veloq_cq,
     user_data: u64,
-) -> i32 {
+) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         // SAFETY: a non-null runtime is live (caller's promise).
         let Ok(rt) = (unsafe { handle(rt) }) else {
@@ -69,12 +69,12 @@ fn spawn(
 #[no_mangle]
 pub extern "C" fn veloq_spawn(
     rt: *mut veloq_runtime,
-    fn_: veloq_task_fn,
+    r#fn: veloq_task_fn,
     arg: *mut c_void,
     cq: *mut veloq_cq,
     user_data: u64,
-) -> i32 {
-    spawn(rt, Placement::Any, fn_, arg, cq, user_data)
+) -> c_int {
+    spawn(rt, Placement::Any, r#fn, arg, cq, user_data)
 }
 
 /// Like `veloq_spawn`, on the less loaded of two workers drawn at random (power of two
@@ -84,12 +84,12 @@ pub extern "C" fn veloq_spawn(
 #[no_mangle]
 pub extern "C" fn veloq_spawn_balanced(
     rt: *mut veloq_runtime,
-    fn_: veloq_task_fn,
+    r#fn: veloq_task_fn,
     arg: *mut c_void,
     cq: *mut veloq_cq,
     user_data: u64,
-) -> i32 {
-    spawn(rt, Placement::Balanced, fn_, arg, cq, user_data)
+) -> c_int {
+    spawn(rt, Placement::Balanced, r#fn, arg, cq, user_data)
 }
 
 /// Like `veloq_spawn`, on exactly worker `worker` (0..workers); the task is never stolen.
@@ -98,15 +98,15 @@ pub extern "C" fn veloq_spawn_balanced(
 pub extern "C" fn veloq_spawn_to(
     rt: *mut veloq_runtime,
     worker: u32,
-    fn_: veloq_task_fn,
+    r#fn: veloq_task_fn,
     arg: *mut c_void,
     cq: *mut veloq_cq,
     user_data: u64,
-) -> i32 {
+) -> c_int {
     spawn(
         rt,
         Placement::Worker(worker as usize),
-        fn_,
+        r#fn,
         arg,
         cq,
         user_data,

@@ -117,6 +117,8 @@ pub struct CompletionQueue {
     head: CachePadded<AtomicUsize>,
     /// Completions reserved and not yet posted.
     owed: CachePadded<AtomicU64>,
+    /// `post_reserved` calls between releasing their reservation and finishing the post.
+    posting: AtomicU64,
     flags: CachePadded<Flags>,
     /// Ring size - 1 (the size is a power of two).
     mask: usize,
@@ -167,6 +169,7 @@ impl CompletionQueue {
             tail: CachePadded::new(AtomicUsize::new(0)),
             head: CachePadded::new(AtomicUsize::new(0)),
             owed: CachePadded::new(AtomicU64::new(0)),
+            posting: AtomicU64::new(0),
             flags: CachePadded::new(Flags {
                 overflow_len: AtomicUsize::new(0),
                 signaled: AtomicBool::new(false),
@@ -300,11 +303,29 @@ impl CompletionQueue {
         self.owed.fetch_add(1, Relaxed);
     }
 
-    /// Posts `cqe` (like [`post`](Self::post)) and then releases one reservation, so a thread
-    /// that sees [`owed`](Self::owed) drop also sees the entry. Callable from any thread.
+    /// Releases one reservation and posts `cqe` (like [`post`](Self::post)). The
+    /// reservation is released first, so a consumer that has received the entry always
+    /// finds nothing owed any more; the post itself is counted in `posting`, which
+    /// [`quiesce`](Self::quiesce) waits out. Callable from any thread.
     pub fn post_reserved(&self, cqe: Cqe) {
-        self.post(cqe);
+        self.posting.fetch_add(1, SeqCst);
         self.release_reservation();
+        self.post(cqe);
+        self.posting.fetch_sub(1, Release);
+    }
+
+    /// Whether the queue may be dropped now: false while completions are owed; otherwise
+    /// waits for posts already under way (they finish in nanoseconds) and returns true.
+    /// Nothing can start posting afterwards unless a new reservation is made. Callable
+    /// from any thread.
+    pub fn quiesce(&self) -> bool {
+        if self.owed.load(SeqCst) > 0 {
+            return false;
+        }
+        while self.posting.load(Acquire) > 0 {
+            crate::sync::spin_hint();
+        }
+        true
     }
 
     /// Releases one reservation without posting (the submission was refused after
@@ -313,7 +334,7 @@ impl CompletionQueue {
     pub fn release_reservation(&self) {
         let released = self
             .owed
-            .fetch_update(Release, Relaxed, |n| n.checked_sub(1));
+            .fetch_update(SeqCst, Relaxed, |n| n.checked_sub(1));
         debug_assert!(
             released.is_ok(),
             "release_reservation without a reservation"

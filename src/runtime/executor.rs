@@ -308,9 +308,13 @@ impl RuntimeContext {
         }
         let me = self.me();
         me.park.begin_park();
+        // Shutdown news this worker has not acted on yet: it must loop once more (to
+        // count itself idle and try to end shutdown) rather than sleep. A worker still
+        // waiting for its tasks may sleep: whatever finishes them will wake it.
         let shutdown_news = self.registry.closed.load(SeqCst)
             && (self.registry.terminated.load(SeqCst)
-                || (!cancelled && self.registry.cancel.load(SeqCst)));
+                || (!cancelled && self.registry.cancel.load(SeqCst))
+                || (!self.counted_idle.get() && self.locally_quiet()));
         if self.has_work() || shutdown_news {
             me.park.abort_park();
             return;
