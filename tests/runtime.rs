@@ -809,3 +809,31 @@ fn shutdown_right_after_build_while_workers_still_spin_finishes() {
         assert_eq!(rt.shutdown(None), Ok(()));
     }
 }
+
+unsafe extern "C" fn raw_count(_ctx: *mut RuntimeContext, arg: *mut c_void) -> i64 {
+    // SAFETY: arg is an AtomicUsize the test keeps alive until shutdown returned.
+    unsafe { &*(arg as *const AtomicUsize) }.fetch_add(1, SeqCst);
+    0
+}
+
+#[test]
+fn shutdown_after_a_burst_of_stealable_outside_work_finishes() {
+    // Idle workers steal while shutdown drains; a victim that checked its counts while a
+    // steal was moving them must still be told when they agree.
+    for _ in 0..60 {
+        let rt = runtime(2);
+        let ran = AtomicUsize::new(0);
+        let job = RawTask {
+            func: raw_count,
+            arg: &ran as *const AtomicUsize as *mut c_void,
+            cq: std::ptr::null(),
+            user_data: 0,
+        };
+        for _ in 0..20_000 {
+            // SAFETY: raw_count only reads its counter, alive until shutdown returned.
+            unsafe { rt.spawn_raw(Placement::Any, job) }.unwrap();
+        }
+        rt.shutdown(None).unwrap();
+        assert_eq!(ran.load(SeqCst), 20_000);
+    }
+}

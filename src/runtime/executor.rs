@@ -182,6 +182,11 @@ impl RuntimeContext {
                 // never sees them nowhere.
                 self.me().count_submitted(n);
                 victim.count_taken(n);
+                if self.registry.closed.load(SeqCst) {
+                    // The victim may have looked at its counts in between, found them
+                    // unequal and gone to sleep without counting itself idle.
+                    victim.notify();
+                }
                 self.me().counters.steals.fetch_add(1, Relaxed);
                 self.stats.stolen.set(self.stats.stolen.get() + n);
                 self.taken.set(self.taken.get() + 1);
