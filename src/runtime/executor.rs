@@ -270,6 +270,16 @@ impl RuntimeContext {
         }
     }
 
+    /// Whether an inbound mesh channel holds a message.
+    fn mesh_has_work(&self) -> bool {
+        (0..self.registry.len()).any(|from| {
+            self.registry
+                .mesh
+                .channel(from, self.index)
+                .is_some_and(|c| !c.is_empty())
+        })
+    }
+
     /// Whether any source of this worker has work.
     fn has_work(&self) -> bool {
         let me = self.me();
@@ -281,12 +291,7 @@ impl RuntimeContext {
         {
             return true;
         }
-        (0..self.registry.len()).any(|from| {
-            self.registry
-                .mesh
-                .channel(from, self.index)
-                .is_some_and(|c| !c.is_empty())
-        })
+        self.mesh_has_work()
     }
 
     /// Nothing to do: spin for the configured time, then park in the ring.
@@ -296,7 +301,9 @@ impl RuntimeContext {
             let start = Instant::now();
             let mut rounds = 0u32;
             loop {
-                if self.has_work() {
+                // Mesh messages are what a spinning worker most often waits for: look at
+                // its inbound channels every round, at everything else every 16th.
+                if self.mesh_has_work() || (rounds % 16 == 0 && self.has_work()) {
                     return;
                 }
                 rounds += 1;
