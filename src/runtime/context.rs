@@ -183,20 +183,9 @@ impl RuntimeContext {
         value: V,
         alloc: impl FnOnce(V) -> TaskRef,
     ) -> Result<JoinHandle<T>, SpawnError<V>> {
-        let mut value = Some(value);
-        let mut handle = None;
-        let submitted = self.submit(placement, || {
-            let task = alloc(value.take().expect("made once"));
-            handle = Some(JoinHandle::new(task, self.registry.clone()));
-            Job::Task(task)
-        });
-        match submitted {
-            Ok(()) => Ok(handle.expect("made on success")),
-            Err(kind) => Err(SpawnError::new(
-                kind,
-                value.take().expect("kept on refusal"),
-            )),
-        }
+        place_task(&self.registry, value, alloc, |make| {
+            self.submit(placement, make)
+        })
     }
 
     /// Places a job; `make` runs only once the submission is accepted.
@@ -287,6 +276,32 @@ impl RuntimeContext {
         task.unlink_live(&self.live_head);
         self.live_futures.set(self.live_futures.get() - 1);
         task.release_local();
+    }
+}
+
+/// Places a `Send` task through `submit`: the task is allocated from `value` only once
+/// `submit` accepts it, and its handle returned; on refusal `value` comes back.
+pub(crate) fn place_task<V, T>(
+    registry: &Arc<ExecutorRegistry>,
+    value: V,
+    alloc: impl FnOnce(V) -> TaskRef,
+    submit: impl FnOnce(&mut dyn FnMut() -> Job) -> Result<(), SpawnErrorKind>,
+) -> Result<JoinHandle<T>, SpawnError<V>> {
+    let mut value = Some(value);
+    let mut alloc = Some(alloc);
+    let mut handle = None;
+    let submitted = submit(&mut || {
+        let make = alloc.take().expect("made once");
+        let task = make(value.take().expect("made once"));
+        handle = Some(JoinHandle::new(task, registry.clone()));
+        Job::Task(task)
+    });
+    match submitted {
+        Ok(()) => Ok(handle.expect("made on success")),
+        Err(kind) => Err(SpawnError::new(
+            kind,
+            value.take().expect("kept on refusal"),
+        )),
     }
 }
 

@@ -538,20 +538,12 @@ impl Handle {
         }) {
             return result;
         }
-        let alloc = alloc.take().expect("not taken off a worker");
-        let mut handle = None;
-        let submitted = self.submit_outside(placement, || {
-            let task = alloc(value.take().expect("made once"));
-            handle = Some(JoinHandle::new(task, self.registry.clone()));
-            Job::Task(task)
-        });
-        match submitted {
-            Ok(()) => Ok(handle.expect("made on success")),
-            Err(kind) => Err(SpawnError::new(
-                kind,
-                value.take().expect("kept on refusal"),
-            )),
-        }
+        context::place_task(
+            &self.registry,
+            value.take().expect("not taken off a worker"),
+            alloc.take().expect("not taken off a worker"),
+            |make| self.submit_outside(placement, make),
+        )
     }
 
     /// Queues a callback job. From a worker of this runtime it takes the worker's path.
