@@ -1,7 +1,6 @@
 //! What travels between threads: a task that has not started yet, or a C-style callback.
 
 use std::ffi::c_void;
-use std::ptr;
 
 use super::completion::{CompletionQueue, Cqe};
 use super::context::RuntimeContext;
@@ -66,11 +65,6 @@ impl RawTask {
         if let Some(cq) = unsafe { self.cq.as_ref() } {
             cq.release_reservation();
         }
-    }
-
-    /// Whether a completion queue is attached.
-    pub fn has_completion(&self) -> bool {
-        !ptr::eq(self.cq, ptr::null())
     }
 }
 
