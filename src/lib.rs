@@ -20,8 +20,9 @@
 mod sync;
 
 pub mod ffi;
-pub(crate) mod io;
+pub mod io;
 pub mod runtime;
+pub mod time;
 
 pub use runtime::{
     completion::{CompletionQueue, Cqe},

@@ -1,19 +1,99 @@
-//! The per-worker io_uring driver. For now it gives the worker a place to sleep: the
-//! worker parks in `io_uring_enter` with a read of its eventfd armed, and a notifier
-//! wakes it by writing that eventfd.
+//! The per-worker io_uring driver: the worker's ring, its [operation table](super::op_table)
+//! and the backlog of operations waiting for room in the submission queue.
 //!
-//! One exception: valgrind up to at least 3.19 (Debian 12's) does not know that
-//! `io_uring_enter` may block, so a worker sleeping there holds valgrind's global lock and
-//! freezes every other thread. Under valgrind (seen in `LD_PRELOAD`) the worker parks in
-//! `poll(2)` on the same eventfd instead.
+//! Every operation submitted here completes exactly once to exactly one [`Target`]: a
+//! Rust future, a C callback on this worker, or a completion queue. Submissions are
+//! batched: pushed into the submission queue as they come and handed to the kernel by
+//! one `io_uring_enter` per worker loop turn ([`Driver::flush`]), which also collects
+//! completions. Completions are turned into [`Delivery`]s, carried out by the worker
+//! once it no longer borrows the driver (a callback may submit more).
+//!
+//! Operations in flight never exceed what the completion queue can hold; the rest wait
+//! in the backlog, so a full ring never fails an operation. Memory the kernel may still
+//! touch stays with the driver until the kernel's final completion for it, whatever the
+//! submitter did meanwhile (dropped future, cancel, shutdown).
+//!
+//! The worker parks here too: in `io_uring_enter` with a read of its eventfd armed (a
+//! notifier writes the eventfd), woken as well by any completion. One exception:
+//! valgrind up to at least 3.19 (Debian 12's) does not know that `io_uring_enter` may
+//! block, so a worker sleeping there holds valgrind's global lock and freezes every
+//! other thread. Under valgrind (seen in `LD_PRELOAD`) the worker parks in `poll(2)` on
+//! the eventfd and the ring's fd instead.
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::task::Waker;
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{cqueue, opcode, squeue::Entry, types, IoUring};
+
+use super::op_table::{IoCallback, OpId, OpResult, OpTable, Phase, Target, INTERNAL_BIT};
+use crate::runtime::completion::{CompletionQueue, Cqe};
 
 /// `user_data` of the armed eventfd read.
 const WAKE_TOKEN: u64 = u64::MAX;
+/// `user_data` of the driver's own cancellations and linked timeouts (results ignored).
+const INTERNAL_TOKEN: u64 = INTERNAL_BIT | 1;
+/// Completion-queue room kept for the wake read and the driver's own entries.
+const RESERVED_CQES: usize = 8;
+/// Completions turned into deliveries per call of [`Driver::reap`].
+const REAP_BATCH: usize = 256;
+
+/// `flags` bit of a C completion: more completions follow for this operation
+/// (multishot). The last one comes without it.
+pub(crate) const CQE_F_MORE: u32 = 1;
+
+/// What the worker must do for one completion, once it no longer borrows the driver.
+pub(crate) enum Delivery {
+    /// Wake the future waiting for the operation.
+    Wake(Waker),
+    /// Run a C callback.
+    Call {
+        cb: IoCallback,
+        arg: *mut std::ffi::c_void,
+        res: i64,
+        flags: u32,
+    },
+}
+
+/// An operation waiting for room: one entry, or an entry and its linked timeout, which
+/// must reach the kernel together.
+enum Pending {
+    One(OpId, Entry),
+    Linked(OpId, Entry, Entry),
+    Internal(Entry),
+}
+
+impl Pending {
+    fn entries(&self) -> usize {
+        match self {
+            Pending::Linked(..) => 2,
+            _ => 1,
+        }
+    }
+
+    fn op(&self) -> Option<OpId> {
+        match self {
+            Pending::One(id, _) | Pending::Linked(id, ..) => Some(*id),
+            Pending::Internal(_) => None,
+        }
+    }
+}
+
+/// Counters of one driver, published with the worker's statistics.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DriverStats {
+    /// Operations accepted (C, Rust and host-side).
+    pub(crate) submitted: u64,
+    /// Operations that delivered their final completion.
+    pub(crate) completed: u64,
+    /// Completions that named no live operation (counted, ignored).
+    pub(crate) stale: u64,
+    /// Operations waiting in the backlog now.
+    pub(crate) backlog: u64,
+    /// io_uring_enter calls made to submit or reap (parking not counted).
+    pub(crate) enters: u64,
+}
 
 /// One worker's ring.
 pub(crate) struct Driver {
@@ -27,6 +107,21 @@ pub(crate) struct Driver {
     park_in_poll: bool,
     /// Which set-up flags the kernel accepted.
     flags: RingFlags,
+    table: OpTable,
+    backlog: VecDeque<Pending>,
+    /// Completions made up by the driver (operations cancelled before the kernel saw
+    /// them), handled like the kernel's.
+    synthetic: VecDeque<(u64, i32, u32)>,
+    /// Entries handed to the kernel (or in the submission queue) whose final
+    /// completion has not been seen, the wake read excepted.
+    in_flight: usize,
+    /// Most entries in flight at once: the completion queue's size less a reserve.
+    max_in_flight: usize,
+    /// Shutdown: everything was cancelled and new operations are refused.
+    closed: bool,
+    stats: DriverStats,
+    /// The worker this driver belongs to (stamped on completion-queue entries).
+    worker: u32,
 }
 
 /// The optional set-up flags, each probed on its own.
@@ -51,8 +146,9 @@ impl Driver {
     /// Creates the ring on the calling thread (the only thread that will submit to it).
     /// Optional flags the kernel refuses are dropped one by one; an error is returned
     /// only when even a plain ring cannot be made.
-    pub(crate) fn new(entries: u32, eventfd: RawFd) -> io::Result<Driver> {
+    pub(crate) fn new(entries: u32, eventfd: RawFd, worker: u32) -> io::Result<Driver> {
         let (ring, flags) = Self::build_ring(entries)?;
+        let cq_entries = ring.params().cq_entries() as usize;
         Ok(Driver {
             ring,
             eventfd,
@@ -60,12 +156,36 @@ impl Driver {
             wake_armed: false,
             park_in_poll: running_under_valgrind(),
             flags,
+            table: OpTable::new(),
+            backlog: VecDeque::new(),
+            synthetic: VecDeque::new(),
+            in_flight: 0,
+            max_in_flight: cq_entries
+                .saturating_sub(RESERVED_CQES.min(cq_entries / 4))
+                .max(1),
+            closed: false,
+            stats: DriverStats::default(),
+            worker,
         })
     }
 
     /// Which optional set-up flags the kernel accepted.
     pub(crate) fn flags(&self) -> RingFlags {
         self.flags
+    }
+
+    /// The ring's submitter (for registering buffers).
+    pub(crate) fn submitter(&self) -> io_uring::Submitter<'_> {
+        self.ring.submitter()
+    }
+
+    /// This driver's counters.
+    pub(crate) fn stats(&self) -> DriverStats {
+        DriverStats {
+            stale: self.table.stale(),
+            backlog: self.backlog.len() as u64,
+            ..self.stats
+        }
     }
 
     fn build_ring(entries: u32) -> io::Result<(IoUring, RingFlags)> {
@@ -105,6 +225,10 @@ impl Driver {
             if flags.coop_taskrun {
                 b.setup_coop_taskrun();
             }
+            if flags.defer_taskrun || flags.coop_taskrun {
+                // Lets the worker see pending deferred completions without a syscall.
+                b.setup_taskrun_flag();
+            }
             match b.build(entries) {
                 Ok(ring) => return Ok((ring, flags)),
                 // EINVAL may mean "flag unknown": try the next, simpler set.
@@ -115,7 +239,392 @@ impl Driver {
         Err(describe(last_err.expect("at least one attempt"), entries))
     }
 
-    /// Sleeps until the eventfd is written (or the kernel wakes the ring otherwise).
+    // ------------------------------------------------------------ submitting
+
+    /// Accepts an operation for `target`. `entry`'s pointers must stay valid until the
+    /// operation's final completion (the caller keeps the memory in the target's owner
+    /// or in the slot's `keep`). Fails with -ESHUTDOWN once shutdown cancelled I/O.
+    pub(crate) fn submit(
+        &mut self,
+        entry: Entry,
+        target: Target,
+        multishot: bool,
+    ) -> Result<OpId, i32> {
+        let id = self.accept(target, multishot)?;
+        self.enqueue(Pending::One(id, entry.user_data(id.raw())));
+        Ok(id)
+    }
+
+    /// Like [`submit`](Self::submit), with a deadline: the kernel cancels the operation
+    /// (result -ECANCELED) when `deadline_ns` passes first.
+    pub(crate) fn submit_with_deadline(
+        &mut self,
+        entry: Entry,
+        target: Target,
+        deadline_ns: u64,
+    ) -> Result<OpId, i32> {
+        let id = self.accept(target, false)?;
+        let slot = self.table.get_mut(id).expect("just inserted");
+        slot.timespec = timespec(deadline_ns);
+        let ts: *const types::Timespec = &slot.timespec;
+        let timeout = opcode::LinkTimeout::new(ts)
+            .build()
+            .user_data(INTERNAL_TOKEN);
+        let entry = entry
+            .flags(io_uring::squeue::Flags::IO_LINK)
+            .user_data(id.raw());
+        self.enqueue(Pending::Linked(id, entry, timeout));
+        Ok(id)
+    }
+
+    /// A timeout of `ns` nanoseconds; completes with -ETIME when it expires.
+    pub(crate) fn submit_timeout(&mut self, ns: u64, target: Target) -> Result<OpId, i32> {
+        let id = self.accept(target, false)?;
+        let slot = self.table.get_mut(id).expect("just inserted");
+        slot.timespec = timespec(ns);
+        // The slot's address is stable until the operation is freed.
+        let entry = opcode::Timeout::new(&slot.timespec).build();
+        self.enqueue(Pending::One(id, entry.user_data(id.raw())));
+        Ok(id)
+    }
+
+    fn accept(&mut self, target: Target, multishot: bool) -> Result<OpId, i32> {
+        if self.closed {
+            return Err(-libc::ESHUTDOWN);
+        }
+        self.stats.submitted += 1;
+        Ok(self.table.insert(target, multishot))
+    }
+
+    /// Puts an operation in the submission queue, or in the backlog when the queue or
+    /// the completion budget is full (or older operations wait there: order is kept).
+    fn enqueue(&mut self, pending: Pending) {
+        if let Pending::Internal(_) = pending {
+            // A cancellation must not wait behind the operations it is meant to end.
+            if !self.try_push(&pending) {
+                self.backlog.push_front(pending);
+            }
+            return;
+        }
+        if self.backlog.is_empty() && self.try_push(&pending) {
+            return;
+        }
+        self.backlog.push_back(pending);
+    }
+
+    fn try_push(&mut self, pending: &Pending) -> bool {
+        let n = pending.entries();
+        // The driver's own entries (cancellations) may go over the budget: the kernel
+        // keeps completions that overflow the queue (IORING_FEAT_NODROP) and they are
+        // few; holding them back could leave what they cancel in flight for ever.
+        let internal = matches!(pending, Pending::Internal(_));
+        if !internal && self.in_flight + n > self.max_in_flight {
+            return false;
+        }
+        if self.sq_room() < n {
+            // Hand what is queued to the kernel to make room.
+            self.enter(0);
+            if self.sq_room() < n {
+                return false;
+            }
+        }
+        let mut sq = self.ring.submission();
+        // SAFETY: the entries' pointers stay valid until their final completion: they
+        // point into the operation's owner (future, C caller, slot keep or timespec),
+        // which the table keeps alive until then.
+        let pushed = unsafe {
+            match pending {
+                Pending::One(_, e) | Pending::Internal(e) => sq.push(e).is_ok(),
+                Pending::Linked(_, e, t) => sq.push_multiple(&[e.clone(), t.clone()]).is_ok(),
+            }
+        };
+        drop(sq);
+        if pushed {
+            self.in_flight += n;
+            if let Some(id) = pending.op() {
+                if let Some(slot) = self.table.get_mut(id) {
+                    slot.phase = Phase::InFlight;
+                }
+            }
+        }
+        pushed
+    }
+
+    fn sq_room(&mut self) -> usize {
+        let sq = self.ring.submission();
+        sq.capacity() - sq.len()
+    }
+
+    /// Moves backlog entries into the submission queue while there is room; entries of
+    /// operations cancelled meanwhile are dropped.
+    fn drain_backlog(&mut self) {
+        while let Some(pending) = self.backlog.front() {
+            if let Some(id) = pending.op() {
+                let live = self
+                    .table
+                    .get_mut(id)
+                    .is_some_and(|s| s.phase == Phase::Backlog);
+                if !live {
+                    self.backlog.pop_front();
+                    continue;
+                }
+            }
+            let pending = self.backlog.pop_front().expect("front exists");
+            if !self.try_push(&pending) {
+                self.backlog.push_front(pending);
+                return;
+            }
+        }
+    }
+
+    /// Whether a turn must visit the driver: something to submit, or completions the
+    /// kernel holds or has posted. Costs no system call.
+    pub(crate) fn needs_attention(&mut self) -> bool {
+        if !self.synthetic.is_empty() || !self.backlog.is_empty() {
+            return true;
+        }
+        let sq = self.ring.submission();
+        if !sq.is_empty() || sq.taskrun() || sq.cq_overflow() {
+            return true;
+        }
+        drop(sq);
+        !self.ring.completion().is_empty()
+    }
+
+    /// Live operations (any phase).
+    pub(crate) fn live(&self) -> usize {
+        self.table.live()
+    }
+
+    /// Hands the queued entries to the kernel and lets it post pending completions: at
+    /// most one `io_uring_enter`, none when there is nothing to do.
+    pub(crate) fn flush(&mut self) {
+        self.drain_backlog();
+        let sq = self.ring.submission();
+        let need = !sq.is_empty() || sq.taskrun() || sq.cq_overflow();
+        drop(sq);
+        if need {
+            self.enter(0);
+        }
+    }
+
+    fn enter(&mut self, want: usize) {
+        self.stats.enters += 1;
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => {}
+            // EINTR: try again next turn. EBUSY/EAGAIN: the completion queue is
+            // overflowing or the kernel is short of memory; reaping makes progress.
+            Err(_) => {}
+        }
+    }
+
+    // ------------------------------------------------------------ completing
+
+    /// Turns up to a batch of completions into deliveries (into `out`), freeing the
+    /// operations they finish. Returns how many completions were handled.
+    pub(crate) fn reap(&mut self, out: &mut Vec<Delivery>) -> usize {
+        let mut handled = 0;
+        while handled < REAP_BATCH {
+            let Some((user_data, res, flags)) = self.synthetic.pop_front() else {
+                break;
+            };
+            self.complete(user_data, res, flags, out);
+            handled += 1;
+        }
+        let mut batch = [(0u64, 0i32, 0u32); 64];
+        while handled < REAP_BATCH {
+            let mut n = 0;
+            for cqe in self.ring.completion().take(batch.len()) {
+                batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            for &(user_data, res, flags) in &batch[..n] {
+                self.complete(user_data, res, flags, out);
+            }
+            handled += n;
+        }
+        if handled > 0 {
+            self.drain_backlog();
+        }
+        handled
+    }
+
+    fn complete(&mut self, user_data: u64, res: i32, flags: u32, out: &mut Vec<Delivery>) {
+        if user_data == WAKE_TOKEN {
+            self.wake_armed = false;
+            return;
+        }
+        if user_data == INTERNAL_TOKEN {
+            self.in_flight -= 1;
+            return;
+        }
+        let more = cqueue::more(flags);
+        let Some((id, slot)) = self.table.in_flight_mut(user_data) else {
+            return;
+        };
+        let result = OpResult { res, flags };
+        let finished = !more || !slot.multishot;
+        match &mut slot.target {
+            Target::Future(waker) => {
+                slot.results.push_back(result);
+                if let Some(w) = if finished {
+                    waker.take()
+                } else {
+                    waker.clone()
+                } {
+                    out.push(Delivery::Wake(w));
+                }
+                if finished {
+                    slot.phase = Phase::Done;
+                }
+            }
+            Target::Callback { cb, arg } => {
+                out.push(Delivery::Call {
+                    cb: *cb,
+                    arg: *arg,
+                    res: res as i64,
+                    flags: if finished { 0 } else { CQE_F_MORE },
+                });
+            }
+            Target::Queue { cq, user_data } => {
+                // SAFETY: the queue holds a reservation for this operation, so it is
+                // alive until the final completion is posted.
+                let cq: &CompletionQueue = unsafe { &**cq };
+                let cqe = Cqe {
+                    user_data: *user_data,
+                    res: res as i64,
+                    flags: if finished { 0 } else { CQE_F_MORE },
+                    worker: self.worker,
+                };
+                post(cq, cqe, finished);
+            }
+            Target::Orphan => {}
+        }
+        if finished {
+            self.in_flight -= 1;
+            self.stats.completed += 1;
+            let remove = !matches!(
+                self.table.get_mut(id).map(|s| &s.target),
+                Some(Target::Future(_))
+            );
+            if remove {
+                self.table.remove(id);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ futures
+
+    /// The next result of `id` for its future, if one arrived. Frees the operation
+    /// with its final result.
+    pub(crate) fn take_result(&mut self, id: OpId) -> Option<OpResult> {
+        let slot = self.table.get_mut(id)?;
+        let result = slot.results.pop_front()?;
+        if slot.phase == Phase::Done && slot.results.is_empty() {
+            self.table.remove(id);
+        }
+        Some(result)
+    }
+
+    /// Whether `id` has delivered its final result (and was freed).
+    pub(crate) fn is_finished(&mut self, id: OpId) -> bool {
+        self.table.get_mut(id).is_none()
+    }
+
+    /// Leaves `waker` to be woken by `id`'s next completion.
+    pub(crate) fn set_waker(&mut self, id: OpId, waker: &Waker) {
+        if let Some(slot) = self.table.get_mut(id) {
+            if let Target::Future(w) = &mut slot.target {
+                match w {
+                    Some(old) if old.will_wake(waker) => {}
+                    _ => *w = Some(waker.clone()),
+                }
+            }
+        }
+    }
+
+    /// The future of `id` is gone: keep `keep` (memory the kernel may still use) until
+    /// the kernel is done, and ask it to stop. Returns the old target (its waker), for
+    /// the caller to drop once it no longer borrows the driver.
+    pub(crate) fn orphan(
+        &mut self,
+        id: OpId,
+        keep: Option<Box<dyn std::any::Any>>,
+    ) -> Option<Target> {
+        let slot = self.table.get_mut(id)?;
+        match slot.phase {
+            Phase::Done => {
+                self.table.remove(id);
+                None
+            }
+            Phase::Backlog => {
+                // The kernel never saw it.
+                let old = std::mem::replace(&mut slot.target, Target::Orphan);
+                self.table.remove(id);
+                self.stats.completed += 1;
+                Some(old)
+            }
+            Phase::InFlight => {
+                let old = std::mem::replace(&mut slot.target, Target::Orphan);
+                slot.results.clear();
+                slot.keep = keep;
+                let _ = self.cancel(id);
+                Some(old)
+            }
+            Phase::Free => None,
+        }
+    }
+
+    // ------------------------------------------------------------ cancelling
+
+    /// Asks for `id` to be cancelled: it completes once, with -ECANCELED unless it
+    /// finished first. -ENOENT when `id` names no live operation of this driver;
+    /// -EALREADY when a cancel was already asked for.
+    pub(crate) fn cancel(&mut self, id: OpId) -> Result<(), i32> {
+        let Some(slot) = self.table.get_mut(id) else {
+            return Err(-libc::ENOENT);
+        };
+        match slot.phase {
+            Phase::Backlog => {
+                // Complete it here; its backlog entry is skipped when reached.
+                slot.phase = Phase::InFlight;
+                slot.cancel_sent = true;
+                self.in_flight += 1;
+                self.synthetic.push_back((id.raw(), -libc::ECANCELED, 0));
+                Ok(())
+            }
+            Phase::InFlight if !slot.cancel_sent => {
+                slot.cancel_sent = true;
+                let entry = opcode::AsyncCancel::new(id.raw())
+                    .build()
+                    .user_data(INTERNAL_TOKEN);
+                self.enqueue(Pending::Internal(entry));
+                Ok(())
+            }
+            Phase::InFlight => Err(-libc::EALREADY),
+            Phase::Done | Phase::Free => Err(-libc::ENOENT),
+        }
+    }
+
+    /// Shutdown: cancels every live operation and refuses new ones from now on.
+    pub(crate) fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        for (id, phase) in self.table.live_ids() {
+            if matches!(phase, Phase::Backlog | Phase::InFlight) {
+                let _ = self.cancel(id);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ parking
+
+    /// Sleeps until the eventfd is written or a completion arrives.
     pub(crate) fn park(&mut self) {
         if self.park_in_poll {
             self.park_in_poll();
@@ -129,10 +638,13 @@ impl Driver {
             )
             .build()
             .user_data(WAKE_TOKEN);
+            if self.sq_room() == 0 {
+                self.enter(0);
+            }
             // SAFETY: the buffer is boxed and owned by the driver until the read
             // completes (the driver is dropped only after a final drain, see Drop).
             if unsafe { self.ring.submission().push(&read) }.is_err() {
-                // Cannot happen with an otherwise idle ring; fall back to not sleeping.
+                // The queue stays full: do not sleep, the caller loops.
                 return;
             }
             self.wake_armed = true;
@@ -140,35 +652,67 @@ impl Driver {
         match self.ring.submit_and_wait(1) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(_) => return,
+            Err(_) => {}
         }
-        self.reap();
     }
 
     fn park_in_poll(&mut self) {
-        let mut pfd = libc::pollfd {
-            fd: self.eventfd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd; the result is only a hint (EINTR is fine).
-        unsafe { libc::poll(&mut pfd, 1, -1) };
+        // Submit what is queued first, then wait on both the eventfd and the ring (its fd
+        // polls readable when completions are posted).
+        self.flush();
+        let mut pfd = [
+            libc::pollfd {
+                fd: self.eventfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds; the result is only a hint (EINTR is fine).
+        unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
         let mut count: u64 = 0;
         // SAFETY: reads 8 bytes into a u64; the eventfd is non-blocking.
         unsafe { libc::read(self.eventfd, &mut count as *mut u64 as *mut _, 8) };
     }
+}
 
-    fn reap(&mut self) {
-        for cqe in self.ring.completion() {
-            if cqe.user_data() == WAKE_TOKEN {
-                self.wake_armed = false;
-            }
-        }
+/// Posts one completion to a completion queue: the final one uses the reservation.
+fn post(cq: &CompletionQueue, cqe: Cqe, last: bool) {
+    if last {
+        cq.post_reserved(cqe);
+    } else {
+        cq.post(cqe);
     }
+}
+
+fn timespec(ns: u64) -> types::Timespec {
+    types::Timespec::new()
+        .sec(ns / 1_000_000_000)
+        .nsec((ns % 1_000_000_000) as u32)
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The worker loop ends only when no operation is live; after a panic there may
+        // be some. The kernel may write their memory until it completes them, so cancel
+        // everything and wait for the last completion before the ring (and the memory)
+        // goes. Deliveries are dropped: nobody is left to receive them.
+        self.close();
+        let mut sink = Vec::new();
+        let mut rounds = 0;
+        while self.table.live() > 0 && rounds < 10_000 {
+            self.drain_backlog();
+            if self.ring.submit_and_wait(1).is_err() {
+                break;
+            }
+            self.reap(&mut sink);
+            sink.clear();
+            rounds += 1;
+        }
         if self.wake_armed {
             // Make the armed read finish so the kernel no longer owns `wake_buf`.
             let one: u64 = 1;
@@ -178,7 +722,7 @@ impl Drop for Driver {
                 if self.ring.submit_and_wait(1).is_err() {
                     break;
                 }
-                self.reap();
+                self.reap(&mut sink);
             }
         }
     }
@@ -223,7 +767,7 @@ mod tests {
     fn a_ring_is_made_with_the_flags_the_kernel_accepts() {
         use std::os::fd::AsRawFd;
         let efd = eventfd();
-        let driver = Driver::new(8, efd.as_raw_fd()).expect("ring");
+        let driver = Driver::new(8, efd.as_raw_fd(), 0).expect("ring");
         let flags = driver.flags();
         // DEFER_TASKRUN is only ever asked for together with SINGLE_ISSUER.
         assert!(!flags.defer_taskrun || flags.single_issuer, "{flags:?}");
@@ -233,7 +777,7 @@ mod tests {
     fn an_impossible_ring_fails_with_errno_and_reason() {
         use std::os::fd::AsRawFd;
         let efd = eventfd();
-        let err = Driver::new(0, efd.as_raw_fd())
+        let err = Driver::new(0, efd.as_raw_fd(), 0)
             .err()
             .expect("0 entries is refused");
         assert_eq!(crate::OsError::errno_of(&err), libc::EINVAL);
@@ -244,7 +788,7 @@ mod tests {
     fn a_written_eventfd_wakes_a_parked_driver() {
         use std::os::fd::AsRawFd;
         let efd = eventfd();
-        let mut driver = Driver::new(8, efd.as_raw_fd()).expect("ring");
+        let mut driver = Driver::new(8, efd.as_raw_fd(), 0).expect("ring");
         let fd = efd.as_raw_fd();
         let waker = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(5));
@@ -253,6 +797,7 @@ mod tests {
             unsafe { libc::write(fd, &one as *const u64 as *const _, 8) };
         });
         driver.park(); // returns only once the eventfd read completed
+        driver.reap(&mut Vec::new());
         assert!(!driver.wake_armed);
         waker.join().unwrap();
     }
@@ -261,7 +806,7 @@ mod tests {
     fn the_valgrind_park_in_poll_is_woken_the_same_way() {
         use std::os::fd::AsRawFd;
         let efd = eventfd();
-        let mut driver = Driver::new(8, efd.as_raw_fd()).expect("ring");
+        let mut driver = Driver::new(8, efd.as_raw_fd(), 0).expect("ring");
         driver.park_in_poll = true;
         let fd = efd.as_raw_fd();
         let waker = std::thread::spawn(move || {

@@ -45,6 +45,11 @@ pub struct RuntimeContext {
     pub(crate) rng: Cell<u64>,
     pub(crate) mesh_cursor: Cell<usize>,
     pub(crate) driver: RefCell<Driver>,
+    /// Completions taken from the driver, carried out once it is no longer borrowed
+    /// (kept to reuse its allocation).
+    pub(crate) io_deliveries: RefCell<Vec<crate::io::driver::Delivery>>,
+    /// Shutdown reached the driver: its operations were cancelled.
+    pub(crate) io_closed: Cell<bool>,
     pub(crate) stats: super::executor::LocalCounters,
     _not_send: PhantomData<*const ()>,
 }
@@ -65,6 +70,8 @@ impl RuntimeContext {
             rng: Cell::new(random_seed()),
             mesh_cursor: Cell::new(0),
             driver: RefCell::new(driver),
+            io_deliveries: RefCell::new(Vec::with_capacity(64)),
+            io_closed: Cell::new(false),
             stats: Default::default(),
             registry,
             _not_send: PhantomData,

@@ -15,6 +15,7 @@ use crossbeam_deque::Steal;
 
 use super::context::RuntimeContext;
 use super::job::{Job, JobParts};
+use crate::io::driver::Delivery;
 use spawner::next_random;
 
 /// Where a job came from (for statistics).
@@ -46,7 +47,7 @@ impl RuntimeContext {
             if self.counted_idle.get() && self.has_work() {
                 self.leave_idle();
             }
-            let mut ran = 0;
+            let mut ran = self.poll_io();
             if self.me().has_remote() {
                 ran += self.me().drain_remote(self);
             }
@@ -75,6 +76,46 @@ impl RuntimeContext {
             }
             self.idle(cancelled);
         }
+    }
+
+    /// Submits the I/O queued since the last turn and carries out the completions that
+    /// arrived (waking futures, running C callbacks). At most one system call, none when
+    /// the ring has nothing for us. Returns how many completions were handled.
+    pub(crate) fn poll_io(&self) -> usize {
+        if !self.io_closed.get() && self.registry.closed.load(Relaxed) {
+            // Shutdown: in-flight I/O is cancelled, new I/O refused.
+            self.io_closed.set(true);
+            self.driver.borrow_mut().close();
+        }
+        let mut deliveries = self.io_deliveries.take();
+        let handled = {
+            let mut driver = self.driver.borrow_mut();
+            if !driver.needs_attention() {
+                self.io_deliveries.replace(deliveries);
+                return 0;
+            }
+            driver.flush();
+            driver.reap(&mut deliveries)
+        };
+        for delivery in deliveries.drain(..) {
+            match delivery {
+                Delivery::Wake(waker) => waker.wake(),
+                Delivery::Call {
+                    cb,
+                    arg,
+                    res,
+                    flags,
+                } => {
+                    let ctx = self as *const RuntimeContext as *mut RuntimeContext;
+                    // SAFETY: the C I/O contract: `cb` may be called with `arg` on this
+                    // worker, once per completion of the operation it was given with.
+                    unsafe { cb(ctx, res, flags, arg) };
+                    self.flush_notifications();
+                }
+            }
+        }
+        self.io_deliveries.replace(deliveries);
+        handled
     }
 
     /// Takes this worker out of the shutdown idle count before it takes work.
@@ -291,6 +332,13 @@ impl RuntimeContext {
         {
             return true;
         }
+        if self
+            .driver
+            .try_borrow_mut()
+            .is_ok_and(|mut d| d.needs_attention())
+        {
+            return true;
+        }
         self.mesh_has_work()
     }
 
@@ -353,6 +401,7 @@ impl RuntimeContext {
     /// nothing on its way into its injector or inbox.
     fn locally_quiet(&self) -> bool {
         self.live_futures.get() == 0
+            && self.driver.borrow().live() == 0
             && self.local.borrow().is_empty()
             && self.buffer.is_empty()
             && !self.has_work()

@@ -373,7 +373,7 @@ fn worker_main(
     }
     use std::os::fd::AsRawFd;
     let eventfd = registry.worker(index).eventfd.as_raw_fd();
-    let driver = match Driver::new(registry.config.ring_entries, eventfd) {
+    let driver = match Driver::new(registry.config.ring_entries, eventfd, index as u32) {
         Ok(d) => d,
         Err(e) => {
             let _ = ready.send(Err(e));

@@ -1,0 +1,107 @@
+//! Buffers that can be handed to the kernel.
+//!
+//! Completion I/O lends a buffer to the kernel until the operation completes, so the
+//! API takes buffers by value and gives them back with the result
+//! (`read(buf) -> (io::Result<usize>, buf)`). A buffer type qualifies when its memory
+//! does not move when the value moves (it lives on the heap or is `'static`).
+
+/// A buffer the kernel may read from: `bytes_init()` bytes at `stable_ptr()`.
+///
+/// # Safety
+/// The pointer must stay valid, and the memory must not move, while the value is moved
+/// around, for as long as the value lives and is not mutated through other means.
+pub unsafe trait IoBuf: Unpin + 'static {
+    /// The first byte.
+    fn stable_ptr(&self) -> *const u8;
+    /// How many bytes are initialised (what a write sends).
+    fn bytes_init(&self) -> usize;
+    /// How many bytes fit.
+    fn bytes_total(&self) -> usize;
+}
+
+/// A buffer the kernel may write into: up to `bytes_total()` bytes at `stable_mut_ptr()`.
+///
+/// # Safety
+/// As for [`IoBuf`]; and `set_init(n)` is only called once `n` bytes were written.
+pub unsafe trait IoBufMut: IoBuf {
+    /// The first byte, writable.
+    fn stable_mut_ptr(&mut self) -> *mut u8;
+    /// Marks the first `n` bytes as initialised (after the kernel wrote them).
+    ///
+    /// # Safety
+    /// The first `n` bytes must have been written.
+    unsafe fn set_init(&mut self, n: usize);
+}
+
+// SAFETY: a Vec's heap buffer does not move when the Vec does.
+unsafe impl IoBuf for Vec<u8> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.capacity()
+    }
+}
+
+// SAFETY: as above; `set_init` only grows `len` over bytes the kernel wrote.
+unsafe impl IoBufMut for Vec<u8> {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_ptr()
+    }
+    unsafe fn set_init(&mut self, n: usize) {
+        if n > self.len() {
+            // SAFETY: the caller promises the first `n` (<= capacity) bytes are written.
+            unsafe { self.set_len(n) };
+        }
+    }
+}
+
+// SAFETY: a boxed slice's memory does not move with the box.
+unsafe impl IoBuf for Box<[u8]> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: as above; the whole slice is always initialised.
+unsafe impl IoBufMut for Box<[u8]> {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_ptr()
+    }
+    unsafe fn set_init(&mut self, _n: usize) {}
+}
+
+// SAFETY: static memory never moves and is never freed.
+unsafe impl IoBuf for &'static [u8] {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: as above.
+unsafe impl IoBuf for &'static str {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.len()
+    }
+}

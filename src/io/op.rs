@@ -1,0 +1,244 @@
+//! Rust futures over driver operations.
+//!
+//! An [`Op`] owns the memory its operation uses (`T`: buffers, addresses) and gives it
+//! back with the result. Dropping an `Op` before its completion is safe: the memory moves
+//! into the driver's operation table, an `ASYNC_CANCEL` is sent, and the memory is freed
+//! only after the kernel's final completion.
+//!
+//! Operations belong to the worker that submitted them (its ring). Tasks never move once
+//! they started, so an `Op` created inside a task is always polled and dropped there.
+//! Polling one on another thread is a bug and panics; dropping one elsewhere leaks its
+//! memory rather than free what the kernel may still write.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use io_uring::squeue::Entry;
+
+use super::driver::Driver;
+use super::op_table::{OpId, OpResult, Target};
+use crate::runtime::RuntimeContext;
+
+/// The worker an operation was submitted on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Owner {
+    /// The runtime's registry address, compared only, never followed.
+    registry: usize,
+    worker: usize,
+}
+
+impl Owner {
+    fn of(cx: &RuntimeContext) -> Owner {
+        Owner {
+            registry: Arc::as_ptr(&cx.registry) as usize,
+            worker: cx.index,
+        }
+    }
+}
+
+/// The error for I/O started off a worker thread.
+pub(crate) fn not_on_worker() -> io::Error {
+    io::Error::other(
+        "veloq I/O must run inside a task on a runtime worker (spawn it on the runtime)",
+    )
+}
+
+/// Runs `f` with the current worker's driver and identity; an error off a worker.
+fn with_driver<R>(f: impl FnOnce(&mut Driver, Owner) -> R) -> io::Result<R> {
+    RuntimeContext::with_current(|cx| {
+        let cx = cx.ok_or_else(not_on_worker)?;
+        let owner = Owner::of(cx);
+        Ok(f(&mut cx.driver.borrow_mut(), owner))
+    })
+}
+
+/// A single-shot operation in flight, owning its memory `T`.
+pub(crate) struct Op<T: 'static> {
+    id: OpId,
+    owner: Owner,
+    data: Option<T>,
+}
+
+// SAFETY: an Op is only ever used on its owner's thread (checked on poll and drop, see
+// the module doc); `T` itself crosses threads only if it is Send.
+unsafe impl<T: Send + 'static> Send for Op<T> {}
+
+impl<T: 'static> Op<T> {
+    /// Submits the entry `build` makes from `data` (whose pointers must point into heap
+    /// memory `data` owns: `data` moves after `build` returns).
+    pub(crate) fn submit(mut data: T, build: impl FnOnce(&mut T) -> Entry) -> io::Result<Op<T>> {
+        let entry = build(&mut data);
+        Self::submit_with(data, |driver| {
+            driver.submit(entry, Target::Future(None), false)
+        })
+    }
+
+    /// Like [`submit`](Self::submit), cancelled by the kernel after `deadline_ns`.
+    pub(crate) fn submit_with_deadline(
+        mut data: T,
+        deadline_ns: u64,
+        build: impl FnOnce(&mut T) -> Entry,
+    ) -> io::Result<Op<T>> {
+        let entry = build(&mut data);
+        Self::submit_with(data, |driver| {
+            driver.submit_with_deadline(entry, Target::Future(None), deadline_ns)
+        })
+    }
+
+    fn submit_with(
+        data: T,
+        submit: impl FnOnce(&mut Driver) -> Result<OpId, i32>,
+    ) -> io::Result<Op<T>> {
+        let (id, owner) = with_driver(|driver, owner| (submit(driver), owner))?;
+        let id = id.map_err(|e| io::Error::from_raw_os_error(-e))?;
+        Ok(Op {
+            id,
+            owner,
+            data: Some(data),
+        })
+    }
+}
+
+impl Op<()> {
+    /// A timeout of `ns` nanoseconds (completes with -ETIME).
+    pub(crate) fn timeout(ns: u64) -> io::Result<Op<()>> {
+        Self::submit_with((), |driver| driver.submit_timeout(ns, Target::Future(None)))
+    }
+}
+
+/// Polls `id` on its owner's driver.
+fn poll_result(id: OpId, owner: Owner, cx: &mut Context<'_>) -> Poll<Option<OpResult>> {
+    let polled = with_driver(|driver, here| {
+        assert_eq!(
+            here, owner,
+            "a veloq I/O future was polled off the worker that started it"
+        );
+        match driver.take_result(id) {
+            Some(r) => Poll::Ready(Some(r)),
+            None if driver.is_finished(id) => Poll::Ready(None),
+            None => {
+                driver.set_waker(id, cx.waker());
+                Poll::Pending
+            }
+        }
+    });
+    polled.unwrap_or_else(|_| panic!("a veloq I/O future was polled off its worker"))
+}
+
+impl<T: Unpin + 'static> Future for Op<T> {
+    /// The kernel's result (`res`, `flags`) and the memory back.
+    type Output = (OpResult, T);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        assert!(self.data.is_some(), "Op polled after completion");
+        match poll_result(self.id, self.owner, cx) {
+            Poll::Ready(r) => {
+                let data = self.data.take().expect("checked above");
+                let r = r.unwrap_or(OpResult {
+                    res: -libc::ECANCELED,
+                    flags: 0,
+                });
+                Poll::Ready((r, data))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: 'static> Drop for Op<T> {
+    fn drop(&mut self) {
+        let Some(data) = self.data.take() else {
+            return;
+        };
+        orphan(self.id, self.owner, Box::new(data));
+    }
+}
+
+/// Hands an unfinished operation's memory to its driver (cancelling the operation), or
+/// leaks it when dropped off its worker.
+fn orphan(id: OpId, owner: Owner, keep: Box<dyn std::any::Any>) {
+    let mut keep = Some(keep);
+    let old = with_driver(|driver, here| (here == owner).then(|| driver.orphan(id, keep.take())));
+    if let Some(leaked) = keep {
+        // Off its worker (or the worker is gone): the kernel may still write it.
+        std::mem::forget(leaked);
+    }
+    // The old target (a waker) is dropped here, outside the driver's borrow.
+    drop(old);
+}
+
+/// A multishot operation: yields each completion until the final one.
+pub(crate) struct MultiOp<T: 'static> {
+    id: OpId,
+    owner: Owner,
+    data: Option<T>,
+    finished: bool,
+}
+
+// SAFETY: as for Op.
+unsafe impl<T: Send + 'static> Send for MultiOp<T> {}
+
+impl<T: 'static> MultiOp<T> {
+    /// Submits a multishot entry (its memory in `data`, as for [`Op::submit`]).
+    pub(crate) fn submit(
+        mut data: T,
+        build: impl FnOnce(&mut T) -> Entry,
+    ) -> io::Result<MultiOp<T>> {
+        let entry = build(&mut data);
+        let (id, owner) =
+            with_driver(|driver, owner| (driver.submit(entry, Target::Future(None), true), owner))?;
+        let id = id.map_err(|e| io::Error::from_raw_os_error(-e))?;
+        Ok(MultiOp {
+            id,
+            owner,
+            data: Some(data),
+            finished: false,
+        })
+    }
+
+    /// The next completion; None after the final one was returned. A result without
+    /// `IORING_CQE_F_MORE` in its flags is the final one.
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<OpResult>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match poll_result(self.id, self.owner, cx) {
+            Poll::Ready(Some(r)) => {
+                if !io_uring::cqueue::more(r.flags) {
+                    self.finished = true;
+                }
+                Poll::Ready(Some(r))
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Asks the kernel to stop; the final completion still comes through `poll_next`.
+    pub(crate) fn cancel(&self) {
+        let _ = with_driver(|driver, here| {
+            if here == self.owner {
+                let _ = driver.cancel(self.id);
+            }
+        });
+    }
+}
+
+impl<T: 'static> Drop for MultiOp<T> {
+    fn drop(&mut self) {
+        let data = self
+            .data
+            .take()
+            .map(|d| Box::new(d) as Box<dyn std::any::Any>);
+        if self.finished {
+            return;
+        }
+        orphan(self.id, self.owner, data.unwrap_or_else(|| Box::new(())));
+    }
+}

@@ -1,0 +1,311 @@
+//! The operation table: one slot per operation the driver owns, from submission until
+//! the kernel's last completion for it.
+//!
+//! Slots live in fixed-size chunks that are never moved or freed while the driver lives,
+//! so a slot's address is stable (the kernel may be handed pointers into it, e.g. a
+//! timeout's `timespec`). An operation is named by its [`OpId`]: the slot index in the low
+//! 32 bits and the slot's generation in the next 31, bumped every time the slot is
+//! reused. A completion whose id does not name an operation in flight (stale, foreign,
+//! or corrupted) is counted and ignored, never dereferenced.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::task::Waker;
+
+use io_uring::types::Timespec;
+
+use crate::runtime::completion::CompletionQueue;
+use crate::runtime::RuntimeContext;
+
+/// Slots per chunk.
+const CHUNK: usize = 64;
+/// Ids with this bit set are the driver's own (wake read, cancellations); never a slot.
+pub(crate) const INTERNAL_BIT: u64 = 1 << 63;
+const GENERATION_MASK: u32 = (1 << 31) - 1;
+
+/// An operation's name: slot index and generation; always > 0 and < 2^63, so it fits the
+/// C API's positive `int64_t` op ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct OpId(u64);
+
+impl OpId {
+    fn new(index: u32, generation: u32) -> OpId {
+        OpId(((generation as u64) << 32) | index as u64)
+    }
+
+    /// The id as submitted in `user_data`.
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// Decodes a `user_data` that may be anything (the kernel echoes what we gave it, but
+    /// a table must never trust it).
+    pub(crate) fn from_raw(raw: u64) -> Option<OpId> {
+        (raw & INTERNAL_BIT == 0 && raw >> 32 != 0).then_some(OpId(raw))
+    }
+
+    fn index(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+
+    fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// A C I/O callback: `cb(ctx, res, flags, arg)`, run on the worker that submitted.
+pub(crate) type IoCallback =
+    unsafe extern "C" fn(ctx: *mut RuntimeContext, res: i64, flags: u32, arg: *mut c_void);
+
+/// Who receives an operation's completions. Exactly one per operation.
+pub(crate) enum Target {
+    /// A Rust future polls for the result (and may have left a waker).
+    Future(Option<Waker>),
+    /// A C callback on the submitting worker.
+    Callback { cb: IoCallback, arg: *mut c_void },
+    /// A completion queue, which holds one reservation for this operation.
+    Queue {
+        cq: *const CompletionQueue,
+        user_data: u64,
+    },
+    /// Nobody listens any more (the future was dropped): the slot only keeps what the
+    /// kernel may still write until the kernel is done.
+    Orphan,
+}
+
+/// Where an operation is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Not in use.
+    Free,
+    /// Waiting in the driver's backlog for room in the submission queue.
+    Backlog,
+    /// Handed to the kernel; completions may arrive.
+    InFlight,
+    /// The final completion arrived; a future has not collected it yet.
+    Done,
+}
+
+/// One result the kernel gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OpResult {
+    /// The CQE's `res`: >= 0 success, < 0 a negative errno.
+    pub(crate) res: i32,
+    /// The CQE's flags (`IORING_CQE_F_MORE`, buffer ids, ...).
+    pub(crate) flags: u32,
+}
+
+/// One operation's state.
+pub(crate) struct Slot {
+    generation: u32,
+    pub(crate) phase: Phase,
+    pub(crate) target: Target,
+    /// Results a future has not collected yet (one for single-shot operations, any number
+    /// for multishot ones).
+    pub(crate) results: VecDeque<OpResult>,
+    pub(crate) multishot: bool,
+    /// An `ASYNC_CANCEL` was already sent for it.
+    pub(crate) cancel_sent: bool,
+    /// Memory the kernel may still read or write (buffers, addresses) of an operation
+    /// whose future was dropped; freed with the slot, after the final completion.
+    pub(crate) keep: Option<Box<dyn Any>>,
+    /// A timeout's duration; the kernel is given its address.
+    pub(crate) timespec: Timespec,
+    next_free: u32,
+}
+
+impl Slot {
+    fn empty(next_free: u32) -> Slot {
+        Slot {
+            generation: 0,
+            phase: Phase::Free,
+            target: Target::Orphan,
+            results: VecDeque::new(),
+            multishot: false,
+            cancel_sent: false,
+            keep: None,
+            timespec: Timespec::new(),
+            next_free,
+        }
+    }
+}
+
+const NO_FREE: u32 = u32::MAX;
+
+/// The table. Owned by one driver, used only on its worker thread.
+pub(crate) struct OpTable {
+    chunks: Vec<Box<[Slot]>>,
+    free_head: u32,
+    live: usize,
+    /// Completions that named no live operation.
+    stale: u64,
+}
+
+impl OpTable {
+    pub(crate) fn new() -> OpTable {
+        OpTable {
+            chunks: Vec::new(),
+            free_head: NO_FREE,
+            live: 0,
+            stale: 0,
+        }
+    }
+
+    /// Takes a free slot (growing the table by one chunk when none is free) for an
+    /// operation with `target`; O(1).
+    pub(crate) fn insert(&mut self, target: Target, multishot: bool) -> OpId {
+        if self.free_head == NO_FREE {
+            self.grow();
+        }
+        let index = self.free_head;
+        let i = index as usize;
+        let slot = &mut self.chunks[i / CHUNK][i % CHUNK];
+        self.free_head = slot.next_free;
+        slot.generation = (slot.generation % GENERATION_MASK) + 1;
+        slot.phase = Phase::Backlog;
+        slot.target = target;
+        slot.multishot = multishot;
+        slot.cancel_sent = false;
+        debug_assert!(slot.results.is_empty() && slot.keep.is_none());
+        let id = OpId::new(index, slot.generation);
+        self.live += 1;
+        id
+    }
+
+    fn grow(&mut self) {
+        let base = (self.chunks.len() * CHUNK) as u32;
+        let chunk: Box<[Slot]> = (0..CHUNK as u32)
+            .map(|i| {
+                let next = if i + 1 < CHUNK as u32 {
+                    base + i + 1
+                } else {
+                    NO_FREE
+                };
+                Slot::empty(next)
+            })
+            .collect();
+        self.chunks.push(chunk);
+        self.free_head = base;
+    }
+
+    /// The slot `id` names, if it is still that operation's.
+    pub(crate) fn get_mut(&mut self, id: OpId) -> Option<&mut Slot> {
+        let index = id.index();
+        let slot = self.chunks.get_mut(index / CHUNK)?.get_mut(index % CHUNK)?;
+        (slot.generation == id.generation() && slot.phase != Phase::Free).then_some(slot)
+    }
+
+    /// Resolves a completion's `user_data` to its in-flight slot; anything else is
+    /// counted as stale and yields None.
+    pub(crate) fn in_flight_mut(&mut self, user_data: u64) -> Option<(OpId, &mut Slot)> {
+        let found = OpId::from_raw(user_data).and_then(|id| {
+            let index = id.index();
+            let slot = self.chunks.get_mut(index / CHUNK)?.get_mut(index % CHUNK)?;
+            (slot.generation == id.generation() && slot.phase == Phase::InFlight)
+                .then_some((id, slot))
+        });
+        if found.is_none() {
+            self.stale += 1;
+        }
+        found
+    }
+
+    /// Frees `id`'s slot, dropping whatever it kept; the id goes stale.
+    pub(crate) fn remove(&mut self, id: OpId) {
+        let head = self.free_head;
+        let Some(slot) = self.get_mut(id) else {
+            debug_assert!(false, "removing a free slot");
+            return;
+        };
+        slot.phase = Phase::Free;
+        slot.target = Target::Orphan;
+        slot.results.clear();
+        slot.keep = None;
+        slot.next_free = head;
+        self.free_head = id.index() as u32;
+        self.live -= 1;
+    }
+
+    /// Operations in any phase but Free.
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Completions that named no live operation.
+    pub(crate) fn stale(&self) -> u64 {
+        self.stale
+    }
+
+    /// Every live operation's id and phase (for shutdown's cancel sweep).
+    pub(crate) fn live_ids(&self) -> Vec<(OpId, Phase)> {
+        let mut out = Vec::with_capacity(self.live);
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            for (i, slot) in chunk.iter().enumerate() {
+                if slot.phase != Phase::Free {
+                    out.push((
+                        OpId::new((c * CHUNK + i) as u32, slot.generation),
+                        slot.phase,
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(all(test, not(veloq_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_positive_and_go_stale_when_the_slot_is_reused() {
+        let mut t = OpTable::new();
+        let a = t.insert(Target::Orphan, false);
+        assert!(a.raw() > 0 && (a.raw() as i64) > 0);
+        t.remove(a);
+        let b = t.insert(Target::Orphan, false);
+        assert_eq!(a.index(), b.index(), "the slot is reused");
+        assert_ne!(a, b);
+        assert!(t.get_mut(a).is_none(), "old id no longer names it");
+        assert!(t.get_mut(b).is_some());
+    }
+
+    #[test]
+    fn completions_for_unknown_ids_are_counted_not_followed() {
+        let mut t = OpTable::new();
+        let a = t.insert(Target::Orphan, false);
+        // Backlog, not in flight yet.
+        assert!(t.in_flight_mut(a.raw()).is_none());
+        t.get_mut(a).unwrap().phase = Phase::InFlight;
+        assert!(t.in_flight_mut(a.raw()).is_some());
+        for bogus in [
+            0,
+            1,
+            u64::MAX,
+            1 << 63 | 5,
+            (77u64 << 32) | 3,
+            (1u64 << 32) | 999_999,
+        ] {
+            assert!(t.in_flight_mut(bogus).is_none(), "{bogus:#x}");
+        }
+        assert_eq!(t.stale(), 7);
+    }
+
+    #[test]
+    fn slot_addresses_are_stable_while_the_table_grows() {
+        let mut t = OpTable::new();
+        let first = t.insert(Target::Orphan, false);
+        let addr = &t.get_mut(first).unwrap().timespec as *const Timespec;
+        let many: Vec<_> = (0..10 * CHUNK)
+            .map(|_| t.insert(Target::Orphan, false))
+            .collect();
+        assert_eq!(addr, &t.get_mut(first).unwrap().timespec as *const Timespec);
+        assert_eq!(t.live(), 10 * CHUNK + 1);
+        for id in many {
+            t.remove(id);
+        }
+        assert_eq!(t.live(), 1);
+        assert_eq!(t.live_ids().len(), 1);
+    }
+}

@@ -1,0 +1,101 @@
+//! The I/O driver's promises, through the Rust API: every operation completes exactly
+//! once, a full ring queues rather than fails, dropping a future cancels safely, and
+//! shutdown cancels what is in flight.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use veloq::{io, time, Runtime};
+
+fn runtime(workers: usize, ring_entries: u32) -> Runtime {
+    Runtime::builder()
+        .workers(workers)
+        .ring_entries(ring_entries)
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn nop_completes_on_a_worker_and_fails_clearly_off_one() {
+    let rt = runtime(1, 64);
+    let h = rt.spawn(async { io::nop().await }).unwrap();
+    rt.block_on(h).unwrap().expect("nop");
+    let err = rt.block_on(io::nop()).expect_err("off a worker");
+    assert!(err.to_string().contains("worker"), "{err}");
+}
+
+#[test]
+fn a_ring_of_8_entries_takes_10000_outstanding_operations() {
+    let rt = runtime(1, 8);
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    let h = rt
+        .spawn_local_to(0, move || async move {
+            let mut handles = Vec::new();
+            for _ in 0..10_000 {
+                let d = d.clone();
+                handles.push(
+                    veloq::spawn_local(async move {
+                        time::sleep(Duration::from_millis(1)).await;
+                        d.fetch_add(1, SeqCst);
+                    })
+                    .unwrap(),
+                );
+            }
+            for h in handles {
+                h.await.unwrap();
+            }
+        })
+        .unwrap();
+    rt.block_on(h).unwrap();
+    assert_eq!(done.load(SeqCst), 10_000);
+}
+
+#[test]
+fn sleep_waits_and_timeout_cancels() {
+    let rt = runtime(2, 64);
+    let h = rt
+        .spawn(async {
+            let t = Instant::now();
+            time::sleep(Duration::from_millis(30)).await;
+            let slept = t.elapsed();
+            let r = time::timeout(
+                Duration::from_millis(10),
+                time::sleep(Duration::from_secs(60)),
+            )
+            .await;
+            let quick = time::timeout(Duration::from_secs(60), async { 7 }).await;
+            (slept, r, quick)
+        })
+        .unwrap();
+    let (slept, r, quick) = rt.block_on(h).unwrap();
+    assert!(slept >= Duration::from_millis(30), "{slept:?}");
+    assert_eq!(r, Err(time::Elapsed));
+    assert_eq!(quick, Ok(7));
+}
+
+#[test]
+fn shutdown_cancels_in_flight_operations() {
+    let rt = runtime(2, 64);
+    let finished = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..1000 {
+        let f = finished.clone();
+        handles.push(
+            rt.spawn(async move {
+                time::sleep(Duration::from_secs(3600)).await;
+                f.fetch_add(1, SeqCst);
+            })
+            .unwrap(),
+        );
+    }
+    // Let them all start.
+    std::thread::sleep(Duration::from_millis(100));
+    rt.shutdown(Some(Duration::from_secs(30)))
+        .expect("shutdown ends");
+    assert_eq!(finished.load(SeqCst), 1000);
+    for h in handles {
+        rt.block_on(h).unwrap();
+    }
+}
