@@ -28,6 +28,7 @@ use std::task::Waker;
 use io_uring::{cqueue, opcode, squeue::Entry, types, IoUring};
 
 use super::op_table::{IoCallback, OpId, OpResult, OpTable, Phase, Target, INTERNAL_BIT};
+use super::ops::{validate, RawOp};
 use crate::runtime::completion::{CompletionQueue, Cqe};
 
 /// `user_data` of the armed eventfd read.
@@ -41,7 +42,7 @@ const REAP_BATCH: usize = 256;
 
 /// `flags` bit of a C completion: more completions follow for this operation
 /// (multishot). The last one comes without it.
-pub(crate) const CQE_F_MORE: u32 = 1;
+pub const CQE_F_MORE: u32 = 1;
 
 /// What the worker must do for one completion, once it no longer borrows the driver.
 pub(crate) enum Delivery {
@@ -253,6 +254,15 @@ impl Driver {
         let id = self.accept(target, multishot)?;
         self.enqueue(Pending::One(id, entry.user_data(id.raw())));
         Ok(id)
+    }
+
+    /// Submits a [`RawOp`] (checked first) for `target`.
+    pub(crate) fn submit_raw(&mut self, op: &RawOp, target: Target) -> Result<OpId, i32> {
+        validate(op)?;
+        match *op {
+            RawOp::Timeout { ns } => self.submit_timeout(ns, target),
+            _ => self.submit(op.entry(), target, op.is_multishot()),
+        }
     }
 
     /// Like [`submit`](Self::submit), with a deadline: the kernel cancels the operation

@@ -1,21 +1,28 @@
-//! I/O on io_uring: each worker owns one ring (its [`driver`]), which every operation
+//! I/O on io_uring: each worker owns one ring (its driver), which every operation
 //! started on that worker goes through.
 //!
 //! The public part: the buffer traits ([`IoBuf`], [`IoBufMut`]) of the ownership-passing
-//! API, and [`nop`]. Sockets are in [`crate::net`], files in [`crate::fs`], timers in
-//! [`crate::time`].
+//! API, [`nop`], and callback-style submission of [`RawOp`]s
+//! ([`RuntimeContext::submit_io`](crate::RuntimeContext::submit_io) on a worker,
+//! [`Handle::submit_io`](crate::Handle::submit_io) from any thread), which the C API uses.
+//! Sockets are in [`crate::net`], files in [`crate::fs`], timers in [`crate::time`].
 
 mod buf;
 pub(crate) mod driver;
 pub(crate) mod op;
 pub(crate) mod op_table;
+mod ops;
+mod submit;
 
 pub use buf::{IoBuf, IoBufMut};
+pub use driver::CQE_F_MORE;
+pub use op_table::IoCallback;
+pub use ops::RawOp;
 
 /// A no-op through the current worker's ring: completes once the kernel has seen it.
 /// Measures the driver's own cost. Must run inside a task on a runtime worker.
 pub async fn nop() -> std::io::Result<()> {
-    let (r, ()) = op::Op::submit((), |_| io_uring::opcode::Nop::new().build())?.await;
+    let (r, ()) = op::Op::submit((), |_| RawOp::Nop.entry())?.await;
     result(r.res).map(|_| ())
 }
 

@@ -54,8 +54,9 @@ impl OpId {
     }
 }
 
-/// A C I/O callback: `cb(ctx, res, flags, arg)`, run on the worker that submitted.
-pub(crate) type IoCallback =
+/// A C-style I/O callback: `cb(ctx, res, flags, arg)`, run on the worker that submitted
+/// the operation, once per completion (`flags & 1`: more follow, for multishot).
+pub type IoCallback =
     unsafe extern "C" fn(ctx: *mut RuntimeContext, res: i64, flags: u32, arg: *mut c_void);
 
 /// Who receives an operation's completions. Exactly one per operation.

@@ -1,0 +1,119 @@
+//! Callback-style submission of [`RawOp`]s: on the current worker with a callback, or
+//! from any thread with a completion queue. The C I/O API is a thin layer over these.
+
+use std::ffi::c_void;
+
+use super::op_table::{IoCallback, OpId, Target};
+use super::ops::{validate, RawOp};
+use crate::runtime::completion::{CompletionQueue, Cqe};
+use crate::runtime::{Handle, Placement, RawTask, RuntimeContext, SpawnErrorKind};
+
+impl RuntimeContext {
+    /// Submits `op` on this worker's ring. Returns the operation's id (> 0); then
+    /// `cb(ctx, res, flags, arg)` runs on this worker once per completion: once for a
+    /// single-shot operation, and for a multishot one with `flags & 1` (more follow) on
+    /// every completion but the last. Errors (a negative errno, and `cb` never runs):
+    /// -EINVAL for an invalid op, -ESHUTDOWN once shutdown has started.
+    ///
+    /// # Safety
+    /// `op`'s pointers must stay valid until the final callback; `cb` must be safe to
+    /// call with `arg` on this thread.
+    pub unsafe fn submit_io(
+        &self,
+        op: RawOp,
+        cb: IoCallback,
+        arg: *mut c_void,
+    ) -> Result<u64, i32> {
+        let id = self
+            .driver
+            .borrow_mut()
+            .submit_raw(&op, Target::Callback { cb, arg })?;
+        Ok(id.raw())
+    }
+
+    /// Asks for operation `id` of this worker to be cancelled. It completes once more,
+    /// with -ECANCELED unless it finished first. -ENOENT when `id` names no live
+    /// operation of this worker (finished, never existed, or another worker's);
+    /// -EALREADY when a cancel is already on its way.
+    pub fn cancel_io(&self, id: u64) -> Result<(), i32> {
+        let id = OpId::from_raw(id).ok_or(-libc::ENOENT)?;
+        self.driver.borrow_mut().cancel(id)
+    }
+}
+
+/// A host-side submission travelling to its worker.
+struct HostIo {
+    op: RawOp,
+    cq: *const CompletionQueue,
+    user_data: u64,
+}
+
+unsafe extern "C" fn run_host_io(cx: *mut RuntimeContext, arg: *mut c_void) -> i64 {
+    // SAFETY: `arg` is the box made in `submit_io`, run exactly once.
+    let io = unsafe { Box::from_raw(arg.cast::<HostIo>()) };
+    // SAFETY: the worker passes its own live context.
+    let cx = unsafe { &*cx };
+    let target = Target::Queue {
+        cq: io.cq,
+        user_data: io.user_data,
+    };
+    if let Err(res) = cx.driver.borrow_mut().submit_raw(&io.op, target) {
+        // SAFETY: the queue holds the reservation taken in `submit_io`.
+        let cq = unsafe { &*io.cq };
+        cq.post_reserved(Cqe {
+            user_data: io.user_data,
+            res: res as i64,
+            flags: 0,
+            worker: cx.worker_index() as u32,
+        });
+    }
+    0
+}
+
+impl Handle {
+    /// Routes `op` to a worker's ring (`placement`: balanced, or a given worker) from
+    /// any thread. Once accepted (`Ok`), exactly one completion `{user_data, res,
+    /// flags: 0, worker}` is posted to `cq` for a single-shot operation; a multishot one
+    /// posts entries with `flags & 1` and ends with one without. Errors: -EINVAL (bad
+    /// op or worker), -ESHUTDOWN; then nothing is posted.
+    ///
+    /// # Safety
+    /// `op`'s pointers must stay valid, and usable from a worker thread, until the final
+    /// completion was posted; `cq` must stay alive until then (its free refuses while
+    /// completions are owed).
+    pub unsafe fn submit_io(
+        &self,
+        placement: Placement,
+        op: RawOp,
+        cq: &CompletionQueue,
+        user_data: u64,
+    ) -> Result<(), i32> {
+        validate(&op)?;
+        let placement = match placement {
+            Placement::Any => Placement::Balanced,
+            p => p,
+        };
+        cq.reserve();
+        let io = Box::into_raw(Box::new(HostIo { op, cq, user_data }));
+        let task = RawTask {
+            func: run_host_io,
+            arg: io.cast(),
+            cq: std::ptr::null(),
+            user_data: 0,
+        };
+        // SAFETY: run_host_io takes the box exactly once; the caller's promises cover
+        // the op's memory and the queue.
+        match unsafe { self.spawn_raw(placement, task) } {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // SAFETY: refused, so the box was never handed to a worker.
+                drop(unsafe { Box::from_raw(io) });
+                cq.release_reservation();
+                Err(match e.kind() {
+                    SpawnErrorKind::Shutdown => -libc::ESHUTDOWN,
+                    _ => -libc::EINVAL,
+                })
+            }
+        }
+    }
+}
