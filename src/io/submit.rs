@@ -57,7 +57,11 @@ unsafe extern "C" fn run_host_io(cx: *mut RuntimeContext, arg: *mut c_void) -> i
         cq: io.cq,
         user_data: io.user_data,
     };
-    if let Err(res) = cx.driver.borrow_mut().submit_raw(&io.op, target) {
+    if let Err(mut res) = cx.driver.borrow_mut().submit_raw(&io.op, target) {
+        if res == -libc::ESHUTDOWN {
+            // Accepted before shutdown, cancelled by it like the operations in flight.
+            res = -libc::ECANCELED;
+        }
         // SAFETY: the queue holds the reservation taken in `submit_io`.
         let cq = unsafe { &*io.cq };
         cq.post_reserved(Cqe {
