@@ -20,9 +20,10 @@
 mod sync;
 
 pub mod ffi;
-pub(crate) mod io;
+pub mod io;
 pub mod runtime;
 
+pub use io::buffers::{BufferPoolConfig, PoolBuf, PoolStats};
 pub use runtime::{
     completion::{CompletionQueue, Cqe},
     spawn, spawn_balanced, spawn_local, spawn_to, worker_index, yield_now, Handle, JoinError,

@@ -21,12 +21,14 @@ macro_rules! ffi_boundary {
     };
 }
 
+mod buf;
 mod cq;
 mod error;
 mod runtime;
 mod task;
 mod version;
 
+pub use buf::*;
 pub use cq::*;
 pub use error::*;
 pub use runtime::*;

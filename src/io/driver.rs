@@ -68,6 +68,11 @@ impl Driver {
         self.flags
     }
 
+    /// The ring's register interface (fixed buffers, provided-buffer rings).
+    pub(crate) fn submitter(&self) -> io_uring::Submitter<'_> {
+        self.ring.submitter()
+    }
+
     fn build_ring(entries: u32) -> io::Result<(IoUring, RingFlags)> {
         // Most capable first; DEFER_TASKRUN requires SINGLE_ISSUER.
         let attempts = [
