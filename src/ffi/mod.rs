@@ -21,12 +21,15 @@ macro_rules! ffi_boundary {
     };
 }
 
-mod buf;
 mod cq;
 mod error;
 mod runtime;
 mod task;
 mod version;
+
+// After the others in the header (cbindgen keeps this order): buffers come last, as in
+// the API contract.
+mod buf;
 
 pub use buf::*;
 pub use cq::*;
