@@ -597,6 +597,17 @@ impl BufferPool {
         Ok(buf)
     }
 
+    /// The fixed-buffer index to use for `buf` on this pool's ring: its
+    /// [`PoolBuf::buf_index`] when it came from this very pool, else None (a buffer of
+    /// another worker's pool is registered with that worker's ring, not this one; use a
+    /// plain read or write). What an op submitting on this worker must check.
+    pub fn fixed_index(&self, buf: &PoolBuf) -> Option<u16> {
+        match &buf.origin {
+            Origin::Pool { shared, .. } if Arc::ptr_eq(shared, &self.shared) => buf.buf_index,
+            _ => None,
+        }
+    }
+
     /// The counters, after taking back buffers freed on other threads.
     pub fn stats(&self) -> PoolStats {
         // SAFETY: owner thread (`!Send`), borrows one after the other.
