@@ -40,6 +40,20 @@
 #define VELOQ_VERSION_PATCH 0
 
 /**
+ * Largest buffer `veloq_buf_alloc` hands out: 1 GiB.
+ */
+#define VELOQ_BUF_MAX_SIZE (1 << 30)
+
+/**
+ * An I/O buffer from a worker's pool: 4 KiB aligned, `veloq_buf_capacity` bytes, and,
+ * when the pool is registered with the worker's io_uring ring, a fixed-buffer index.
+ * Owned by whoever allocated it until `veloq_buf_free`, which may be called from any
+ * thread (the buffer goes back to the pool of the worker that allocated it). It stays
+ * valid after its runtime was freed.
+ */
+typedef struct veloq_buf veloq_buf;
+
+/**
  * Settings for a runtime, made by `veloq_builder_new` and consumed by
  * `veloq_runtime_build`. Not thread-safe: use one builder from one thread at a time.
  */
@@ -91,6 +105,56 @@ typedef struct veloq_cqe {
  * spawn; its return value becomes the completion's `res`.
  */
 typedef int64_t (*veloq_task_fn)(struct veloq_ctx *ctx, void *arg);
+
+/**
+ * A worker's buffer pool counters (`veloq_buf_pool_stats`).
+ */
+typedef struct veloq_buf_stats {
+    /**
+     * Buffers handed out (pooled and plain).
+     */
+    uint64_t allocs;
+    /**
+     * Pool buffers back in the pool (freed on the worker, or taken back from other
+     * threads).
+     */
+    uint64_t frees;
+    /**
+     * Of `frees`: buffers freed on another thread and taken back by the worker.
+     */
+    uint64_t cross_thread_frees;
+    /**
+     * Allocations served by a larger size class because the best fitting was empty.
+     */
+    uint64_t spills;
+    /**
+     * Allocations served by a plain, unregistered allocation: larger than the largest
+     * class (1 MiB), or every fitting class was empty.
+     */
+    uint64_t plain_allocs;
+    /**
+     * Pool buffers free right now.
+     */
+    uint64_t free_buffers;
+    /**
+     * Bytes of pool memory of the worker.
+     */
+    uint64_t pool_bytes;
+    /**
+     * Bytes registered with the worker's ring; 0 when registration failed.
+     */
+    uint64_t registered_bytes;
+    /**
+     * Fixed-buffer regions registered with the worker's ring.
+     */
+    uint32_t registered_regions;
+    /**
+     * 0 when the pool is registered (or empty); else the negative errno registration
+     * failed with (-ENOMEM under RLIMIT_MEMLOCK, -EPERM, ...): the pool then hands out
+     * unregistered buffers (`veloq_buf_index` gives -ENOENT).
+     */
+    int32_t registration_error;
+} veloq_buf_stats;
 
 #ifdef __cplusplus
 extern "C" {
@@ -191,6 +255,17 @@ int veloq_builder_ring_entries(struct veloq_builder *b, uint32_t entries);
 int veloq_builder_budget(struct veloq_builder *b, uint32_t tasks);
 
 /**
+ * How many buffers of `class_size` bytes each worker's buffer pool holds; `class_size`
+ * is one of 4096, 16384, 65536, 262144, 1048576; `count` 0 leaves the class out; at
+ * most 4 GiB per class. Defaults: 32, 16, 8, 2, 1 (2.375 MiB per worker). The pool is
+ * registered with the worker's io_uring ring (pinned memory, counted against
+ * RLIMIT_MEMLOCK for unprivileged processes); when that fails the pool still works,
+ * unregistered (see `veloq_buf_pool_stats`). Returns 0, or -EINVAL (NULL builder,
+ * `class_size` not a class, too many bytes; the builder is unchanged).
+ */
+int veloq_builder_buffer_pool(struct veloq_builder *b, uint32_t class_size, uint32_t count);
+
+/**
  * Frees a builder that was never passed to `veloq_runtime_build`. NULL is a no-op.
  */
 void veloq_builder_free(struct veloq_builder *b);
@@ -289,6 +364,58 @@ struct veloq_runtime *veloq_ctx_runtime(const struct veloq_ctx *ctx);
  * with the `VELOQ_VERSION_*` macros the program was built with. Callable from any thread.
  */
 uint32_t veloq_version(void);
+
+/**
+ * Allocates a buffer of at least `size` bytes (1..=VELOQ_BUF_MAX_SIZE) from the pool
+ * of the worker running the callback that received `ctx`, and stores it in `*out`.
+ * The buffer is 4 KiB aligned; its capacity is its size class (4 KiB, 16 KiB, 64 KiB,
+ * 256 KiB, 1 MiB) or, when every fitting class is empty or `size` is above 1 MiB, `size`
+ * rounded up to 4 KiB from a plain unregistered allocation. Its contents are
+ * unspecified (what its last user left). O(1).
+ *
+ * Returns 0; -EINVAL (NULL `out`, `size` 0 or above VELOQ_BUF_MAX_SIZE, `ctx` NULL or
+ * not the context of the callback running on this thread; `*out` untouched); -ENOMEM.
+ * Only inside a worker callback, with its `ctx`. Free the buffer with `veloq_buf_free`.
+ */
+int veloq_buf_alloc(struct veloq_ctx *ctx, uint32_t size, struct veloq_buf **out);
+
+/**
+ * The first byte of the buffer (4 KiB aligned; `veloq_buf_capacity` bytes are usable);
+ * NULL for NULL. Valid until `veloq_buf_free`. Callable from any thread that owns the
+ * buffer.
+ */
+void *veloq_buf_data(struct veloq_buf *b);
+
+/**
+ * The buffer's size in bytes (a multiple of 4096, at least the size asked for); 0 for
+ * NULL. Callable from any thread.
+ */
+uint32_t veloq_buf_capacity(const struct veloq_buf *b);
+
+/**
+ * The fixed-buffer index (>= 0) under which the buffer is registered with the io_uring
+ * ring of the worker that allocated it (for IORING_OP_READ_FIXED / WRITE_FIXED with
+ * the buffer's own address); -ENOENT when it is not registered (plain allocation, or
+ * the pool's registration failed); -EINVAL for NULL. Callable from any thread.
+ */
+int veloq_buf_index(const struct veloq_buf *b);
+
+/**
+ * Gives the buffer back to the pool of the worker that allocated it. Callable from any
+ * thread: on that worker it is free again at once; elsewhere it is queued for the
+ * worker without touching the worker's own state, and taken back on its next
+ * allocation. After its runtime was freed the memory is simply released. NULL is a
+ * no-op. No other call may use `b` during or after this one.
+ */
+void veloq_buf_free(struct veloq_buf *b);
+
+/**
+ * Stores the buffer pool counters of the worker running the callback that received
+ * `ctx` in `*out` (after taking back buffers freed on other threads). Returns 0, or
+ * -EINVAL (NULL `out`, `ctx` NULL or not the context of the callback running on this
+ * thread; `*out` untouched). Only inside a worker callback, with its `ctx`.
+ */
+int veloq_buf_pool_stats(struct veloq_ctx *ctx, struct veloq_buf_stats *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -24,6 +24,7 @@ pub mod io;
 pub mod runtime;
 pub mod time;
 
+pub use io::buffers::{BufferPoolConfig, PoolBuf, PoolStats};
 pub use runtime::{
     completion::{CompletionQueue, Cqe},
     spawn, spawn_balanced, spawn_local, spawn_to, worker_index, yield_now, Handle, JoinError,

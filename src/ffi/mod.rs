@@ -27,6 +27,11 @@ mod runtime;
 mod task;
 mod version;
 
+// After the others in the header (cbindgen keeps this order): buffers come last, as in
+// the API contract.
+mod buf;
+
+pub use buf::*;
 pub use cq::*;
 pub use error::*;
 pub use runtime::*;

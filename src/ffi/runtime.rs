@@ -87,6 +87,24 @@ pub extern "C" fn veloq_builder_budget(b: *mut veloq_builder, tasks: u32) -> c_i
     configure(b, |b| b.set_budget(tasks as usize))
 }
 
+/// How many buffers of `class_size` bytes each worker's buffer pool holds; `class_size`
+/// is one of 4096, 16384, 65536, 262144, 1048576; `count` 0 leaves the class out; at
+/// most 4 GiB per class. Defaults: 32, 16, 8, 2, 1 (2.375 MiB per worker). The pool is
+/// registered with the worker's io_uring ring (pinned memory, counted against
+/// RLIMIT_MEMLOCK for unprivileged processes); when that fails the pool still works,
+/// unregistered (see `veloq_buf_pool_stats`). Returns 0, or -EINVAL (NULL builder,
+/// `class_size` not a class, too many bytes; the builder is unchanged).
+#[no_mangle]
+pub extern "C" fn veloq_builder_buffer_pool(
+    b: *mut veloq_builder,
+    class_size: u32,
+    count: u32,
+) -> c_int {
+    configure(b, |b| {
+        b.set_buffer_pool(class_size as usize, count as usize)
+    })
+}
+
 /// Frees a builder that was never passed to `veloq_runtime_build`. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn veloq_builder_free(b: *mut veloq_builder) {

@@ -105,3 +105,30 @@ unsafe impl IoBuf for &'static str {
         self.len()
     }
 }
+
+// SAFETY: a PoolBuf's memory is a pool arena or a plain allocation that does not move
+// with the handle and stays valid while the handle lives.
+unsafe impl IoBuf for super::buffers::PoolBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.capacity()
+    }
+}
+
+// SAFETY: as above; every byte up to the capacity is initialised memory, and
+// `set_init` only grows `len` (capped at the capacity).
+unsafe impl IoBufMut for super::buffers::PoolBuf {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_ptr()
+    }
+    unsafe fn set_init(&mut self, n: usize) {
+        if n > self.len() {
+            self.set_len(n.min(self.capacity()));
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! I/O on io_uring: each worker owns one ring (its driver), which every operation
-//! started on that worker goes through.
+//! started on that worker goes through, and one pool of registered buffers
+//! ([`buffers`]); provided-buffer rings (`buf_ring`) feed multishot receives.
 //!
 //! The public part: the buffer traits ([`IoBuf`], [`IoBufMut`]) of the ownership-passing
 //! API, [`nop`], and callback-style submission of [`RawOp`]s
@@ -8,6 +9,8 @@
 //! Sockets are in [`crate::net`], files in [`crate::fs`], timers in [`crate::time`].
 
 mod buf;
+pub(crate) mod buf_ring;
+pub mod buffers;
 pub(crate) mod driver;
 pub(crate) mod op;
 pub(crate) mod op_table;

@@ -15,6 +15,7 @@ use super::job::{Job, JobParts, RawTask};
 use super::join::{JoinHandle, LocalJoinHandle};
 use super::runtime::{Handle, Placement, SpawnError, SpawnErrorKind};
 use super::task::TaskRef;
+use crate::io::buffers::{BufferPool, PoolBuf, PoolStats};
 use crate::io::driver::Driver;
 
 thread_local! {
@@ -22,8 +23,8 @@ thread_local! {
     static CURRENT_SHARED: Cell<*const WorkerShared> = const { Cell::new(ptr::null()) };
 }
 
-/// A worker's context: which worker this is, its spawner, its mesh producer side and its
-/// I/O driver. It exists only on its worker thread (`!Send`); a callback receives it as
+/// A worker's context: which worker this is, its spawner, its mesh producer side, its
+/// I/O driver and its buffer pool. It exists only on its worker thread (`!Send`); a callback receives it as
 /// its `ctx` argument and a task reaches it with [`RuntimeContext::with_current`].
 pub struct RuntimeContext {
     pub(crate) index: usize,
@@ -50,14 +51,25 @@ pub struct RuntimeContext {
     pub(crate) io_deliveries: RefCell<Vec<crate::io::driver::Delivery>>,
     /// Shutdown reached the driver: its operations were cancelled.
     pub(crate) io_closed: Cell<bool>,
+    /// The worker's buffer pool, registered with `driver`'s ring. Declared after
+    /// `driver` so the ring (and its registration) is dropped first.
+    pub(crate) buffers: BufferPool,
     pub(crate) stats: super::executor::LocalCounters,
     _not_send: PhantomData<*const ()>,
 }
 
 impl RuntimeContext {
-    pub(crate) fn new(registry: Arc<ExecutorRegistry>, index: usize, driver: Driver) -> Self {
+    /// Makes worker `index`'s context on its own thread, with a buffer pool registered
+    /// with `driver`'s ring. Fails only when the pool's memory cannot be mapped (a failed
+    /// registration leaves an unregistered pool, see `PoolStats::registration_errno`).
+    pub(crate) fn new(
+        registry: Arc<ExecutorRegistry>,
+        index: usize,
+        driver: Driver,
+    ) -> std::io::Result<Self> {
         let n = registry.len();
-        RuntimeContext {
+        let buffers = BufferPool::new(&registry.config.buffer_pool, Some(&driver.submitter()))?;
+        Ok(RuntimeContext {
             index,
             local: RefCell::new(VecDeque::with_capacity(256)),
             buffer: crossbeam_deque::Worker::new_fifo(),
@@ -72,10 +84,11 @@ impl RuntimeContext {
             driver: RefCell::new(driver),
             io_deliveries: RefCell::new(Vec::with_capacity(64)),
             io_closed: Cell::new(false),
+            buffers,
             stats: Default::default(),
             registry,
             _not_send: PhantomData,
-        }
+        })
     }
 
     /// Runs `f` with the context of the worker this thread is, or None off a worker.
@@ -101,6 +114,22 @@ impl RuntimeContext {
     /// The pointer the embedding layer attached to the runtime (the C `veloq_runtime *`).
     pub fn host_data(&self) -> *mut c_void {
         self.registry.host_data.load(Acquire)
+    }
+
+    /// A buffer of at least `size` bytes from this worker's pool: 4 KiB aligned,
+    /// `len() == size`, registered with this worker's ring when the pool is (see
+    /// [`PoolBuf::buf_index`]). From the best-fitting size class, else a larger one, else a
+    /// plain unregistered allocation; O(1). The buffer may be dropped on any thread: it
+    /// goes back to this pool. Errors: `InvalidInput` for 0 or more than 1 GiB,
+    /// `OutOfMemory` when a plain allocation fails.
+    pub fn alloc_buf(&self, size: usize) -> std::io::Result<PoolBuf> {
+        self.buffers.alloc(size)
+    }
+
+    /// This worker's buffer pool counters (taking back buffers freed on other threads
+    /// first).
+    pub fn buffer_pool_stats(&self) -> PoolStats {
+        self.buffers.stats()
     }
 
     pub(crate) fn me(&self) -> &WorkerShared {

@@ -19,6 +19,7 @@ use super::job::{Job, RawTask};
 use super::join::JoinHandle;
 use super::mesh::MeshMatrix;
 use super::task::TaskRef;
+use crate::io::buffers::BufferPoolConfig;
 use crate::io::driver::Driver;
 
 /// Where a spawned task or callback should run.
@@ -154,6 +155,7 @@ pub struct RuntimeBuilder {
     budget: usize,
     ring_entries: u32,
     spin_before_park: Duration,
+    buffer_pool: BufferPoolConfig,
     invalid: Option<&'static str>,
 }
 
@@ -166,6 +168,7 @@ impl Default for RuntimeBuilder {
             budget: Self::DEFAULT_BUDGET,
             ring_entries: Self::DEFAULT_RING_ENTRIES,
             spin_before_park: Self::DEFAULT_SPIN,
+            buffer_pool: BufferPoolConfig::default(),
             invalid: None,
         }
     }
@@ -233,6 +236,21 @@ impl RuntimeBuilder {
     pub fn spin_before_park(mut self, spin: Duration) -> Self {
         self.spin_before_park = spin;
         self
+    }
+
+    /// How many buffers of `class_size` (one of `veloq::io::buffers::CLASS_SIZES`: 4 KiB,
+    /// 16 KiB, 64 KiB, 256 KiB, 1 MiB) each worker's buffer pool holds; 0 leaves the
+    /// class out. Checked by [`Self::set_buffer_pool`].
+    pub fn buffer_pool(mut self, class_size: usize, count: usize) -> Self {
+        let r = self.set_buffer_pool(class_size, count);
+        self.record(r);
+        self
+    }
+
+    /// Checked setter: `class_size` one of the classes, at most
+    /// `BufferPoolConfig::MAX_CLASS_BYTES` in the class (else unchanged).
+    pub fn set_buffer_pool(&mut self, class_size: usize, count: usize) -> Result<(), &'static str> {
+        self.buffer_pool.set_count(class_size, count)
     }
 
     /// Checked setter: `n <= MAX_WORKERS` (0 = one per CPU).
@@ -305,6 +323,7 @@ impl RuntimeBuilder {
             budget: self.budget,
             spin_before_park: self.spin_before_park,
             ring_entries: self.ring_entries,
+            buffer_pool: self.buffer_pool,
         };
         let registry = Arc::new(ExecutorRegistry::new(eventfds, self.mesh_capacity, config));
         let cores = if self.pin_workers {
@@ -387,7 +406,15 @@ fn worker_main(
         driver.flags().bits() as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
-    let cx = RuntimeContext::new(registry.clone(), index, driver);
+    let cx = match RuntimeContext::new(registry.clone(), index, driver) {
+        Ok(cx) => cx,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            registry.enter_idle();
+            mark_exited(&registry);
+            return;
+        }
+    };
     let _ = ready.send(Ok(()));
     drop(ready);
     context::enter(&cx, || cx.run_loop());

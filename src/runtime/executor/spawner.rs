@@ -22,6 +22,7 @@ pub(crate) struct Config {
     pub(crate) budget: usize,
     pub(crate) spin_before_park: Duration,
     pub(crate) ring_entries: u32,
+    pub(crate) buffer_pool: crate::io::buffers::BufferPoolConfig,
 }
 
 /// Counters a worker publishes for others (statistics and load balancing).
