@@ -26,10 +26,15 @@ mod error;
 mod runtime;
 mod task;
 mod version;
+// After the task API: the header reads tasks, then worker-side and host-side I/O.
+mod io;
+mod submit;
 
 pub use cq::*;
 pub use error::*;
+pub use io::*;
 pub use runtime::*;
+pub use submit::*;
 pub use task::*;
 pub use version::*;
 
