@@ -87,7 +87,7 @@ C_TEST_SRCS := $(sort $(wildcard c-tests/test_*.c))
 C_TESTS := $(patsubst c-tests/%.c,build/c-tests/%,$(C_TEST_SRCS))
 CPP_TEST_SRCS := $(sort $(wildcard c-tests/cpp/*.cpp))
 CPP_TEST := build/c-tests/test_cpp
-C_TEST_HEADERS := c-tests/check.h c-tests/vtest.h $(VELOQ_INCLUDE_DIR)/veloq.h
+C_TEST_HEADERS := c-tests/check.h c-tests/vtest.h c-tests/vio.h $(VELOQ_INCLUDE_DIR)/veloq.h
 
 # valgrind: scaled-down loads (every case still runs), a longer watchdog.
 VALGRIND_FLAGS := -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
