@@ -151,14 +151,15 @@ impl Driver {
     /// Optional flags the kernel refuses are dropped one by one; an error is returned
     /// only when even a plain ring cannot be made.
     pub(crate) fn new(entries: u32, eventfd: RawFd, worker: u32) -> io::Result<Driver> {
-        let (ring, flags) = Self::build_ring(entries)?;
+        let park_in_poll = running_under_valgrind();
+        let (ring, flags) = Self::build_ring(entries, park_in_poll)?;
         let cq_entries = ring.params().cq_entries() as usize;
         Ok(Driver {
             ring,
             eventfd,
             wake_buf: Box::new(0),
             wake_armed: false,
-            park_in_poll: running_under_valgrind(),
+            park_in_poll,
             flags,
             table: OpTable::new(),
             backlog: VecDeque::new(),
@@ -194,7 +195,12 @@ impl Driver {
         }
     }
 
-    fn build_ring(entries: u32) -> io::Result<(IoUring, RingFlags)> {
+    /// `plain_only`: no optional flags. Parking in poll(2) needs that: with DEFER_TASKRUN
+    /// or COOP_TASKRUN an operation finished by the kernel's async workers (openat, a
+    /// socket becoming ready, ...) becomes a completion only when the ring's task enters
+    /// the kernel for it, and nothing wakes a task sleeping in poll(2) to do so (the worker
+    /// slept for ever on an openat under valgrind).
+    fn build_ring(entries: u32, plain_only: bool) -> io::Result<(IoUring, RingFlags)> {
         // Most capable first; DEFER_TASKRUN requires SINGLE_ISSUER.
         let attempts = [
             RingFlags {
@@ -220,7 +226,12 @@ impl Driver {
             RingFlags::default(),
         ];
         let mut last_err = None;
-        for flags in attempts {
+        let attempts = if plain_only {
+            &attempts[attempts.len() - 1..]
+        } else {
+            &attempts[..]
+        };
+        for &flags in attempts {
             let mut b = IoUring::builder();
             if flags.single_issuer {
                 b.setup_single_issuer();
