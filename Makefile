@@ -108,7 +108,9 @@ API_FUNCTIONS := veloq_version veloq_strerror \
 	veloq_builder_free veloq_runtime_build veloq_runtime_new veloq_runtime_workers \
 	veloq_runtime_shutdown veloq_runtime_free \
 	veloq_spawn veloq_spawn_balanced veloq_spawn_to veloq_ctx_worker veloq_ctx_runtime \
-	veloq_cq_new veloq_cq_poll veloq_cq_wait veloq_cq_fd veloq_cq_post veloq_cq_free
+	veloq_cq_new veloq_cq_poll veloq_cq_wait veloq_cq_fd veloq_cq_post veloq_cq_free \
+	veloq_read veloq_write veloq_recv veloq_send veloq_accept veloq_connect veloq_close \
+	veloq_openat veloq_fsync veloq_timeout veloq_cancel veloq_submit
 
 banner = @printf '\n==> %s\n' "$(1)"
 
