@@ -3,6 +3,10 @@
 #   make                 cargo build --release: target/release/libveloq.so (SONAME
 #                        libveloq.so.MAJOR) and target/release/libveloq.a
 #   make demo            build, then run examples/demo.c (1M callbacks, epoll on the cq fd)
+#   make examples        build the I/O examples into build/examples: echo_server (C),
+#                        echo_server_cpp (veloq.hpp), file_copy (host-side veloq_submit)
+#   make examples-test   file_copy on real files (compared with cmp), both echo servers
+#                        driven by c-tests/example_echo.c
 #   make test            everything CI runs (tools, Rust checks and tests, header, C/C++
 #                        tests, valgrind, install + pkg-config); see the `test` recipe
 #   make header          regenerate include/veloq.h with the pinned cbindgen
@@ -87,7 +91,7 @@ C_TEST_SRCS := $(sort $(wildcard c-tests/test_*.c))
 C_TESTS := $(patsubst c-tests/%.c,build/c-tests/%,$(C_TEST_SRCS))
 CPP_TEST_SRCS := $(sort $(wildcard c-tests/cpp/*.cpp))
 CPP_TEST := build/c-tests/test_cpp
-C_TEST_HEADERS := c-tests/check.h c-tests/vtest.h $(VELOQ_INCLUDE_DIR)/veloq.h
+C_TEST_HEADERS := c-tests/check.h c-tests/vtest.h c-tests/vio.h $(VELOQ_INCLUDE_DIR)/veloq.h
 
 # valgrind: scaled-down loads (every case still runs), a longer watchdog.
 VALGRIND_FLAGS := -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
@@ -104,13 +108,16 @@ API_FUNCTIONS := veloq_version veloq_strerror \
 	veloq_builder_free veloq_runtime_build veloq_runtime_new veloq_runtime_workers \
 	veloq_runtime_shutdown veloq_runtime_free \
 	veloq_spawn veloq_spawn_balanced veloq_spawn_to veloq_ctx_worker veloq_ctx_runtime \
-	veloq_cq_new veloq_cq_poll veloq_cq_wait veloq_cq_fd veloq_cq_post veloq_cq_free
+	veloq_cq_new veloq_cq_poll veloq_cq_wait veloq_cq_fd veloq_cq_post veloq_cq_free \
+	veloq_read veloq_write veloq_recv veloq_send veloq_accept veloq_connect veloq_close \
+	veloq_openat veloq_fsync veloq_timeout veloq_cancel veloq_submit
 
 banner = @printf '\n==> %s\n' "$(1)"
 
 .PHONY: all lib header tools apt-tools bench-tools rust-tools fmt-check clippy cargo-test loom \
 	header-check header-compile symbols-check c-tests cpp-tests readme-example valgrind \
-	install-check install uninstall demo bench bench-c bench-smoke test clean distclean
+	install-check install uninstall demo examples examples-test bench bench-c bench-smoke test \
+	clean distclean
 
 # ================================================================ build
 
@@ -316,7 +323,7 @@ install-check: lib apt-tools
 # ================================================================ test: everything CI runs
 
 TEST_STEPS := tools fmt-check header-check header-compile clippy cargo-test loom all \
-	symbols-check c-tests demo valgrind install-check bench-smoke
+	symbols-check c-tests demo examples-test valgrind install-check bench-smoke
 
 test:
 	@rm -f build/test-totals
@@ -339,6 +346,45 @@ build/examples/demo: examples/demo.c $(VELOQ_INCLUDE_DIR)/veloq.h
 demo: $(IN_TREE_LIB)
 	@$(SUBMAKE) build/examples/demo
 	build/examples/demo
+
+# ---------------------------------------------------------------- I/O examples
+
+EXAMPLES := build/examples/echo_server build/examples/echo_server_cpp build/examples/file_copy
+
+build/examples/echo_server build/examples/file_copy: build/examples/%: examples/%.c \
+		$(VELOQ_INCLUDE_DIR)/veloq.h
+	@mkdir -p $(@D)
+	$(CC) -std=c11 $(WARN) $(CFLAGS) -pthread -I$(VELOQ_INCLUDE_DIR) $< -o $@ $(LINK_VELOQ)
+
+build/examples/echo_server_cpp: examples/echo_server.cpp $(HPP) $(VELOQ_INCLUDE_DIR)/veloq.h
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 $(WARN) $(CXXFLAGS) -pthread -I$(VELOQ_INCLUDE_DIR) -Ibindings/cpp $< -o $@ \
+		$(LINK_VELOQ)
+
+examples: $(IN_TREE_LIB)
+	@$(SUBMAKE) $(EXAMPLES)
+
+# file_copy on real files (odd sizes, empty, larger than its in-flight window) checked
+# with cmp; then each echo server run briefly against the client in c-tests/example_echo.c.
+COPY_DIR := build/examples/copy-test
+examples-test: $(IN_TREE_LIB)
+	$(call banner,examples: file_copy + cmp; echo servers against c-tests/example_echo.c)
+	@$(SUBMAKE) $(EXAMPLES) build/c-tests/example_echo
+	rm -rf $(COPY_DIR) && mkdir -p $(COPY_DIR)
+	head -c 13000017 /dev/urandom > $(COPY_DIR)/big.bin
+	head -c 4097 /dev/urandom > $(COPY_DIR)/small.bin
+	: > $(COPY_DIR)/empty.bin
+	@for f in big small empty; do \
+		build/examples/file_copy $(COPY_DIR)/$$f.bin $(COPY_DIR)/$$f.copy; \
+		cmp $(COPY_DIR)/$$f.bin $(COPY_DIR)/$$f.copy; \
+	done
+	@! build/examples/file_copy $(COPY_DIR)/missing $(COPY_DIR)/x 2>/dev/null || \
+		{ echo "file_copy of a missing file succeeded"; exit 1; }
+	rm -rf $(COPY_DIR)
+	VELOQ_ECHO_SERVER=build/examples/echo_server c-tests/run.sh --label echo_server \
+		--limit $(C_TEST_LIMIT) build/c-tests/example_echo
+	VELOQ_ECHO_SERVER=build/examples/echo_server_cpp c-tests/run.sh --label echo_server_cpp \
+		--limit $(C_TEST_LIMIT) build/c-tests/example_echo
 
 build/bench/capi_bench: benches/c/capi_bench.c $(VELOQ_INCLUDE_DIR)/veloq.h
 	@mkdir -p $(@D)

@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 /**
  * The call hit an internal bug (a Rust panic was caught at the boundary). Nothing was
@@ -38,6 +40,118 @@
  * Patch version.
  */
 #define VELOQ_VERSION_PATCH 0
+
+/**
+ * `flags` bit of a completion (callback or `veloq_cqe`): more completions of this
+ * multishot operation follow. The final completion comes without it.
+ */
+#define VELOQ_CQE_F_MORE 1
+
+/**
+ * No operation: completes with res 0. Uses no field.
+ */
+#define VELOQ_OP_NOP 0
+
+/**
+ * `pread(fd, (void *)addr, len, offset)`; `offset` UINT64_MAX: the file position.
+ * res: bytes read.
+ */
+#define VELOQ_OP_READ 1
+
+/**
+ * `pwrite(fd, (const void *)addr, len, offset)`; `offset` UINT64_MAX: the file position.
+ * res: bytes written.
+ */
+#define VELOQ_OP_WRITE 2
+
+/**
+ * `preadv(fd, (const struct iovec *)addr, len = iovcnt, offset)`. res: bytes read.
+ */
+#define VELOQ_OP_READV 3
+
+/**
+ * `pwritev(fd, (const struct iovec *)addr, len = iovcnt, offset)`. res: bytes written.
+ */
+#define VELOQ_OP_WRITEV 4
+
+/**
+ * `recv(fd, (void *)addr, len, op_flags = MSG_*)`. res: bytes received.
+ */
+#define VELOQ_OP_RECV 5
+
+/**
+ * `send(fd, (const void *)addr, len, op_flags = MSG_*)`. res: bytes sent.
+ */
+#define VELOQ_OP_SEND 6
+
+/**
+ * `accept4(fd, (struct sockaddr *)addr, (socklen_t *)addr2, SOCK_CLOEXEC)`; `addr` and
+ * `addr2` both 0 (no peer address) or both set. res: the new fd (the host's to close).
+ */
+#define VELOQ_OP_ACCEPT 7
+
+/**
+ * `connect(fd, (const struct sockaddr *)addr, len = addrlen)`. res: 0.
+ */
+#define VELOQ_OP_CONNECT 8
+
+/**
+ * `close(fd)`. res: 0.
+ */
+#define VELOQ_OP_CLOSE 9
+
+/**
+ * `openat(fd = dirfd, (const char *)addr = path, op_flags = O_* flags, len = mode)`,
+ * O_CLOEXEC added. res: the new fd (the host's to close).
+ */
+#define VELOQ_OP_OPENAT 10
+
+/**
+ * `fsync(fd)`. res: 0.
+ */
+#define VELOQ_OP_FSYNC 11
+
+/**
+ * `fdatasync(fd)`. res: 0.
+ */
+#define VELOQ_OP_FDATASYNC 12
+
+/**
+ * A timer of `offset` nanoseconds. res: -ETIME when it expired.
+ */
+#define VELOQ_OP_TIMEOUT 13
+
+/**
+ * Waits until `fd` polls with any of `op_flags` = POLLIN/POLLOUT/... res: the events.
+ */
+#define VELOQ_OP_POLL_ADD 14
+
+/**
+ * `shutdown(fd, len = how)` (SHUT_RD, SHUT_WR, SHUT_RDWR). res: 0.
+ */
+#define VELOQ_OP_SHUTDOWN 15
+
+/**
+ * `recvmsg(fd, (struct msghdr *)addr, op_flags)`. res: bytes received.
+ */
+#define VELOQ_OP_RECVMSG 16
+
+/**
+ * `sendmsg(fd, (const struct msghdr *)addr, op_flags)`. res: bytes sent.
+ */
+#define VELOQ_OP_SENDMSG 17
+
+/**
+ * `socket(fd = domain, op_flags = type, len = protocol)`, SOCK_CLOEXEC added. res: the
+ * new fd.
+ */
+#define VELOQ_OP_SOCKET 18
+
+/**
+ * Multishot accept on listening socket `fd`: one entry per connection (res: its fd) with
+ * `VELOQ_CQE_F_MORE`, until an error ends it (final entry without the flag).
+ */
+#define VELOQ_OP_ACCEPT_MULTISHOT 19
 
 /**
  * Largest buffer `veloq_buf_alloc` hands out: 1 GiB.
@@ -105,6 +219,51 @@ typedef struct veloq_cqe {
  * spawn; its return value becomes the completion's `res`.
  */
 typedef int64_t (*veloq_task_fn)(struct veloq_ctx *ctx, void *arg);
+
+/**
+ * A completion callback: `res` is the operation's result (>= 0, e.g. bytes moved or a
+ * new fd) or a negative errno; `flags` has `VELOQ_CQE_F_MORE` when more completions of
+ * the same multishot operation follow. Runs on the worker that submitted the operation,
+ * with that worker's context (usable for further calls during the callback).
+ */
+typedef void (*veloq_io_cb)(struct veloq_ctx *ctx, int64_t res, uint32_t flags, void *arg);
+
+/**
+ * One host-side operation for `veloq_submit`: `opcode` (a `VELOQ_OP_*`) says which
+ * fields it uses and how (see each constant); the others are ignored and should be 0
+ * (start from `veloq_sqe sqe = {0};`). Addresses are the host's memory, passed as
+ * integers, and must stay valid until the operation's final completion was posted.
+ */
+typedef struct veloq_sqe {
+    /**
+     * A `VELOQ_OP_*` constant.
+     */
+    uint8_t opcode;
+    /**
+     * The file descriptor (or dirfd / domain, see the opcode).
+     */
+    int32_t fd;
+    /**
+     * A buffer, iovec array, sockaddr, path or msghdr, by opcode.
+     */
+    uint64_t addr;
+    /**
+     * Byte count, iovec count, address length, mode or `how`, by opcode.
+     */
+    uint32_t len;
+    /**
+     * File offset, or a timeout in nanoseconds.
+     */
+    uint64_t offset;
+    /**
+     * MSG_* / O_* / POLL* flags or socket type, by opcode.
+     */
+    uint32_t op_flags;
+    /**
+     * A second address: the `socklen_t *` of VELOQ_OP_ACCEPT.
+     */
+    uint64_t addr2;
+} veloq_sqe;
 
 /**
  * A worker's buffer pool counters (`veloq_buf_pool_stats`).
@@ -364,6 +523,267 @@ struct veloq_runtime *veloq_ctx_runtime(const struct veloq_ctx *ctx);
  * with the `VELOQ_VERSION_*` macros the program was built with. Callable from any thread.
  */
 uint32_t veloq_version(void);
+
+/**
+ * Does nothing through the ring: `cb` gets res 0. Returns the op id (> 0); -EINVAL for
+ * NULL `ctx`/`cb`; -ESHUTDOWN once the runtime is shutting down (then `cb` never runs).
+ * Only inside a callback on a worker, with the `ctx` it received (undefined otherwise);
+ * `cb` runs once on the same worker. `arg` stays the caller's.
+ */
+int64_t veloq_nop(struct veloq_ctx *ctx, veloq_io_cb cb, void *arg);
+
+/**
+ * `pread(fd, buf, len, offset)`; `offset` UINT64_MAX reads at the file position. `res`:
+ * bytes read (0 at end of file) or a negative errno (-EBADF, -EFAULT, ...). Returns the op
+ * id (> 0); -EINVAL (NULL `ctx`/`cb`, `fd` < 0, NULL `buf` with `len` > 0); -ESHUTDOWN.
+ * `buf` (caller's) must stay valid until `cb` ran; the kernel writes it until then.
+ * Only inside a callback on a worker, with its `ctx`; `cb` runs once on the same worker.
+ */
+int64_t veloq_read(struct veloq_ctx *ctx,
+                   int fd,
+                   void *buf,
+                   uint32_t len,
+                   uint64_t offset,
+                   veloq_io_cb cb,
+                   void *arg);
+
+/**
+ * `pwrite(fd, buf, len, offset)`; `offset` UINT64_MAX writes at the file position. `res`:
+ * bytes written or a negative errno. Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`,
+ * `fd` < 0, NULL `buf` with `len` > 0); -ESHUTDOWN. `buf` (caller's) must stay valid
+ * until `cb` ran. Only inside a callback on a worker, with its `ctx`; `cb` runs once on
+ * the same worker.
+ */
+int64_t veloq_write(struct veloq_ctx *ctx,
+                    int fd,
+                    const void *buf,
+                    uint32_t len,
+                    uint64_t offset,
+                    veloq_io_cb cb,
+                    void *arg);
+
+/**
+ * `preadv(fd, iov, iovcnt, offset)` (`offset` UINT64_MAX: the file position). `res`:
+ * bytes read or a negative errno. Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`/`iov`,
+ * `fd` < 0, `iovcnt` 0 or > IOV_MAX); -ESHUTDOWN. The iovec array and every buffer it
+ * names (caller's) must stay valid until `cb` ran. Only inside a callback on a worker,
+ * with its `ctx`; `cb` runs once on the same worker.
+ */
+int64_t veloq_readv(struct veloq_ctx *ctx,
+                    int fd,
+                    const struct iovec *iov,
+                    uint32_t iovcnt,
+                    uint64_t offset,
+                    veloq_io_cb cb,
+                    void *arg);
+
+/**
+ * `pwritev(fd, iov, iovcnt, offset)` (`offset` UINT64_MAX: the file position). `res`:
+ * bytes written or a negative errno. Errors, ownership and threads as `veloq_readv`.
+ */
+int64_t veloq_writev(struct veloq_ctx *ctx,
+                     int fd,
+                     const struct iovec *iov,
+                     uint32_t iovcnt,
+                     uint64_t offset,
+                     veloq_io_cb cb,
+                     void *arg);
+
+/**
+ * `recv(fd, buf, len, flags)` (`flags`: MSG_*). `res`: bytes received (0: the peer closed)
+ * or a negative errno (-ENOTSOCK, -ECONNRESET, ...). Returns the op id (> 0); -EINVAL
+ * (NULL `ctx`/`cb`, `fd` < 0, NULL `buf` with `len` > 0); -ESHUTDOWN. `buf` (caller's)
+ * must stay valid until `cb` ran; after a cancel the kernel no longer writes it once `cb`
+ * got -ECANCELED. Only inside a callback on a worker, with its `ctx`; `cb` runs once on
+ * the same worker.
+ */
+int64_t veloq_recv(struct veloq_ctx *ctx,
+                   int fd,
+                   void *buf,
+                   uint32_t len,
+                   int flags,
+                   veloq_io_cb cb,
+                   void *arg);
+
+/**
+ * `send(fd, buf, len, flags)` (`flags`: MSG_*; add MSG_NOSIGNAL to get -EPIPE rather
+ * than SIGPIPE from a closed peer). `res`: bytes sent (possibly fewer than `len`) or a
+ * negative errno. Errors, ownership and threads as `veloq_recv`.
+ */
+int64_t veloq_send(struct veloq_ctx *ctx,
+                   int fd,
+                   const void *buf,
+                   uint32_t len,
+                   int flags,
+                   veloq_io_cb cb,
+                   void *arg);
+
+/**
+ * `recvmsg(fd, msg, flags)`. `res`: bytes received or a negative errno. Returns the op
+ * id (> 0); -EINVAL (NULL `ctx`/`cb`/`msg`, `fd` < 0); -ESHUTDOWN. `msg` and everything
+ * it points to (caller's) must stay valid until `cb` ran. Only inside a callback on a
+ * worker, with its `ctx`; `cb` runs once on the same worker.
+ */
+int64_t veloq_recvmsg(struct veloq_ctx *ctx,
+                      int fd,
+                      struct msghdr *msg,
+                      uint32_t flags,
+                      veloq_io_cb cb,
+                      void *arg);
+
+/**
+ * `sendmsg(fd, msg, flags)`. `res`: bytes sent or a negative errno. Errors, ownership
+ * and threads as `veloq_recvmsg`.
+ */
+int64_t veloq_sendmsg(struct veloq_ctx *ctx,
+                      int fd,
+                      const struct msghdr *msg,
+                      uint32_t flags,
+                      veloq_io_cb cb,
+                      void *arg);
+
+/**
+ * Multishot `recv` into the buffers of provided-buffer group `group` (see the
+ * `veloq_buf_*` pools): one completion per chunk received, with `VELOQ_CQE_F_MORE` while
+ * more follow; the buffer used is named in the upper 16 bits of `flags`. It ends (entry
+ * without the flag) on an error (-ENOBUFS when the group is empty or unknown), at end of
+ * stream (res 0), or on `veloq_cancel` (-ECANCELED). Returns the op id (> 0); -EINVAL
+ * (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its
+ * `ctx`; `cb` runs on the same worker.
+ */
+int64_t veloq_recv_multishot(struct veloq_ctx *ctx,
+                             int fd,
+                             uint16_t group,
+                             int flags,
+                             veloq_io_cb cb,
+                             void *arg);
+
+/**
+ * `accept4(fd, NULL, NULL, SOCK_CLOEXEC)` on a listening socket. `res`: the new
+ * connection's fd (the callback's to close) or a negative errno. With `multishot`, one
+ * completion per connection, each with `VELOQ_CQE_F_MORE`, until an error or
+ * `veloq_cancel` ends it (final entry without the flag, e.g. -ECANCELED). Returns the op
+ * id (> 0); -EINVAL (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a
+ * worker, with its `ctx`; `cb` runs on the same worker.
+ */
+int64_t veloq_accept(struct veloq_ctx *ctx, int fd, bool multishot, veloq_io_cb cb, void *arg);
+
+/**
+ * `connect(fd, addr, addrlen)`. `res`: 0 or a negative errno (-ECONNREFUSED, ...).
+ * Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`/`addr`, `fd` < 0, `addrlen` 0 or
+ * over 128); -ESHUTDOWN. `addr` (caller's) must stay valid until `cb` ran. Only inside a
+ * callback on a worker, with its `ctx`; `cb` runs once on the same worker.
+ */
+int64_t veloq_connect(struct veloq_ctx *ctx,
+                      int fd,
+                      const struct sockaddr *addr,
+                      uint32_t addrlen,
+                      veloq_io_cb cb,
+                      void *arg);
+
+/**
+ * `socket(domain, type, protocol)` (SOCK_CLOEXEC added). `res`: the new fd or a negative
+ * errno. Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`); -ESHUTDOWN. Only inside a
+ * callback on a worker, with its `ctx`; `cb` runs once on the same worker.
+ */
+int64_t veloq_socket(struct veloq_ctx *ctx,
+                     int domain,
+                     int type,
+                     int protocol,
+                     veloq_io_cb cb,
+                     void *arg);
+
+/**
+ * `shutdown(fd, how)` (SHUT_RD, SHUT_WR, SHUT_RDWR). `res`: 0 or a negative errno.
+ * Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside
+ * a callback on a worker, with its `ctx`; `cb` runs once on the same worker.
+ */
+int64_t veloq_socket_shutdown(struct veloq_ctx *ctx, int fd, int how, veloq_io_cb cb, void *arg);
+
+/**
+ * `close(fd)`. `res`: 0 or a negative errno (-EBADF). Returns the op id (> 0); -EINVAL
+ * (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its
+ * `ctx`; `cb` runs once on the same worker.
+ */
+int64_t veloq_close(struct veloq_ctx *ctx, int fd, veloq_io_cb cb, void *arg);
+
+/**
+ * `openat(dirfd, path, flags, mode)` (O_CLOEXEC added; `dirfd` AT_FDCWD for the working
+ * directory). `res`: the new fd (the callback's to close) or a negative errno (-ENOENT,
+ * -EACCES, ...). Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`/`path`); -ESHUTDOWN.
+ * `path` (caller's) must stay valid until `cb` ran. Only inside a callback on a worker,
+ * with its `ctx`; `cb` runs once on the same worker.
+ */
+int64_t veloq_openat(struct veloq_ctx *ctx,
+                     int dirfd,
+                     const char *path,
+                     int flags,
+                     uint32_t mode,
+                     veloq_io_cb cb,
+                     void *arg);
+
+/**
+ * `fsync(fd)`. `res`: 0 or a negative errno. Returns the op id (> 0); -EINVAL (NULL
+ * `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its `ctx`;
+ * `cb` runs once on the same worker.
+ */
+int64_t veloq_fsync(struct veloq_ctx *ctx, int fd, veloq_io_cb cb, void *arg);
+
+/**
+ * `fdatasync(fd)`. Same results, errors and threads as `veloq_fsync`.
+ */
+int64_t veloq_fdatasync(struct veloq_ctx *ctx, int fd, veloq_io_cb cb, void *arg);
+
+/**
+ * Completes after `ns` nanoseconds with res -ETIME (or -ECANCELED when cancelled first).
+ * Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`); -ESHUTDOWN. Only inside a callback
+ * on a worker, with its `ctx`; `cb` runs once on the same worker.
+ */
+int64_t veloq_timeout(struct veloq_ctx *ctx, uint64_t ns, veloq_io_cb cb, void *arg);
+
+/**
+ * Completes once `fd` polls with any of `events` (POLLIN, POLLOUT, ...): `res` is the
+ * ready events, or a negative errno. Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`,
+ * `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its `ctx`; `cb` runs
+ * once on the same worker.
+ */
+int64_t veloq_poll_add(struct veloq_ctx *ctx, int fd, uint32_t events, veloq_io_cb cb, void *arg);
+
+/**
+ * Asks for operation `op` (an id returned on this worker) to be cancelled. It still
+ * completes through its callback: with -ECANCELED unless it finished first (a multishot
+ * operation ends with one entry without `VELOQ_CQE_F_MORE`). Returns 0 when the request
+ * was made; -ENOENT when `op` names no live operation of this worker (finished, unknown,
+ * or another worker's); -EALREADY when a cancel of it is already on its way; -EINVAL for
+ * NULL `ctx`. Only inside a callback on a worker, with its `ctx`.
+ */
+int veloq_cancel(struct veloq_ctx *ctx, int64_t op);
+
+/**
+ * Submits the operation `*sqe` from any thread (host threads, worker callbacks) to the
+ * ring of worker `worker` (0..workers), or of the less loaded of two workers for -1.
+ * `*sqe` is copied: it may be reused as soon as the call returns.
+ *
+ * Returns 0 when accepted: then the operation runs on that worker and exactly one
+ * completion `{user_data, res, flags 0, worker = the worker that ran it}` is posted to
+ * `cq` (`res` the kernel's result or a negative errno: -ECANCELED when shutdown cancelled
+ * it, -ESHUTDOWN when shutdown began before it reached its worker). A multishot opcode
+ * posts entries with `VELOQ_CQE_F_MORE` and ends with one without it.
+ *
+ * Errors (nothing runs, nothing is posted): -EINVAL for NULL `rt`/`sqe`/`cq`, a `worker`
+ * that is not -1 or 0..workers, an unknown opcode, or fields the opcode cannot take (fd
+ * < 0, NULL buffer with len > 0, NULL path, iovec count 0, ...); -ESHUTDOWN once shutdown
+ * has started.
+ *
+ * Ownership: the memory named by the sqe stays the host's and must stay valid (and
+ * untouched while the kernel may write it) until the final completion was posted; `cq`
+ * must not be freed before (veloq_cq_free answers -EBUSY until then).
+ */
+int veloq_submit(struct veloq_runtime *rt,
+                 int32_t worker,
+                 const struct veloq_sqe *sqe,
+                 struct veloq_cq *cq,
+                 uint64_t user_data);
 
 /**
  * Allocates a buffer of at least `size` bytes (1..=VELOQ_BUF_MAX_SIZE) from the pool

@@ -30,6 +30,19 @@
 //     (0 when accepted). Both may throw std::bad_alloc (or whatever the callable's move/copy
 //     constructor throws) before anything is submitted.
 //
+// I/O. veloq::Io wraps the worker-side calls (veloq_read ... veloq_cancel) for use inside a
+// task or I/O callback: `veloq::Io io(ctx); io.recv(fd, buf, len, 0, [](veloq::Io io,
+// std::int64_t res, std::uint32_t flags) { ... });`. Each completion callable may take
+// (veloq::Io, int64_t res, uint32_t flags), (int64_t res, uint32_t flags) or (int64_t res);
+// it is moved into a heap box and run by a noexcept trampoline on the submitting worker,
+// once (multishot: once per entry), then destroyed there after its final entry (the one
+// without VELOQ_CQE_F_MORE). An exception escaping it is caught and dropped: nothing
+// unwinds into C. The calls return what the C call returns, the op id (> 0) or a negative
+// errno, and never throw except std::bad_alloc (or the callable's move constructor's
+// exception) before anything is submitted; when refused the box is destroyed unrun.
+// Buffers stay the caller's until the final completion. Host side, Runtime::submit_io
+// routes a veloq_sqe to a worker and posts the completion to a CompletionQueue.
+//
 // Threads. Spawning, Runtime::workers and every CompletionQueue member may be used from any
 // thread, workers included (a RuntimeRef made from the veloq_ctx passed to a callable spawns
 // from inside it). Runtime's destructor and shutdown must be called from a host thread: from
@@ -53,6 +66,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
+#include <sys/socket.h>
 #include <cstdint>
 #include <memory>
 #include <new>
@@ -249,6 +263,18 @@ public:
     /// Number of workers (0 for an empty handle).
     std::uint32_t workers() const noexcept { return ::veloq_runtime_workers(self()); }
 
+    /// veloq_submit: runs `sqe` on worker `worker` (-1: the less loaded of two) and posts
+    /// its completion {user_data, res, flags, worker} to `cq`. Throws Error when refused
+    /// (-EINVAL bad sqe/worker, -ESHUTDOWN); then nothing is posted. The memory the sqe
+    /// names must stay valid until the final completion.
+    void submit_io(const veloq_sqe &sqe, const CompletionQueue &cq, std::uint64_t user_data,
+                   std::int32_t worker = -1) const;
+    /// Like submit_io, returning the errno (0: accepted) instead of throwing it.
+    int try_submit_io(const veloq_sqe &sqe, veloq_cq *cq, std::uint64_t user_data,
+                      std::int32_t worker = -1) const noexcept {
+        return ::veloq_submit(self(), worker, &sqe, cq, user_data);
+    }
+
 private:
     veloq_runtime *self() const noexcept { return static_cast<const Self *>(this)->get(); }
 };
@@ -268,6 +294,167 @@ public:
 private:
     veloq_runtime *rt_;
 };
+
+class Io;
+
+namespace detail {
+
+template <class Fn>
+constexpr int io_arity() {
+    if constexpr (std::is_invocable_v<Fn &, Io, std::int64_t, std::uint32_t>)
+        return 3;
+    else if constexpr (std::is_invocable_v<Fn &, std::int64_t, std::uint32_t>)
+        return 2;
+    else if constexpr (std::is_invocable_v<Fn &, std::int64_t>)
+        return 1;
+    else
+        return 0;
+}
+
+template <class Fn>
+void io_trampoline(veloq_ctx *ctx, std::int64_t res, std::uint32_t flags, void *arg) noexcept;
+
+// Boxes `f`, hands the trampoline and the box to `submit` (a C call); frees the box when
+// the call refused (the callable never runs).
+template <class F, class Submit>
+std::int64_t io_submit(F &&f, Submit &&submit) {
+    using Fn = std::decay_t<F>;
+    static_assert(io_arity<Fn>() != 0,
+                  "an I/O completion callable takes (veloq::Io, int64_t, uint32_t), "
+                  "(int64_t, uint32_t) or (int64_t)");
+    auto box = std::make_unique<Fn>(std::forward<F>(f));
+    std::int64_t rc = submit(&io_trampoline<Fn>, static_cast<void *>(box.get()));
+    if (rc > 0)
+        box.release(); // the trampoline frees it after the final entry
+    return rc;
+}
+
+} // namespace detail
+
+/// The worker-side I/O calls of the worker running the current callback. Valid only inside
+/// the task or I/O callback that received its veloq_ctx, on that worker (like veloq_ctx).
+/// Each call returns the op id (> 0) or a negative errno; see the C function of the same
+/// name for what `res` means and which errors come back.
+class Io {
+public:
+    explicit Io(veloq_ctx *ctx) noexcept : ctx_(ctx) {}
+
+    veloq_ctx *ctx() const noexcept { return ctx_; }
+    /// The index of this worker.
+    std::uint32_t worker() const noexcept { return ::veloq_ctx_worker(ctx_); }
+    /// The runtime, for spawning from inside the callback.
+    RuntimeRef runtime() const noexcept { return RuntimeRef(ctx_); }
+
+    template <class F>
+    std::int64_t nop(F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_nop(ctx_, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t read(int fd, void *buf, std::uint32_t len, std::uint64_t offset, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_read(ctx_, fd, buf, len, offset, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t write(int fd, const void *buf, std::uint32_t len, std::uint64_t offset,
+                       F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_write(ctx_, fd, buf, len, offset, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t recv(int fd, void *buf, std::uint32_t len, int flags, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_recv(ctx_, fd, buf, len, flags, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t send(int fd, const void *buf, std::uint32_t len, int flags, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_send(ctx_, fd, buf, len, flags, cb, a);
+        });
+    }
+    /// Multishot: `f` runs once per connection and is destroyed after the final entry.
+    template <class F>
+    std::int64_t accept(int fd, bool multishot, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_accept(ctx_, fd, multishot, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t connect(int fd, const struct sockaddr *addr, std::uint32_t addrlen,
+                         F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_connect(ctx_, fd, addr, addrlen, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t close(int fd, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_close(ctx_, fd, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t openat(int dirfd, const char *path, int flags, std::uint32_t mode,
+                        F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_openat(ctx_, dirfd, path, flags, mode, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t fsync(int fd, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_fsync(ctx_, fd, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t timeout(std::chrono::nanoseconds after, F &&f) const {
+        auto ns = static_cast<std::uint64_t>(after.count() < 0 ? 0 : after.count());
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_timeout(ctx_, ns, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t poll_add(int fd, std::uint32_t events, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_poll_add(ctx_, fd, events, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t socket_shutdown(int fd, int how, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_socket_shutdown(ctx_, fd, how, cb, a);
+        });
+    }
+    /// veloq_cancel: 0, -ENOENT, -EALREADY. The operation still completes through its
+    /// callable (with -ECANCELED unless it finished first).
+    int cancel(std::int64_t op) const noexcept { return ::veloq_cancel(ctx_, op); }
+
+private:
+    veloq_ctx *ctx_;
+};
+
+namespace detail {
+template <class Fn>
+void io_trampoline(veloq_ctx *ctx, std::int64_t res, std::uint32_t flags, void *arg) noexcept {
+    Fn *fn = static_cast<Fn *>(arg);
+    try {
+        constexpr int arity = io_arity<Fn>();
+        if constexpr (arity == 3)
+            (*fn)(Io(ctx), res, flags);
+        else if constexpr (arity == 2)
+            (*fn)(res, flags);
+        else
+            (*fn)(res);
+    } catch (...) {
+        // Dropped: nothing unwinds into C (see the I/O section at the top).
+    }
+    if (!(flags & VELOQ_CQE_F_MORE))
+        delete fn;
+}
+} // namespace detail
 
 /// Owns a veloq_runtime. Move-only. The destructor shuts the runtime down without a limit.
 class Runtime : public detail::Spawner<Runtime> {
@@ -474,6 +661,11 @@ private:
 };
 
 namespace detail {
+template <class Self>
+void Spawner<Self>::submit_io(const veloq_sqe &sqe, const CompletionQueue &cq,
+                              std::uint64_t user_data, std::int32_t worker) const {
+    check(::veloq_submit(self(), worker, &sqe, cq.get(), user_data), "veloq_submit");
+}
 template <class Self>
 template <class F>
 void Spawner<Self>::spawn(F &&f, const CompletionQueue &cq, std::uint64_t user_data) const {

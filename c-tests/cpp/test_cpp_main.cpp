@@ -3,8 +3,13 @@
 // test_cpp_other.cpp) both include veloq.hpp.
 #include "test_cpp.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <atomic>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -267,6 +272,131 @@ static void version_and_strerror(void) {
     CHECK(veloq::strerror(VELOQ_EPANIC) == veloq_strerror(VELOQ_EPANIC));
 }
 
+// ---- I/O through veloq::Io lambdas
+
+
+static void io_lambdas_chain_on_the_worker_and_are_freed(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    veloq::CompletionQueue cq(rt, 64);
+    veloq_cq *q = cq.get();
+    rt.spawn_to(1, [q](veloq_ctx *ctx) {
+        veloq::Io io(ctx);
+        auto owned = std::make_unique<int>(5); // move-only capture
+        return io.nop([q, owned = std::move(owned), t = Tracked()](veloq::Io io2, std::int64_t res,
+                                                                  std::uint32_t flags) {
+            if (res != 0 || flags != 0 || io2.worker() != 1) {
+                veloq_cq_post(q, 99, res);
+                return;
+            }
+            std::int64_t id = io2.timeout(1ms, [q, v = *owned](std::int64_t r) {
+                veloq_cq_post(q, 1, r == -ETIME ? v : -1);
+            });
+            if (id <= 0)
+                veloq_cq_post(q, 98, id);
+        });
+    }, cq, 0);
+    auto got = reap(cq, 2);
+    for (const veloq_cqe &e : got) {
+        if (e.user_data == 0)
+            CHECK_GT(e.res, 0); // the nop's op id
+        else {
+            CHECK_EQ(e.user_data, 1);
+            CHECK_EQ(e.res, 5);
+        }
+    }
+    rt.shutdown();
+    CHECK_EQ(tracked_live(), 0);
+}
+
+static void io_exceptions_never_cross_and_refusals_free_the_callable(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(1).build();
+    veloq::CompletionQueue cq(rt, 64);
+    veloq_cq *q = cq.get();
+    rt.spawn_to(0, [q](veloq_ctx *ctx) {
+        veloq::Io io(ctx);
+        io.nop([q, t = Tracked()](std::int64_t) {
+            veloq_cq_post(q, 1, 0);
+            throw std::runtime_error("thrown inside an I/O callable");
+        });
+        // Refused (fd < 0): returns -EINVAL, the callable is destroyed unrun.
+        return io.read(-1, nullptr, 0, 0, [t = Tracked()](std::int64_t) {});
+    }, cq, 0);
+    auto got = reap(cq, 2);
+    for (const veloq_cqe &e : got)
+        if (e.user_data == 0)
+            CHECK_EQ(e.res, -EINVAL);
+    rt.shutdown();
+    CHECK_EQ(tracked_live(), 0);
+}
+
+static void io_multishot_accept_runs_per_connection_then_frees(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(1).build();
+    veloq::CompletionQueue cq(rt, 64);
+    veloq_cq *q = cq.get();
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(l >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t alen = sizeof a;
+    REQUIRE(bind(l, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0);
+    REQUIRE(listen(l, 64) == 0);
+    REQUIRE(getsockname(l, reinterpret_cast<sockaddr *>(&a), &alen) == 0);
+    std::atomic<int> accepted{0};
+    rt.spawn_to(0, [q, l, &accepted](veloq_ctx *ctx) {
+        return veloq::Io(ctx).accept(l, true, [q, &accepted, t = Tracked()](std::int64_t fd,
+                                                                        std::uint32_t flags) {
+            if (fd >= 0) {
+                ::close(static_cast<int>(fd));
+                accepted++;
+            }
+            if (!(flags & VELOQ_CQE_F_MORE))
+                veloq_cq_post(q, 2, fd);
+        });
+    }, cq, 0);
+    auto first = reap(cq, 1);
+    REQUIRE(first.size() == 1 && first[0].res > 0);
+    std::int64_t id = first[0].res;
+    int clients[10];
+    for (int &c : clients) {
+        c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        CHECK_EQ(connect(c, reinterpret_cast<sockaddr *>(&a), sizeof a), 0);
+    }
+    for (int i = 0; i < 6000 && accepted.load() < 10; i++)
+        check_sleep_ms(1);
+    CHECK_EQ(accepted.load(), 10);
+    rt.spawn_to(0, [id](veloq_ctx *ctx) { return veloq::Io(ctx).cancel(id); }, cq, 3);
+    auto rest = reap(cq, 2);
+    for (const veloq_cqe &e : rest)
+        CHECK_EQ(e.res, e.user_data == 3 ? 0 : -ECANCELED);
+    CHECK_EQ(tracked_live(), 0);
+    for (int c : clients)
+        ::close(c);
+    ::close(l);
+}
+
+static void host_submit_io_posts_to_the_queue_or_throws(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    veloq::CompletionQueue cq(rt, 64);
+    veloq_sqe sqe{};
+    sqe.opcode = VELOQ_OP_NOP;
+    rt.submit_io(sqe, cq, 11, 1);
+    auto got = reap(cq, 1);
+    REQUIRE(got.size() == 1);
+    CHECK_EQ(got[0].user_data, 11);
+    CHECK_EQ(got[0].res, 0);
+    CHECK_EQ(got[0].worker, 1);
+    sqe.opcode = 250;
+    int code = 0;
+    try {
+        rt.submit_io(sqe, cq, 12);
+    } catch (const veloq::Error &e) {
+        code = e.code();
+    }
+    CHECK_EQ(code, -EINVAL);
+    CHECK_EQ(rt.try_submit_io(sqe, cq.get(), 12), -EINVAL);
+}
+
 int main() {
     check_init("test_cpp", 120);
     RUN_CASE(runtime_destructor_runs_every_accepted_task);
@@ -280,6 +410,10 @@ int main() {
     RUN_CASE(shutdown_with_a_limit_reports_timeout);
     RUN_CASE(same_template_in_both_translation_units);
     RUN_CASE(version_and_strerror);
+    RUN_CASE(io_lambdas_chain_on_the_worker_and_are_freed);
+    RUN_CASE(io_exceptions_never_cross_and_refusals_free_the_callable);
+    RUN_CASE(io_multishot_accept_runs_per_connection_then_frees);
+    RUN_CASE(host_submit_io_posts_to_the_queue_or_throws);
     run_other_tu_cases();
     return check_summary();
 }

@@ -26,6 +26,9 @@ mod error;
 mod runtime;
 mod task;
 mod version;
+// After the task API: the header reads tasks, then worker-side and host-side I/O.
+mod io;
+mod submit;
 
 // After the others in the header (cbindgen keeps this order): buffers come last, as in
 // the API contract.
@@ -34,7 +37,9 @@ mod buf;
 pub use buf::*;
 pub use cq::*;
 pub use error::*;
+pub use io::*;
 pub use runtime::*;
+pub use submit::*;
 pub use task::*;
 pub use version::*;
 

@@ -8,6 +8,8 @@ use io_uring::{opcode, squeue::Entry, types};
 /// are the submitter's memory and must stay valid until the operation's final
 /// completion (the callers enforce that: Rust futures own their memory, C callers
 /// promise it).
+// The fields are the system call's arguments, named as in each variant's first line.
+#[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RawOp {

@@ -1,0 +1,309 @@
+/*
+ * Host-side submission (veloq_submit with a veloq_sqe): operations from threads the runtime
+ * does not own reach a worker's ring, and each completion is posted exactly once to the
+ * completion queue, naming the worker that ran it. Bad input posts nothing.
+ */
+#define _GNU_SOURCE
+#include "vio.h"
+
+#define OP_LEN 64
+
+static char g_dir[256];
+
+static veloq_sqe sqe_of(uint8_t opcode, int fd) {
+    veloq_sqe s;
+    memset(&s, 0, sizeof s);
+    s.opcode = opcode;
+    s.fd = fd;
+    return s;
+}
+
+static void bad_submissions_are_einval_and_post_nothing(void) {
+    veloq_runtime *rt = vt_runtime(2);
+    veloq_cq *cq;
+    veloq_sqe s = sqe_of(VELOQ_OP_NOP, -1);
+    veloq_cqe e;
+    char buf[8];
+    REQUIRE(rt);
+    cq = vt_cq(rt, 16);
+    REQUIRE(cq);
+    CHECK_ERR(veloq_submit(NULL, -1, &s, cq, 1), -EINVAL);
+    CHECK_ERR(veloq_submit(rt, -1, NULL, cq, 1), -EINVAL);
+    CHECK_ERR(veloq_submit(rt, -1, &s, NULL, 1), -EINVAL);
+    CHECK_ERR(veloq_submit(rt, -2, &s, cq, 1), -EINVAL);
+    CHECK_ERR(veloq_submit(rt, 2, &s, cq, 1), -EINVAL);
+    CHECK_ERR(veloq_submit(rt, INT32_MAX, &s, cq, 1), -EINVAL);
+    s.opcode = 200;
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
+    s = sqe_of(VELOQ_OP_READ, -1); /* fd < 0 */
+    s.addr = (uint64_t)(uintptr_t)buf;
+    s.len = sizeof buf;
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
+    s = sqe_of(VELOQ_OP_READ, 0); /* NULL buffer */
+    s.len = 8;
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
+    s = sqe_of(VELOQ_OP_OPENAT, AT_FDCWD); /* NULL path */
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
+    s = sqe_of(VELOQ_OP_ACCEPT, 0); /* address without its length */
+    s.addr = (uint64_t)(uintptr_t)buf;
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
+    check_sleep_ms(10);
+    CHECK_EQ(veloq_cq_poll(cq, &e, 1), 0);
+    CHECK_EQ(veloq_cq_free(cq), 0); /* nothing is owed */
+    veloq_runtime_free(rt);
+}
+
+static void errors_of_the_kernel_come_back_in_the_completion(void) {
+    veloq_runtime *rt = vt_runtime(1);
+    veloq_cq *cq;
+    veloq_sqe s;
+    veloq_cqe e;
+    char buf[8];
+    REQUIRE(rt);
+    cq = vt_cq(rt, 16);
+    REQUIRE(cq);
+    s = sqe_of(VELOQ_OP_READ, 100000);
+    s.addr = (uint64_t)(uintptr_t)buf;
+    s.len = sizeof buf;
+    CHECK_EQ(veloq_submit(rt, 0, &s, cq, 5), 0);
+    REQUIRE(veloq_cq_wait(cq, &e, 1, 1, VT_REAP_DEADLINE_NS) == 1);
+    CHECK_EQ(e.user_data, 5);
+    CHECK_ERR(e.res, -EBADF);
+    CHECK_EQ(e.flags, 0);
+    CHECK_EQ(e.worker, 0);
+    veloq_runtime_free(rt);
+    CHECK_EQ(veloq_cq_free(cq), 0);
+}
+
+/* ---- two host threads, a mix of operations, every completion exactly once */
+
+enum { MIX_NOP, MIX_READ, MIX_WRITE, MIX_OPENAT, MIX_FSYNC, MIX_TIMEOUT, MIX_KINDS };
+
+struct mix {
+    pthread_t thread;
+    veloq_runtime *rt;
+    veloq_cq *cq;
+    uint32_t workers;
+    int rfd, wfd;
+    const char *rpath;
+    size_t first, n;
+    char *bufs; /* OP_LEN per id */
+    long refused;
+};
+
+static void *mix_main(void *p) {
+    struct mix *m = (struct mix *)p;
+    size_t i;
+    for (i = m->first; i < m->first + m->n; i++) {
+        int kind = (int)(i % MIX_KINDS);
+        int32_t worker = (int32_t)(i / MIX_KINDS % (m->workers + 1)) - 1;
+        char *buf = m->bufs + i * OP_LEN;
+        veloq_sqe s;
+        memset(&s, 0, sizeof s);
+        switch (kind) {
+        case MIX_NOP: s.opcode = VELOQ_OP_NOP; break;
+        case MIX_READ:
+            s.opcode = VELOQ_OP_READ;
+            s.fd = m->rfd;
+            s.addr = (uint64_t)(uintptr_t)buf;
+            s.len = OP_LEN;
+            s.offset = (uint64_t)(i % 100) * OP_LEN;
+            break;
+        case MIX_WRITE:
+            memset(buf, (int)(i & 0x7f) | 1, OP_LEN);
+            s.opcode = VELOQ_OP_WRITE;
+            s.fd = m->wfd;
+            s.addr = (uint64_t)(uintptr_t)buf;
+            s.len = OP_LEN;
+            s.offset = (uint64_t)i * OP_LEN;
+            break;
+        case MIX_OPENAT:
+            s.opcode = VELOQ_OP_OPENAT;
+            s.fd = AT_FDCWD;
+            s.addr = (uint64_t)(uintptr_t)m->rpath;
+            s.op_flags = O_RDONLY;
+            break;
+        case MIX_FSYNC: s.opcode = VELOQ_OP_FSYNC; s.fd = m->wfd; break;
+        default: s.opcode = VELOQ_OP_TIMEOUT; s.offset = 1000; break;
+        }
+        if (veloq_submit(m->rt, worker, &s, m->cq, i) != 0)
+            m->refused++;
+    }
+    return NULL;
+}
+
+struct mix_check {
+    check_tally tally;
+    uint32_t workers;
+    const char *bufs;
+    long wrong;
+};
+
+static void mix_on_cqe(const veloq_cqe *e, void *p) {
+    struct mix_check *c = (struct mix_check *)p;
+    size_t i = (size_t)e->user_data;
+    int kind = (int)(i % MIX_KINDS);
+    int32_t worker = (int32_t)(i / MIX_KINDS % (c->workers + 1)) - 1;
+    int ok = e->flags == 0 && e->worker < c->workers && (worker < 0 || e->worker == (uint32_t)worker);
+    check_tally_mark(&c->tally, e->user_data);
+    switch (kind) {
+    case MIX_NOP: case MIX_FSYNC: ok = ok && e->res == 0; break;
+    case MIX_READ: {
+        size_t k;
+        const char *b = c->bufs + i * OP_LEN;
+        ok = ok && e->res == OP_LEN;
+        for (k = 0; ok && k < OP_LEN; k++)
+            ok = b[k] == (char)((i % 100) * OP_LEN + k);
+        break;
+    }
+    case MIX_WRITE: ok = ok && e->res == OP_LEN; break;
+    case MIX_OPENAT:
+        ok = ok && e->res >= 0;
+        if (e->res >= 0)
+            close((int)e->res);
+        break;
+    default: ok = ok && e->res == -ETIME; break;
+    }
+    if (!ok) {
+        if (c->wrong < 5)
+            printf("    wrong completion: id %zu kind %d res %lld flags %u worker %u\n", i, kind,
+                   (long long)e->res, e->flags, e->worker);
+        c->wrong++;
+    }
+}
+
+static void two_host_threads_submit_a_mix_each_completion_exactly_once(void) {
+    size_t per = CHECK_SCALED(6000), total = 2 * per, i;
+    veloq_runtime *rt = vt_runtime(2);
+    veloq_cq *cq;
+    struct mix m[2];
+    struct mix_check c;
+    char rpath[512], wpath[512], data[100 * OP_LEN], back[OP_LEN];
+    char *bufs;
+    int rfd, wfd, t;
+    REQUIRE(rt);
+    cq = vt_cq(rt, 512);
+    REQUIRE(cq);
+    snprintf(rpath, sizeof rpath, "%s/read.bin", g_dir);
+    snprintf(wpath, sizeof wpath, "%s/write.bin", g_dir);
+    for (i = 0; i < sizeof data; i++)
+        data[i] = (char)i;
+    rfd = open(rpath, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
+    wfd = open(wpath, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(rfd >= 0 && wfd >= 0);
+    REQUIRE(write(rfd, data, sizeof data) == (ssize_t)sizeof data);
+    bufs = (char *)calloc(total, OP_LEN);
+    REQUIRE(bufs);
+    for (t = 0; t < 2; t++) {
+        m[t].rt = rt;
+        m[t].cq = cq;
+        m[t].workers = 2;
+        m[t].rfd = rfd;
+        m[t].wfd = wfd;
+        m[t].rpath = rpath;
+        m[t].first = (size_t)t * per;
+        m[t].n = per;
+        m[t].bufs = bufs;
+        m[t].refused = 0;
+        REQUIRE(pthread_create(&m[t].thread, NULL, mix_main, &m[t]) == 0);
+    }
+    REQUIRE(check_tally_init(&c.tally, total));
+    c.workers = 2;
+    c.bufs = bufs;
+    c.wrong = 0;
+    CHECK_EQ(vt_reap(cq, total, mix_on_cqe, &c), total);
+    for (t = 0; t < 2; t++) {
+        pthread_join(m[t].thread, NULL);
+        CHECK_EQ(m[t].refused, 0);
+    }
+    CHECK_TALLY_EXACT(&c.tally);
+    CHECK_EQ(c.wrong, 0);
+    /* Every write landed where it was aimed. */
+    for (i = MIX_WRITE; i < total; i += MIX_KINDS) {
+        size_t k;
+        int good = pread(wfd, back, OP_LEN, (off_t)(i * OP_LEN)) == OP_LEN;
+        for (k = 0; good && k < OP_LEN; k++)
+            good = back[k] == (char)((int)(i & 0x7f) | 1);
+        if (!good) {
+            check_fail_(__FILE__, __LINE__, "write %zu is not in the file", i);
+            break;
+        }
+    }
+    veloq_runtime_free(rt);
+    CHECK_EQ(veloq_cq_free(cq), 0);
+    check_tally_free(&c.tally);
+    free(bufs);
+    close(rfd);
+    close(wfd);
+    unlink(rpath);
+    unlink(wpath);
+}
+
+static void host_multishot_accept_ends_with_one_entry_at_shutdown(void) {
+    veloq_runtime *rt = vt_runtime(2);
+    veloq_cq *cq;
+    veloq_sqe s;
+    veloq_cqe e[16];
+    uint16_t port;
+    int l, clients[8], i, more = 0, final = 0, got = 0;
+    REQUIRE(rt);
+    cq = vt_cq(rt, 64);
+    REQUIRE(cq);
+    l = vio_listener(&port);
+    REQUIRE(l >= 0);
+    s = sqe_of(VELOQ_OP_ACCEPT_MULTISHOT, l);
+    CHECK_EQ(veloq_submit(rt, 1, &s, cq, 9), 0);
+    for (i = 0; i < 8; i++)
+        clients[i] = vio_connect(port);
+    while (got < 8) {
+        int k, n = veloq_cq_wait(cq, e, 16, 1, VT_REAP_DEADLINE_NS);
+        REQUIRE(n > 0);
+        for (k = 0; k < n; k++) {
+            CHECK_EQ(e[k].user_data, 9);
+            CHECK_EQ(e[k].flags, VELOQ_CQE_F_MORE);
+            CHECK_EQ(e[k].worker, 1);
+            CHECK_GE(e[k].res, 0);
+            if (e[k].res >= 0)
+                close((int)e[k].res);
+            more++;
+        }
+        got += n;
+    }
+    CHECK_EQ(veloq_runtime_shutdown(rt, -1), 0);
+    for (;;) {
+        int k, n = veloq_cq_poll(cq, e, 16);
+        if (n <= 0)
+            break;
+        for (k = 0; k < n; k++) {
+            if (e[k].flags & VELOQ_CQE_F_MORE) {
+                more++;
+                continue;
+            }
+            final++;
+            CHECK_ERR(e[k].res, -ECANCELED);
+        }
+    }
+    CHECK_EQ(more, 8);
+    CHECK_EQ(final, 1);
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 10), -ESHUTDOWN);
+    veloq_runtime_free(rt);
+    CHECK_EQ(veloq_cq_free(cq), 0);
+    for (i = 0; i < 8; i++)
+        if (clients[i] >= 0)
+            close(clients[i]);
+    close(l);
+}
+
+int main(void) {
+    check_init("test_submit", 300);
+    if (vio_tempdir(g_dir, sizeof g_dir) != 0) {
+        printf("cannot make a temp dir\n");
+        return 1;
+    }
+    RUN_CASE(bad_submissions_are_einval_and_post_nothing);
+    RUN_CASE(errors_of_the_kernel_come_back_in_the_completion);
+    RUN_CASE(two_host_threads_submit_a_mix_each_completion_exactly_once);
+    RUN_CASE(host_multishot_accept_ends_with_one_entry_at_shutdown);
+    rmdir(g_dir);
+    return check_summary();
+}

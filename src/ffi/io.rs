@@ -1,0 +1,448 @@
+//! Worker-side asynchronous I/O: each call submits one operation on the ring of the worker
+//! running the callback that received `ctx`, and a C callback receives its completion on
+//! that same worker.
+//!
+//! Rules shared by every function here (the header repeats them on each):
+//! - Call only from inside a task or I/O callback, with the `ctx` that callback received
+//!   (any other use of `ctx` is undefined behaviour).
+//! - Returns the operation's id (> 0, for `veloq_cancel`) or a negative errno; on an error
+//!   `cb` is never called and nothing the caller passed is used.
+//! - Once accepted, `cb(ctx, res, flags, arg)` runs exactly once on the same worker
+//!   (multishot: once per entry, `flags & VELOQ_CQE_F_MORE` on every entry but the last),
+//!   never from inside the submitting call; `res` is the kernel's result (>= 0) or a
+//!   negative errno (-ECANCELED after `veloq_cancel` or at runtime shutdown).
+//! - Buffers, addresses, paths and `arg` stay the caller's and must stay valid (and
+//!   untouched) until the final callback ran.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use super::error::VELOQ_EPANIC;
+use super::task::veloq_ctx;
+use crate::io::{IoCallback, RawOp};
+use crate::RuntimeContext;
+
+/// A completion callback: `res` is the operation's result (>= 0, e.g. bytes moved or a
+/// new fd) or a negative errno; `flags` has `VELOQ_CQE_F_MORE` when more completions of
+/// the same multishot operation follow. Runs on the worker that submitted the operation,
+/// with that worker's context (usable for further calls during the callback).
+pub type veloq_io_cb =
+    Option<unsafe extern "C" fn(ctx: *mut veloq_ctx, res: i64, flags: u32, arg: *mut c_void)>;
+
+/// `flags` bit of a completion (callback or `veloq_cqe`): more completions of this
+/// multishot operation follow. The final completion comes without it.
+pub const VELOQ_CQE_F_MORE: u32 = 1;
+
+const _: () = assert!(VELOQ_CQE_F_MORE == crate::io::CQE_F_MORE);
+
+/// The one path of every worker-side call: checks `ctx` and `cb`, submits `op`.
+fn submit(ctx: *mut veloq_ctx, op: RawOp, cb: veloq_io_cb, arg: *mut c_void) -> i64 {
+    ffi_boundary!(VELOQ_EPANIC as i64, {
+        // SAFETY: a non-null ctx is the RuntimeContext passed to the running callback
+        // (the C contract), used on its own worker thread.
+        let Some(cx) = (unsafe { (ctx as *const RuntimeContext).as_ref() }) else {
+            return -libc::EINVAL as i64;
+        };
+        let Some(cb) = cb else {
+            return -libc::EINVAL as i64;
+        };
+        // SAFETY: the two function pointer types differ only in the pointee of the first
+        // argument (`veloq_ctx` is the C name of `RuntimeContext`); same ABI.
+        let cb: IoCallback = unsafe { std::mem::transmute(cb) };
+        // SAFETY: the C contract: the op's memory and `arg` stay valid until the final
+        // callback, and `cb` may be called with `arg` on this worker.
+        match unsafe { cx.submit_io(op, cb, arg) } {
+            Ok(id) => id as i64,
+            Err(e) => e as i64,
+        }
+    })
+}
+
+/// Does nothing through the ring: `cb` gets res 0. Returns the op id (> 0); -EINVAL for
+/// NULL `ctx`/`cb`; -ESHUTDOWN once the runtime is shutting down (then `cb` never runs).
+/// Only inside a callback on a worker, with the `ctx` it received (undefined otherwise);
+/// `cb` runs once on the same worker. `arg` stays the caller's.
+#[no_mangle]
+pub extern "C" fn veloq_nop(ctx: *mut veloq_ctx, cb: veloq_io_cb, arg: *mut c_void) -> i64 {
+    submit(ctx, RawOp::Nop, cb, arg)
+}
+
+/// `pread(fd, buf, len, offset)`; `offset` UINT64_MAX reads at the file position. `res`:
+/// bytes read (0 at end of file) or a negative errno (-EBADF, -EFAULT, ...). Returns the op
+/// id (> 0); -EINVAL (NULL `ctx`/`cb`, `fd` < 0, NULL `buf` with `len` > 0); -ESHUTDOWN.
+/// `buf` (caller's) must stay valid until `cb` ran; the kernel writes it until then.
+/// Only inside a callback on a worker, with its `ctx`; `cb` runs once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_read(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    buf: *mut c_void,
+    len: u32,
+    offset: u64,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    let op = RawOp::Read {
+        fd,
+        buf: buf.cast(),
+        len,
+        offset,
+    };
+    submit(ctx, op, cb, arg)
+}
+
+/// `pwrite(fd, buf, len, offset)`; `offset` UINT64_MAX writes at the file position. `res`:
+/// bytes written or a negative errno. Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`,
+/// `fd` < 0, NULL `buf` with `len` > 0); -ESHUTDOWN. `buf` (caller's) must stay valid
+/// until `cb` ran. Only inside a callback on a worker, with its `ctx`; `cb` runs once on
+/// the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_write(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    buf: *const c_void,
+    len: u32,
+    offset: u64,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    let op = RawOp::Write {
+        fd,
+        buf: buf.cast(),
+        len,
+        offset,
+    };
+    submit(ctx, op, cb, arg)
+}
+
+/// `preadv(fd, iov, iovcnt, offset)` (`offset` UINT64_MAX: the file position). `res`:
+/// bytes read or a negative errno. Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`/`iov`,
+/// `fd` < 0, `iovcnt` 0 or > IOV_MAX); -ESHUTDOWN. The iovec array and every buffer it
+/// names (caller's) must stay valid until `cb` ran. Only inside a callback on a worker,
+/// with its `ctx`; `cb` runs once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_readv(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: u32,
+    offset: u64,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    let op = RawOp::Readv {
+        fd,
+        iov,
+        iovcnt,
+        offset,
+    };
+    submit(ctx, op, cb, arg)
+}
+
+/// `pwritev(fd, iov, iovcnt, offset)` (`offset` UINT64_MAX: the file position). `res`:
+/// bytes written or a negative errno. Errors, ownership and threads as `veloq_readv`.
+#[no_mangle]
+pub extern "C" fn veloq_writev(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: u32,
+    offset: u64,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    let op = RawOp::Writev {
+        fd,
+        iov,
+        iovcnt,
+        offset,
+    };
+    submit(ctx, op, cb, arg)
+}
+
+/// `recv(fd, buf, len, flags)` (`flags`: MSG_*). `res`: bytes received (0: the peer closed)
+/// or a negative errno (-ENOTSOCK, -ECONNRESET, ...). Returns the op id (> 0); -EINVAL
+/// (NULL `ctx`/`cb`, `fd` < 0, NULL `buf` with `len` > 0); -ESHUTDOWN. `buf` (caller's)
+/// must stay valid until `cb` ran; after a cancel the kernel no longer writes it once `cb`
+/// got -ECANCELED. Only inside a callback on a worker, with its `ctx`; `cb` runs once on
+/// the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_recv(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    buf: *mut c_void,
+    len: u32,
+    flags: c_int,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    let op = RawOp::Recv {
+        fd,
+        buf: buf.cast(),
+        len,
+        flags,
+    };
+    submit(ctx, op, cb, arg)
+}
+
+/// `send(fd, buf, len, flags)` (`flags`: MSG_*; add MSG_NOSIGNAL to get -EPIPE rather
+/// than SIGPIPE from a closed peer). `res`: bytes sent (possibly fewer than `len`) or a
+/// negative errno. Errors, ownership and threads as `veloq_recv`.
+#[no_mangle]
+pub extern "C" fn veloq_send(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    buf: *const c_void,
+    len: u32,
+    flags: c_int,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    let op = RawOp::Send {
+        fd,
+        buf: buf.cast(),
+        len,
+        flags,
+    };
+    submit(ctx, op, cb, arg)
+}
+
+/// `recvmsg(fd, msg, flags)`. `res`: bytes received or a negative errno. Returns the op
+/// id (> 0); -EINVAL (NULL `ctx`/`cb`/`msg`, `fd` < 0); -ESHUTDOWN. `msg` and everything
+/// it points to (caller's) must stay valid until `cb` ran. Only inside a callback on a
+/// worker, with its `ctx`; `cb` runs once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_recvmsg(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    msg: *mut libc::msghdr,
+    flags: u32,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    submit(ctx, RawOp::RecvMsg { fd, msg, flags }, cb, arg)
+}
+
+/// `sendmsg(fd, msg, flags)`. `res`: bytes sent or a negative errno. Errors, ownership
+/// and threads as `veloq_recvmsg`.
+#[no_mangle]
+pub extern "C" fn veloq_sendmsg(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    msg: *const libc::msghdr,
+    flags: u32,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    submit(ctx, RawOp::SendMsg { fd, msg, flags }, cb, arg)
+}
+
+/// Multishot `recv` into the buffers of provided-buffer group `group` (see the
+/// `veloq_buf_*` pools): one completion per chunk received, with `VELOQ_CQE_F_MORE` while
+/// more follow; the buffer used is named in the upper 16 bits of `flags`. It ends (entry
+/// without the flag) on an error (-ENOBUFS when the group is empty or unknown), at end of
+/// stream (res 0), or on `veloq_cancel` (-ECANCELED). Returns the op id (> 0); -EINVAL
+/// (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its
+/// `ctx`; `cb` runs on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_recv_multishot(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    group: u16,
+    flags: c_int,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    submit(ctx, RawOp::RecvMulti { fd, group, flags }, cb, arg)
+}
+
+/// `accept4(fd, NULL, NULL, SOCK_CLOEXEC)` on a listening socket. `res`: the new
+/// connection's fd (the callback's to close) or a negative errno. With `multishot`, one
+/// completion per connection, each with `VELOQ_CQE_F_MORE`, until an error or
+/// `veloq_cancel` ends it (final entry without the flag, e.g. -ECANCELED). Returns the op
+/// id (> 0); -EINVAL (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a
+/// worker, with its `ctx`; `cb` runs on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_accept(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    multishot: bool,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    let op = if multishot {
+        RawOp::AcceptMulti { fd }
+    } else {
+        RawOp::Accept {
+            fd,
+            addr: std::ptr::null_mut(),
+            addrlen: std::ptr::null_mut(),
+        }
+    };
+    submit(ctx, op, cb, arg)
+}
+
+/// `connect(fd, addr, addrlen)`. `res`: 0 or a negative errno (-ECONNREFUSED, ...).
+/// Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`/`addr`, `fd` < 0, `addrlen` 0 or
+/// over 128); -ESHUTDOWN. `addr` (caller's) must stay valid until `cb` ran. Only inside a
+/// callback on a worker, with its `ctx`; `cb` runs once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_connect(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    addr: *const libc::sockaddr,
+    addrlen: u32,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    submit(ctx, RawOp::Connect { fd, addr, addrlen }, cb, arg)
+}
+
+/// `socket(domain, type, protocol)` (SOCK_CLOEXEC added). `res`: the new fd or a negative
+/// errno. Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`); -ESHUTDOWN. Only inside a
+/// callback on a worker, with its `ctx`; `cb` runs once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_socket(
+    ctx: *mut veloq_ctx,
+    domain: c_int,
+    r#type: c_int,
+    protocol: c_int,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    let op = RawOp::Socket {
+        domain,
+        socket_type: r#type,
+        protocol,
+    };
+    submit(ctx, op, cb, arg)
+}
+
+/// `shutdown(fd, how)` (SHUT_RD, SHUT_WR, SHUT_RDWR). `res`: 0 or a negative errno.
+/// Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside
+/// a callback on a worker, with its `ctx`; `cb` runs once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_socket_shutdown(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    how: c_int,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    submit(ctx, RawOp::Shutdown { fd, how }, cb, arg)
+}
+
+/// `close(fd)`. `res`: 0 or a negative errno (-EBADF). Returns the op id (> 0); -EINVAL
+/// (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its
+/// `ctx`; `cb` runs once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_close(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    submit(ctx, RawOp::Close { fd }, cb, arg)
+}
+
+/// `openat(dirfd, path, flags, mode)` (O_CLOEXEC added; `dirfd` AT_FDCWD for the working
+/// directory). `res`: the new fd (the callback's to close) or a negative errno (-ENOENT,
+/// -EACCES, ...). Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`/`path`); -ESHUTDOWN.
+/// `path` (caller's) must stay valid until `cb` ran. Only inside a callback on a worker,
+/// with its `ctx`; `cb` runs once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_openat(
+    ctx: *mut veloq_ctx,
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: u32,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    let op = RawOp::OpenAt {
+        dirfd,
+        path,
+        flags,
+        mode,
+    };
+    submit(ctx, op, cb, arg)
+}
+
+/// `fsync(fd)`. `res`: 0 or a negative errno. Returns the op id (> 0); -EINVAL (NULL
+/// `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its `ctx`;
+/// `cb` runs once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_fsync(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    let op = RawOp::Fsync {
+        fd,
+        datasync: false,
+    };
+    submit(ctx, op, cb, arg)
+}
+
+/// `fdatasync(fd)`. Same results, errors and threads as `veloq_fsync`.
+#[no_mangle]
+pub extern "C" fn veloq_fdatasync(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    submit(ctx, RawOp::Fsync { fd, datasync: true }, cb, arg)
+}
+
+/// Completes after `ns` nanoseconds with res -ETIME (or -ECANCELED when cancelled first).
+/// Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`); -ESHUTDOWN. Only inside a callback
+/// on a worker, with its `ctx`; `cb` runs once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_timeout(
+    ctx: *mut veloq_ctx,
+    ns: u64,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    submit(ctx, RawOp::Timeout { ns }, cb, arg)
+}
+
+/// Completes once `fd` polls with any of `events` (POLLIN, POLLOUT, ...): `res` is the
+/// ready events, or a negative errno. Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`,
+/// `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its `ctx`; `cb` runs
+/// once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_poll_add(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    events: u32,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    submit(ctx, RawOp::PollAdd { fd, events }, cb, arg)
+}
+
+/// Asks for operation `op` (an id returned on this worker) to be cancelled. It still
+/// completes through its callback: with -ECANCELED unless it finished first (a multishot
+/// operation ends with one entry without `VELOQ_CQE_F_MORE`). Returns 0 when the request
+/// was made; -ENOENT when `op` names no live operation of this worker (finished, unknown,
+/// or another worker's); -EALREADY when a cancel of it is already on its way; -EINVAL for
+/// NULL `ctx`. Only inside a callback on a worker, with its `ctx`.
+#[no_mangle]
+pub extern "C" fn veloq_cancel(ctx: *mut veloq_ctx, op: i64) -> c_int {
+    ffi_boundary!(VELOQ_EPANIC, {
+        // SAFETY: as in `submit`: the running callback's own context.
+        let Some(cx) = (unsafe { (ctx as *const RuntimeContext).as_ref() }) else {
+            return -libc::EINVAL;
+        };
+        if op <= 0 {
+            return -libc::ENOENT;
+        }
+        match cx.cancel_io(op as u64) {
+            Ok(()) => 0,
+            Err(e) => e,
+        }
+    })
+}

@@ -1,0 +1,228 @@
+//! Host-side I/O submission: any thread routes one operation to a worker's ring and gets
+//! its completion in a completion queue.
+
+use std::ffi::{c_int, c_void};
+
+use super::cq::veloq_cq;
+use super::error::VELOQ_EPANIC;
+use super::handle;
+use super::runtime::veloq_runtime;
+use crate::io::RawOp;
+use crate::Placement;
+
+/// No operation: completes with res 0. Uses no field.
+pub const VELOQ_OP_NOP: u8 = 0;
+/// `pread(fd, (void *)addr, len, offset)`; `offset` UINT64_MAX: the file position.
+/// res: bytes read.
+pub const VELOQ_OP_READ: u8 = 1;
+/// `pwrite(fd, (const void *)addr, len, offset)`; `offset` UINT64_MAX: the file position.
+/// res: bytes written.
+pub const VELOQ_OP_WRITE: u8 = 2;
+/// `preadv(fd, (const struct iovec *)addr, len = iovcnt, offset)`. res: bytes read.
+pub const VELOQ_OP_READV: u8 = 3;
+/// `pwritev(fd, (const struct iovec *)addr, len = iovcnt, offset)`. res: bytes written.
+pub const VELOQ_OP_WRITEV: u8 = 4;
+/// `recv(fd, (void *)addr, len, op_flags = MSG_*)`. res: bytes received.
+pub const VELOQ_OP_RECV: u8 = 5;
+/// `send(fd, (const void *)addr, len, op_flags = MSG_*)`. res: bytes sent.
+pub const VELOQ_OP_SEND: u8 = 6;
+/// `accept4(fd, (struct sockaddr *)addr, (socklen_t *)addr2, SOCK_CLOEXEC)`; `addr` and
+/// `addr2` both 0 (no peer address) or both set. res: the new fd (the host's to close).
+pub const VELOQ_OP_ACCEPT: u8 = 7;
+/// `connect(fd, (const struct sockaddr *)addr, len = addrlen)`. res: 0.
+pub const VELOQ_OP_CONNECT: u8 = 8;
+/// `close(fd)`. res: 0.
+pub const VELOQ_OP_CLOSE: u8 = 9;
+/// `openat(fd = dirfd, (const char *)addr = path, op_flags = O_* flags, len = mode)`,
+/// O_CLOEXEC added. res: the new fd (the host's to close).
+pub const VELOQ_OP_OPENAT: u8 = 10;
+/// `fsync(fd)`. res: 0.
+pub const VELOQ_OP_FSYNC: u8 = 11;
+/// `fdatasync(fd)`. res: 0.
+pub const VELOQ_OP_FDATASYNC: u8 = 12;
+/// A timer of `offset` nanoseconds. res: -ETIME when it expired.
+pub const VELOQ_OP_TIMEOUT: u8 = 13;
+/// Waits until `fd` polls with any of `op_flags` = POLLIN/POLLOUT/... res: the events.
+pub const VELOQ_OP_POLL_ADD: u8 = 14;
+/// `shutdown(fd, len = how)` (SHUT_RD, SHUT_WR, SHUT_RDWR). res: 0.
+pub const VELOQ_OP_SHUTDOWN: u8 = 15;
+/// `recvmsg(fd, (struct msghdr *)addr, op_flags)`. res: bytes received.
+pub const VELOQ_OP_RECVMSG: u8 = 16;
+/// `sendmsg(fd, (const struct msghdr *)addr, op_flags)`. res: bytes sent.
+pub const VELOQ_OP_SENDMSG: u8 = 17;
+/// `socket(fd = domain, op_flags = type, len = protocol)`, SOCK_CLOEXEC added. res: the
+/// new fd.
+pub const VELOQ_OP_SOCKET: u8 = 18;
+/// Multishot accept on listening socket `fd`: one entry per connection (res: its fd) with
+/// `VELOQ_CQE_F_MORE`, until an error ends it (final entry without the flag).
+pub const VELOQ_OP_ACCEPT_MULTISHOT: u8 = 19;
+
+/// One host-side operation for `veloq_submit`: `opcode` (a `VELOQ_OP_*`) says which
+/// fields it uses and how (see each constant); the others are ignored and should be 0
+/// (start from `veloq_sqe sqe = {0};`). Addresses are the host's memory, passed as
+/// integers, and must stay valid until the operation's final completion was posted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct veloq_sqe {
+    /// A `VELOQ_OP_*` constant.
+    pub opcode: u8,
+    /// The file descriptor (or dirfd / domain, see the opcode).
+    pub fd: i32,
+    /// A buffer, iovec array, sockaddr, path or msghdr, by opcode.
+    pub addr: u64,
+    /// Byte count, iovec count, address length, mode or `how`, by opcode.
+    pub len: u32,
+    /// File offset, or a timeout in nanoseconds.
+    pub offset: u64,
+    /// MSG_* / O_* / POLL* flags or socket type, by opcode.
+    pub op_flags: u32,
+    /// A second address: the `socklen_t *` of VELOQ_OP_ACCEPT.
+    pub addr2: u64,
+}
+
+/// The operation an sqe describes, or -EINVAL for an unknown opcode.
+fn raw_op(s: &veloq_sqe) -> Result<RawOp, i32> {
+    let fd = s.fd;
+    let ptr = s.addr as usize as *mut c_void;
+    Ok(match s.opcode {
+        VELOQ_OP_NOP => RawOp::Nop,
+        VELOQ_OP_READ => RawOp::Read {
+            fd,
+            buf: ptr.cast(),
+            len: s.len,
+            offset: s.offset,
+        },
+        VELOQ_OP_WRITE => RawOp::Write {
+            fd,
+            buf: ptr.cast(),
+            len: s.len,
+            offset: s.offset,
+        },
+        VELOQ_OP_READV => RawOp::Readv {
+            fd,
+            iov: ptr.cast(),
+            iovcnt: s.len,
+            offset: s.offset,
+        },
+        VELOQ_OP_WRITEV => RawOp::Writev {
+            fd,
+            iov: ptr.cast(),
+            iovcnt: s.len,
+            offset: s.offset,
+        },
+        VELOQ_OP_RECV => RawOp::Recv {
+            fd,
+            buf: ptr.cast(),
+            len: s.len,
+            flags: s.op_flags as i32,
+        },
+        VELOQ_OP_SEND => RawOp::Send {
+            fd,
+            buf: ptr.cast(),
+            len: s.len,
+            flags: s.op_flags as i32,
+        },
+        VELOQ_OP_ACCEPT => RawOp::Accept {
+            fd,
+            addr: ptr.cast(),
+            addrlen: s.addr2 as usize as *mut libc::socklen_t,
+        },
+        VELOQ_OP_ACCEPT_MULTISHOT => RawOp::AcceptMulti { fd },
+        VELOQ_OP_CONNECT => RawOp::Connect {
+            fd,
+            addr: ptr.cast(),
+            addrlen: s.len,
+        },
+        VELOQ_OP_CLOSE => RawOp::Close { fd },
+        VELOQ_OP_OPENAT => RawOp::OpenAt {
+            dirfd: fd,
+            path: ptr.cast(),
+            flags: s.op_flags as i32,
+            mode: s.len,
+        },
+        VELOQ_OP_FSYNC => RawOp::Fsync {
+            fd,
+            datasync: false,
+        },
+        VELOQ_OP_FDATASYNC => RawOp::Fsync { fd, datasync: true },
+        VELOQ_OP_TIMEOUT => RawOp::Timeout { ns: s.offset },
+        VELOQ_OP_POLL_ADD => RawOp::PollAdd {
+            fd,
+            events: s.op_flags,
+        },
+        VELOQ_OP_SHUTDOWN => RawOp::Shutdown {
+            fd,
+            how: s.len as i32,
+        },
+        VELOQ_OP_RECVMSG => RawOp::RecvMsg {
+            fd,
+            msg: ptr.cast(),
+            flags: s.op_flags,
+        },
+        VELOQ_OP_SENDMSG => RawOp::SendMsg {
+            fd,
+            msg: ptr.cast(),
+            flags: s.op_flags,
+        },
+        VELOQ_OP_SOCKET => RawOp::Socket {
+            domain: fd,
+            socket_type: s.op_flags as i32,
+            protocol: s.len as i32,
+        },
+        _ => return Err(-libc::EINVAL),
+    })
+}
+
+/// Submits the operation `*sqe` from any thread (host threads, worker callbacks) to the
+/// ring of worker `worker` (0..workers), or of the less loaded of two workers for -1.
+/// `*sqe` is copied: it may be reused as soon as the call returns.
+///
+/// Returns 0 when accepted: then the operation runs on that worker and exactly one
+/// completion `{user_data, res, flags 0, worker = the worker that ran it}` is posted to
+/// `cq` (`res` the kernel's result or a negative errno: -ECANCELED when shutdown cancelled
+/// it, -ESHUTDOWN when shutdown began before it reached its worker). A multishot opcode
+/// posts entries with `VELOQ_CQE_F_MORE` and ends with one without it.
+///
+/// Errors (nothing runs, nothing is posted): -EINVAL for NULL `rt`/`sqe`/`cq`, a `worker`
+/// that is not -1 or 0..workers, an unknown opcode, or fields the opcode cannot take (fd
+/// < 0, NULL buffer with len > 0, NULL path, iovec count 0, ...); -ESHUTDOWN once shutdown
+/// has started.
+///
+/// Ownership: the memory named by the sqe stays the host's and must stay valid (and
+/// untouched while the kernel may write it) until the final completion was posted; `cq`
+/// must not be freed before (veloq_cq_free answers -EBUSY until then).
+#[no_mangle]
+pub extern "C" fn veloq_submit(
+    rt: *mut veloq_runtime,
+    worker: i32,
+    sqe: *const veloq_sqe,
+    cq: *mut veloq_cq,
+    user_data: u64,
+) -> c_int {
+    ffi_boundary!(VELOQ_EPANIC, {
+        // SAFETY: non-null handles are live (caller's promise).
+        let handles = unsafe { (handle(rt), handle(sqe), handle(cq)) };
+        let (Ok(rt), Ok(sqe), Ok(cq)) = handles else {
+            return -libc::EINVAL;
+        };
+        let placement = match worker {
+            -1 => Placement::Balanced,
+            w if w >= 0 => Placement::Worker(w as usize),
+            _ => return -libc::EINVAL,
+        };
+        let op = match raw_op(sqe) {
+            Ok(op) => op,
+            Err(e) => return e,
+        };
+        // SAFETY: the C contract: the sqe's memory stays valid until the final
+        // completion, and `cq` until then (its free refuses while one is owed).
+        match unsafe {
+            rt.inner
+                .handle()
+                .submit_io(placement, op, &cq.inner, user_data)
+        } {
+            Ok(()) => 0,
+            Err(e) => e,
+        }
+    })
+}
