@@ -8,10 +8,15 @@
 //! completions. Completions are turned into [`Delivery`]s, carried out by the worker
 //! once it no longer borrows the driver (a callback may submit more).
 //!
-//! Operations in flight never exceed what the completion queue can hold; the rest wait
-//! in the backlog, so a full ring never fails an operation. Memory the kernel may still
-//! touch stays with the driver until the kernel's final completion for it, whatever the
-//! submitter did meanwhile (dropped future, cancel, shutdown).
+//! Operations wait in the backlog only while the submission queue is full, so a full
+//! ring never fails an operation. Operations in flight are not bounded by the
+//! completion queue's size when the kernel keeps completions that overflow it
+//! (`IORING_FEAT_NODROP`, every kernel since 5.5): a bound there would let operations
+//! that wait for ever (a receive on an idle connection) hold every place and starve the
+//! rest of the worker's I/O, the connect or send that would end the wait included.
+//! Without NODROP the bound stays (the completion queue less a reserve). Memory the
+//! kernel may still touch stays with the driver until the kernel's final completion for
+//! it, whatever the submitter did meanwhile (dropped future, cancel, shutdown).
 //!
 //! The worker parks here too: in `io_uring_enter` with a read of its eventfd armed (a
 //! notifier writes the eventfd), woken as well by any completion. One exception:
@@ -121,7 +126,8 @@ pub(crate) struct Driver {
     /// Entries handed to the kernel (or in the submission queue) whose final
     /// completion has not been seen, the wake read excepted.
     in_flight: usize,
-    /// Most entries in flight at once: the completion queue's size less a reserve.
+    /// Most entries in flight at once: unbounded when the kernel keeps overflowing
+    /// completions (NODROP), else the completion queue's size less a reserve.
     max_in_flight: usize,
     /// Shutdown: everything was cancelled and new operations are refused.
     closed: bool,
@@ -155,6 +161,7 @@ impl Driver {
     pub(crate) fn new(entries: u32, eventfd: RawFd, worker: u32) -> io::Result<Driver> {
         let (ring, flags) = Self::build_ring(entries)?;
         let cq_entries = ring.params().cq_entries() as usize;
+        let nodrop = ring.params().is_feature_nodrop();
         Ok(Driver {
             ring,
             eventfd,
@@ -166,9 +173,13 @@ impl Driver {
             backlog: VecDeque::new(),
             synthetic: VecDeque::new(),
             in_flight: 0,
-            max_in_flight: cq_entries
-                .saturating_sub(RESERVED_CQES.min(cq_entries / 4))
-                .max(1),
+            max_in_flight: if nodrop {
+                usize::MAX
+            } else {
+                cq_entries
+                    .saturating_sub(RESERVED_CQES.min(cq_entries / 4))
+                    .max(1)
+            },
             closed: false,
             stats: DriverStats::default(),
             worker,
@@ -337,7 +348,7 @@ impl Driver {
         // keeps completions that overflow the queue (IORING_FEAT_NODROP) and they are
         // few; holding them back could leave what they cancel in flight for ever.
         let internal = matches!(pending, Pending::Internal(_));
-        if !internal && self.in_flight + n > self.max_in_flight {
+        if !internal && self.in_flight.saturating_add(n) > self.max_in_flight {
             return false;
         }
         if self.sq_room() < n {
