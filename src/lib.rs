@@ -20,7 +20,9 @@
 mod sync;
 
 pub mod ffi;
+pub mod fs;
 pub mod io;
+pub mod net;
 pub mod runtime;
 pub mod time;
 

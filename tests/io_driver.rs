@@ -99,3 +99,44 @@ fn shutdown_cancels_in_flight_operations() {
         rt.block_on(h).unwrap();
     }
 }
+
+#[test]
+fn receives_that_wait_for_ever_do_not_starve_other_io_on_a_small_ring() {
+    use veloq::net::{TcpListener, TcpStream};
+    // A ring of 8 entries (16 completions) and 200 receives nobody answers: the
+    // connect, send and receive after them must still go through.
+    let rt = runtime(1, 8);
+    let h = rt
+        .spawn(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut servers = Vec::new();
+            let mut waiting = Vec::new();
+            for _ in 0..200 {
+                let c = TcpStream::connect(addr).await.unwrap();
+                let (s, _) = listener.accept().await.unwrap();
+                servers.push(s);
+                waiting.push(
+                    veloq::spawn(async move {
+                        let (r, _) = c.read(Vec::with_capacity(8)).await;
+                        r
+                    })
+                    .unwrap(),
+                );
+            }
+            veloq::yield_now().await;
+            let c = TcpStream::connect(addr).await.unwrap();
+            let (s, _) = listener.accept().await.unwrap();
+            c.write_all(b"through".to_vec()).await.0.unwrap();
+            let (r, got) = s.read_exact(vec![0u8; 7]).await;
+            r.unwrap();
+            // Closing the idle servers' ends ends the waiting receives (0 bytes).
+            drop(servers);
+            for w in waiting {
+                assert_eq!(w.await.unwrap().unwrap(), 0);
+            }
+            got
+        })
+        .unwrap();
+    assert_eq!(rt.block_on(h).unwrap(), b"through");
+}

@@ -132,3 +132,96 @@ unsafe impl IoBufMut for super::buffers::PoolBuf {
         }
     }
 }
+
+/// A heap buffer whose first byte is aligned to `align` bytes (a power of two), for
+/// `O_DIRECT` files, which need the buffer, the length and the offset aligned to the
+/// device's logical block size (4096 is always enough). All `len` bytes are always
+/// initialised (zeroed at first).
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: an AlignedBuf owns its memory exclusively, like a Box<[u8]>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only reads.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes at an `align`-byte boundary.
+    ///
+    /// # Panics
+    /// When `align` is not a power of two, `len` is 0, or the allocation fails.
+    pub fn new(len: usize, align: usize) -> AlignedBuf {
+        assert!(len > 0, "AlignedBuf of 0 bytes");
+        let layout = std::alloc::Layout::from_size_align(len, align)
+            .expect("align must be a power of two and len fit isize");
+        // SAFETY: the layout's size is not zero.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, layout }
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// Always false (an `AlignedBuf` is never empty).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` initialised bytes we own.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `len` initialised bytes we own exclusively.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.layout.size())
+            .field("align", &self.layout.align())
+            .finish()
+    }
+}
+
+// SAFETY: the heap memory does not move with the value and lives until drop.
+unsafe impl IoBuf for AlignedBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.layout.size()
+    }
+    fn bytes_total(&self) -> usize {
+        self.layout.size()
+    }
+}
+
+// SAFETY: as above; the whole buffer is always initialised.
+unsafe impl IoBufMut for AlignedBuf {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+    unsafe fn set_init(&mut self, _n: usize) {}
+}

@@ -8,10 +8,15 @@
 //! completions. Completions are turned into [`Delivery`]s, carried out by the worker
 //! once it no longer borrows the driver (a callback may submit more).
 //!
-//! Operations in flight never exceed what the completion queue can hold; the rest wait
-//! in the backlog, so a full ring never fails an operation. Memory the kernel may still
-//! touch stays with the driver until the kernel's final completion for it, whatever the
-//! submitter did meanwhile (dropped future, cancel, shutdown).
+//! Operations wait in the backlog only while the submission queue is full, so a full
+//! ring never fails an operation. Operations in flight are not bounded by the
+//! completion queue's size when the kernel keeps completions that overflow it
+//! (`IORING_FEAT_NODROP`, every kernel since 5.5): a bound there would let operations
+//! that wait for ever (a receive on an idle connection) hold every place and starve the
+//! rest of the worker's I/O, the connect or send that would end the wait included.
+//! Without NODROP the bound stays (the completion queue less a reserve). Memory the
+//! kernel may still touch stays with the driver until the kernel's final completion for
+//! it, whatever the submitter did meanwhile (dropped future, cancel, shutdown).
 //!
 //! The worker parks here too: in `io_uring_enter` with a read of its eventfd armed (a
 //! notifier writes the eventfd), woken as well by any completion. One exception:
@@ -27,7 +32,9 @@ use std::task::Waker;
 
 use io_uring::{cqueue, opcode, squeue::Entry, types, IoUring};
 
-use super::op_table::{IoCallback, OpId, OpResult, OpTable, Phase, Target, INTERNAL_BIT};
+use super::op_table::{
+    close_orphan_fd, IoCallback, OpId, OpResult, OpTable, Phase, Target, INTERNAL_BIT,
+};
 use super::ops::{validate, RawOp};
 use crate::runtime::completion::{CompletionQueue, Cqe};
 
@@ -82,8 +89,9 @@ impl Pending {
     }
 }
 
-/// Counters of one driver, published with the worker's statistics.
-// Not used yet: for the Rust net/fs/time layers and worker statistics still to come.
+/// Counters of one driver, to be published with the worker's statistics.
+// Not read yet: `WorkerStats` does not carry them (adding them changes the C struct);
+// kept for that, see the rustio report.
 #[allow(dead_code)]
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct DriverStats {
@@ -119,7 +127,8 @@ pub(crate) struct Driver {
     /// Entries handed to the kernel (or in the submission queue) whose final
     /// completion has not been seen, the wake read excepted.
     in_flight: usize,
-    /// Most entries in flight at once: the completion queue's size less a reserve.
+    /// Most entries in flight at once: unbounded when the kernel keeps overflowing
+    /// completions (NODROP), else the completion queue's size less a reserve.
     max_in_flight: usize,
     /// Shutdown: everything was cancelled and new operations are refused.
     closed: bool,
@@ -154,6 +163,7 @@ impl Driver {
         let park_in_poll = running_under_valgrind();
         let (ring, flags) = Self::build_ring(entries, park_in_poll)?;
         let cq_entries = ring.params().cq_entries() as usize;
+        let nodrop = ring.params().is_feature_nodrop();
         Ok(Driver {
             ring,
             eventfd,
@@ -165,9 +175,13 @@ impl Driver {
             backlog: VecDeque::new(),
             synthetic: VecDeque::new(),
             in_flight: 0,
-            max_in_flight: cq_entries
-                .saturating_sub(RESERVED_CQES.min(cq_entries / 4))
-                .max(1),
+            max_in_flight: if nodrop {
+                usize::MAX
+            } else {
+                cq_entries
+                    .saturating_sub(RESERVED_CQES.min(cq_entries / 4))
+                    .max(1)
+            },
             closed: false,
             stats: DriverStats::default(),
             worker,
@@ -180,13 +194,15 @@ impl Driver {
     }
 
     /// The ring's submitter (for registering buffers).
-    #[allow(dead_code)] // for the buffer pools still to come
+    // Unused until the per-worker buffer pools register their buffers through it.
+    #[allow(dead_code)]
     pub(crate) fn submitter(&self) -> io_uring::Submitter<'_> {
         self.ring.submitter()
     }
 
     /// This driver's counters.
-    #[allow(dead_code)] // for worker statistics still to come
+    // Unused until `WorkerStats` publishes them (see `DriverStats`).
+    #[allow(dead_code)]
     pub(crate) fn stats(&self) -> DriverStats {
         DriverStats {
             stale: self.table.stale(),
@@ -345,7 +361,7 @@ impl Driver {
         // keeps completions that overflow the queue (IORING_FEAT_NODROP) and they are
         // few; holding them back could leave what they cancel in flight for ever.
         let internal = matches!(pending, Pending::Internal(_));
-        if !internal && self.in_flight + n > self.max_in_flight {
+        if !internal && self.in_flight.saturating_add(n) > self.max_in_flight {
             return false;
         }
         if self.sq_room() < n {
@@ -526,7 +542,12 @@ impl Driver {
                 };
                 post(cq, cqe, finished);
             }
-            Target::Orphan => {}
+            Target::Orphan => {
+                if slot.result_is_fd && res >= 0 {
+                    // E.g. an accept that won the race against its cancel.
+                    close_orphan_fd(res);
+                }
+            }
         }
         if finished {
             self.in_flight -= 1;
@@ -542,6 +563,14 @@ impl Driver {
     }
 
     // ------------------------------------------------------------ futures
+
+    /// Marks `id` as making a file descriptor (accept, socket, openat): one nobody
+    /// collects (the future was dropped) is closed by the driver.
+    pub(crate) fn set_result_is_fd(&mut self, id: OpId) {
+        if let Some(slot) = self.table.get_mut(id) {
+            slot.result_is_fd = true;
+        }
+    }
 
     /// The next result of `id` for its future, if one arrived. Frees the operation
     /// with its final result.
@@ -594,7 +623,7 @@ impl Driver {
             }
             Phase::InFlight => {
                 let old = std::mem::replace(&mut slot.target, Target::Orphan);
-                slot.results.clear();
+                slot.drop_results();
                 slot.keep = keep;
                 let _ = self.cancel(id);
                 Some(old)

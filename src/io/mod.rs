@@ -17,7 +17,7 @@ pub(crate) mod op_table;
 mod ops;
 mod submit;
 
-pub use buf::{IoBuf, IoBufMut};
+pub use buf::{AlignedBuf, IoBuf, IoBufMut};
 pub use driver::CQE_F_MORE;
 pub use op_table::IoCallback;
 pub use ops::RawOp;
@@ -25,8 +25,7 @@ pub use ops::RawOp;
 /// A no-op through the current worker's ring: completes once the kernel has seen it.
 /// Measures the driver's own cost. Must run inside a task on a runtime worker.
 pub async fn nop() -> std::io::Result<()> {
-    let (r, ()) = op::Op::submit((), |_| RawOp::Nop.entry())?.await;
-    result(r.res).map(|_| ())
+    op::run((), |_| RawOp::Nop.entry()).await.0.map(|_| ())
 }
 
 /// A kernel result as an `io::Result`: >= 0 is the value, < 0 a negative errno.

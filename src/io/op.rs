@@ -68,11 +68,31 @@ unsafe impl<T: Send + 'static> Send for Op<T> {}
 
 impl<T: 'static> Op<T> {
     /// Submits the entry `build` makes from `data` (whose pointers must point into heap
-    /// memory `data` owns: `data` moves after `build` returns).
-    pub(crate) fn submit(mut data: T, build: impl FnOnce(&mut T) -> Entry) -> io::Result<Op<T>> {
+    /// memory `data` owns: `data` moves after `build` returns). On failure (off a worker,
+    /// or shutdown has started: `ESHUTDOWN`) `data` comes back with the error, so a
+    /// caller's buffer is never lost.
+    pub(crate) fn submit(
+        mut data: T,
+        build: impl FnOnce(&mut T) -> Entry,
+    ) -> Result<Op<T>, (io::Error, T)> {
         let entry = build(&mut data);
         Self::submit_with(data, |driver| {
             driver.submit(entry, Target::Future(None), false)
+        })
+    }
+
+    /// Like [`submit`](Self::submit) for an operation whose result is a new file
+    /// descriptor: if the future is dropped, the driver closes a descriptor the kernel
+    /// still makes rather than leak it.
+    pub(crate) fn submit_fd(
+        mut data: T,
+        build: impl FnOnce(&mut T) -> Entry,
+    ) -> Result<Op<T>, (io::Error, T)> {
+        let entry = build(&mut data);
+        Self::submit_with(data, |driver| {
+            let id = driver.submit(entry, Target::Future(None), false)?;
+            driver.set_result_is_fd(id);
+            Ok(id)
         })
     }
 
@@ -82,7 +102,7 @@ impl<T: 'static> Op<T> {
         mut data: T,
         deadline_ns: u64,
         build: impl FnOnce(&mut T) -> Entry,
-    ) -> io::Result<Op<T>> {
+    ) -> Result<Op<T>, (io::Error, T)> {
         let entry = build(&mut data);
         Self::submit_with(data, |driver| {
             driver.submit_with_deadline(entry, Target::Future(None), deadline_ns)
@@ -92,14 +112,56 @@ impl<T: 'static> Op<T> {
     fn submit_with(
         data: T,
         submit: impl FnOnce(&mut Driver) -> Result<OpId, i32>,
-    ) -> io::Result<Op<T>> {
-        let (id, owner) = with_driver(|driver, owner| (submit(driver), owner))?;
-        let id = id.map_err(|e| io::Error::from_raw_os_error(-e))?;
-        Ok(Op {
-            id,
-            owner,
-            data: Some(data),
-        })
+    ) -> Result<Op<T>, (io::Error, T)> {
+        match with_driver(|driver, owner| (submit(driver), owner)) {
+            Ok((Ok(id), owner)) => Ok(Op {
+                id,
+                owner,
+                data: Some(data),
+            }),
+            Ok((Err(errno), _)) => Err((io::Error::from_raw_os_error(-errno), data)),
+            Err(e) => Err((e, data)),
+        }
+    }
+}
+
+/// Submits the entry `build` makes from `data` (see [`Op::submit`]) and waits for it:
+/// the kernel's result as an `io::Result` (a negative errno becomes the error) and
+/// `data` back, whatever happened.
+pub(crate) async fn run<T: Unpin + 'static>(
+    data: T,
+    build: impl FnOnce(&mut T) -> Entry,
+) -> (io::Result<u32>, T) {
+    finish(Op::submit(data, build)).await
+}
+
+/// Like [`run`] for an operation that makes a file descriptor (see [`Op::submit_fd`]).
+pub(crate) async fn run_fd<T: Unpin + 'static>(
+    data: T,
+    build: impl FnOnce(&mut T) -> Entry,
+) -> (io::Result<u32>, T) {
+    finish(Op::submit_fd(data, build)).await
+}
+
+/// Like [`run`], with a deadline of `deadline_ns` (an io_uring linked timeout): when it
+/// passes first the operation ends with `ECANCELED`.
+pub(crate) async fn run_with_deadline<T: Unpin + 'static>(
+    data: T,
+    deadline_ns: u64,
+    build: impl FnOnce(&mut T) -> Entry,
+) -> (io::Result<u32>, T) {
+    finish(Op::submit_with_deadline(data, deadline_ns, build)).await
+}
+
+async fn finish<T: Unpin + 'static>(
+    submitted: Result<Op<T>, (io::Error, T)>,
+) -> (io::Result<u32>, T) {
+    match submitted {
+        Ok(op) => {
+            let (r, data) = op.await;
+            (super::result(r.res), data)
+        }
+        Err((e, data)) => (Err(e), data),
     }
 }
 
@@ -107,6 +169,7 @@ impl Op<()> {
     /// A timeout of `ns` nanoseconds (completes with -ETIME).
     pub(crate) fn timeout(ns: u64) -> io::Result<Op<()>> {
         Self::submit_with((), |driver| driver.submit_timeout(ns, Target::Future(None)))
+            .map_err(|(e, ())| e)
     }
 }
 
@@ -185,21 +248,30 @@ unsafe impl<T: Send + 'static> Send for MultiOp<T> {}
 
 #[allow(dead_code)]
 impl<T: 'static> MultiOp<T> {
-    /// Submits a multishot entry (its memory in `data`, as for [`Op::submit`]).
-    pub(crate) fn submit(
+    /// Submits a multishot entry whose results are new file descriptors (multishot
+    /// accept; its memory in `data`, as for [`Op::submit`]). Descriptors nobody
+    /// collects (the `MultiOp` was dropped) are closed by the driver. On failure `data`
+    /// comes back with the error.
+    pub(crate) fn submit_fd(
         mut data: T,
         build: impl FnOnce(&mut T) -> Entry,
-    ) -> io::Result<MultiOp<T>> {
+    ) -> Result<MultiOp<T>, (io::Error, T)> {
         let entry = build(&mut data);
-        let (id, owner) =
-            with_driver(|driver, owner| (driver.submit(entry, Target::Future(None), true), owner))?;
-        let id = id.map_err(|e| io::Error::from_raw_os_error(-e))?;
-        Ok(MultiOp {
-            id,
-            owner,
-            data: Some(data),
-            finished: false,
-        })
+        let submitted = with_driver(|driver, owner| {
+            let id = driver.submit(entry, Target::Future(None), true)?;
+            driver.set_result_is_fd(id);
+            Ok::<_, i32>((id, owner))
+        });
+        match submitted {
+            Ok(Ok((id, owner))) => Ok(MultiOp {
+                id,
+                owner,
+                data: Some(data),
+                finished: false,
+            }),
+            Ok(Err(errno)) => Err((io::Error::from_raw_os_error(-errno), data)),
+            Err(e) => Err((e, data)),
+        }
     }
 
     /// The next completion; None after the final one was returned. A result without

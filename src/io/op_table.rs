@@ -108,6 +108,9 @@ pub(crate) struct Slot {
     pub(crate) multishot: bool,
     /// An `ASYNC_CANCEL` was already sent for it.
     pub(crate) cancel_sent: bool,
+    /// A result >= 0 is a new file descriptor (accept, socket, openat): the driver
+    /// closes those nobody will collect (orphaned operation) rather than leak them.
+    pub(crate) result_is_fd: bool,
     /// Memory the kernel may still read or write (buffers, addresses) of an operation
     /// whose future was dropped; freed with the slot, after the final completion.
     pub(crate) keep: Option<Box<dyn Any>>,
@@ -125,11 +128,29 @@ impl Slot {
             results: VecDeque::new(),
             multishot: false,
             cancel_sent: false,
+            result_is_fd: false,
             keep: None,
             timespec: Timespec::new(),
             next_free,
         }
     }
+}
+
+impl Slot {
+    /// Forgets uncollected results; a descriptor among them is closed.
+    pub(crate) fn drop_results(&mut self) {
+        for r in self.results.drain(..) {
+            if self.result_is_fd && r.res >= 0 {
+                close_orphan_fd(r.res);
+            }
+        }
+    }
+}
+
+/// Closes a descriptor the kernel made for an operation nobody waits for any more.
+pub(crate) fn close_orphan_fd(fd: i32) {
+    // SAFETY: the kernel created `fd` for this operation and nobody else has seen it.
+    unsafe { libc::close(fd) };
 }
 
 const NO_FREE: u32 = u32::MAX;
@@ -168,6 +189,7 @@ impl OpTable {
         slot.target = target;
         slot.multishot = multishot;
         slot.cancel_sent = false;
+        slot.result_is_fd = false;
         debug_assert!(slot.results.is_empty() && slot.keep.is_none());
         let id = OpId::new(index, slot.generation);
         self.live += 1;
@@ -212,7 +234,8 @@ impl OpTable {
         found
     }
 
-    /// Frees `id`'s slot, dropping whatever it kept; the id goes stale.
+    /// Frees `id`'s slot, dropping whatever it kept (and closing descriptors among
+    /// uncollected results, see [`Slot::result_is_fd`]); the id goes stale.
     pub(crate) fn remove(&mut self, id: OpId) {
         let head = self.free_head;
         let Some(slot) = self.get_mut(id) else {
@@ -221,7 +244,7 @@ impl OpTable {
         };
         slot.phase = Phase::Free;
         slot.target = Target::Orphan;
-        slot.results.clear();
+        slot.drop_results();
         slot.keep = None;
         slot.next_free = head;
         self.free_head = id.index() as u32;
@@ -234,7 +257,8 @@ impl OpTable {
     }
 
     /// Completions that named no live operation.
-    #[allow(dead_code)] // for worker statistics still to come
+    // Read by `Driver::stats`, itself unused until `WorkerStats` publishes it.
+    #[allow(dead_code)]
     pub(crate) fn stale(&self) -> u64 {
         self.stale
     }

@@ -17,129 +17,222 @@ pub enum RawOp {
     Nop,
     /// `pread(fd, buf, len, offset)`; `offset == u64::MAX` reads at the file position.
     Read {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The buffer (the submitter's memory).
         buf: *mut u8,
+        /// Bytes to transfer at most.
         len: u32,
+        /// File offset (`u64::MAX`: the file position, where the variant allows it).
         offset: u64,
     },
     /// `pwrite(fd, buf, len, offset)`; `offset == u64::MAX` writes at the file position.
     Write {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The buffer (the submitter's memory).
         buf: *const u8,
+        /// Bytes to transfer at most.
         len: u32,
+        /// File offset (`u64::MAX`: the file position, where the variant allows it).
         offset: u64,
     },
     /// `preadv(fd, iov, iovcnt, offset)`.
     Readv {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The iovec array.
         iov: *const libc::iovec,
+        /// How many iovecs (1..=`UIO_MAXIOV`).
         iovcnt: u32,
+        /// File offset (`u64::MAX`: the file position, where the variant allows it).
         offset: u64,
     },
     /// `pwritev(fd, iov, iovcnt, offset)`.
     Writev {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The iovec array.
         iov: *const libc::iovec,
+        /// How many iovecs (1..=`UIO_MAXIOV`).
         iovcnt: u32,
+        /// File offset (`u64::MAX`: the file position, where the variant allows it).
         offset: u64,
     },
     /// A read into registered buffer `buf_index` (`buf` lies inside it).
     ReadFixed {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The buffer (the submitter's memory).
         buf: *mut u8,
+        /// Bytes to transfer at most.
         len: u32,
+        /// File offset (`u64::MAX`: the file position, where the variant allows it).
         offset: u64,
+        /// The registered buffer's index.
         buf_index: u16,
     },
     /// A write from registered buffer `buf_index`.
     WriteFixed {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The buffer (the submitter's memory).
         buf: *const u8,
+        /// Bytes to transfer at most.
         len: u32,
+        /// File offset (`u64::MAX`: the file position, where the variant allows it).
         offset: u64,
+        /// The registered buffer's index.
         buf_index: u16,
     },
     /// `recv(fd, buf, len, flags)`.
     Recv {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The buffer (the submitter's memory).
         buf: *mut u8,
+        /// Bytes to transfer at most.
         len: u32,
+        /// Flags of the system call (`MSG_*`, `AT_*`, `O_*`, as the call takes).
         flags: i32,
     },
     /// `send(fd, buf, len, flags)`.
     Send {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The buffer (the submitter's memory).
         buf: *const u8,
+        /// Bytes to transfer at most.
         len: u32,
+        /// Flags of the system call (`MSG_*`, `AT_*`, `O_*`, as the call takes).
         flags: i32,
     },
     /// Multishot recv into buffers of provided-buffer group `group`; each completion
     /// names its buffer in the flags (`IORING_CQE_F_BUFFER`).
-    RecvMulti { fd: i32, group: u16, flags: i32 },
+    RecvMulti {
+        /// The file descriptor operated on.
+        fd: i32,
+        /// The provided-buffer group.
+        group: u16,
+        /// Flags of the system call (`MSG_*`, `AT_*`, `O_*`, as the call takes).
+        flags: i32,
+    },
     /// `recvmsg(fd, msg, flags)`.
     RecvMsg {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The message header (its iovecs and address, the submitter's memory).
         msg: *mut libc::msghdr,
+        /// Flags of the system call (`MSG_*`, `AT_*`, `O_*`, as the call takes).
         flags: u32,
     },
     /// `sendmsg(fd, msg, flags)`.
     SendMsg {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The message header (its iovecs and address, the submitter's memory).
         msg: *const libc::msghdr,
+        /// Flags of the system call (`MSG_*`, `AT_*`, `O_*`, as the call takes).
         flags: u32,
     },
     /// `accept4(fd, addr, addrlen, SOCK_CLOEXEC)`; `addr` and `addrlen` may be null.
     Accept {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The socket address.
         addr: *mut libc::sockaddr,
+        /// The address length (for `Accept`, in/out).
         addrlen: *mut libc::socklen_t,
     },
     /// Multishot accept: one completion per connection (the new fd), until cancelled.
-    AcceptMulti { fd: i32 },
+    AcceptMulti {
+        /// The file descriptor operated on.
+        fd: i32,
+    },
     /// `connect(fd, addr, addrlen)`.
     Connect {
+        /// The file descriptor operated on.
         fd: i32,
+        /// The socket address.
         addr: *const libc::sockaddr,
+        /// The address length (for `Accept`, in/out).
         addrlen: u32,
     },
     /// `socket(domain, type, protocol)`.
     Socket {
+        /// Address family (`AF_*`).
         domain: i32,
+        /// Socket type (`SOCK_*`); `SOCK_CLOEXEC` is added.
         socket_type: i32,
+        /// Protocol (0: the default).
         protocol: i32,
     },
     /// `shutdown(fd, how)`.
-    Shutdown { fd: i32, how: i32 },
+    Shutdown {
+        /// The file descriptor operated on.
+        fd: i32,
+        /// `SHUT_RD`, `SHUT_WR` or `SHUT_RDWR`.
+        how: i32,
+    },
     /// `close(fd)`.
-    Close { fd: i32 },
+    Close {
+        /// The file descriptor operated on.
+        fd: i32,
+    },
     /// `openat(dirfd, path, flags, mode)` (`O_CLOEXEC` added).
     OpenAt {
+        /// Directory the path is relative to (`AT_FDCWD`: the working directory).
         dirfd: i32,
+        /// A NUL-terminated path.
         path: *const libc::c_char,
+        /// Flags of the system call (`MSG_*`, `AT_*`, `O_*`, as the call takes).
         flags: i32,
+        /// Mode bits (`OpenAt`: for a created file; `Fallocate`: `FALLOC_FL_*`).
         mode: u32,
     },
     /// `fsync(fd)`, or `fdatasync(fd)` when `datasync`.
-    Fsync { fd: i32, datasync: bool },
+    Fsync {
+        /// The file descriptor operated on.
+        fd: i32,
+        /// `fdatasync` rather than `fsync`.
+        datasync: bool,
+    },
     /// `statx(dirfd, path, flags, mask, buf)`.
     Statx {
+        /// Directory the path is relative to (`AT_FDCWD`: the working directory).
         dirfd: i32,
+        /// A NUL-terminated path.
         path: *const libc::c_char,
+        /// Flags of the system call (`MSG_*`, `AT_*`, `O_*`, as the call takes).
         flags: i32,
+        /// `STATX_*` fields wanted.
         mask: u32,
+        /// The buffer (the submitter's memory).
         buf: *mut libc::statx,
     },
     /// `fallocate(fd, mode, offset, len)`.
     Fallocate {
+        /// The file descriptor operated on.
         fd: i32,
+        /// Mode bits (`OpenAt`: for a created file; `Fallocate`: `FALLOC_FL_*`).
         mode: i32,
+        /// File offset (`u64::MAX`: the file position, where the variant allows it).
         offset: u64,
+        /// Bytes to transfer at most.
         len: u64,
     },
     /// Completes with `revents` once `fd` polls with any of `events`.
-    PollAdd { fd: i32, events: u32 },
+    PollAdd {
+        /// The file descriptor operated on.
+        fd: i32,
+        /// `POLL*` events to wait for.
+        events: u32,
+    },
     /// Completes with -ETIME after `ns` nanoseconds.
-    Timeout { ns: u64 },
+    Timeout {
+        /// Nanoseconds.
+        ns: u64,
+    },
 }
 
 /// What an operation cannot be, checked before it is accepted (a negative errno).

@@ -1,0 +1,310 @@
+//! [`File`]: positional reads and writes through the ring.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use super::OpenOptions;
+use crate::io::op;
+use crate::io::{IoBuf, IoBufMut, RawOp};
+
+/// An open file. Every read and write names its offset; buffers are passed by value and
+/// given back (see the [module documentation](crate::fs)). Dropping the file closes it
+/// at once (`close(2)`); [`close`](Self::close) closes it through the ring.
+#[derive(Debug)]
+pub struct File {
+    fd: OwnedFd,
+}
+
+/// What `statx` says about a file (see [`File::metadata`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Metadata {
+    len: u64,
+    mode: u32,
+    blksize: u32,
+    blocks: u64,
+}
+
+impl Metadata {
+    /// The size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the size is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The type and permission bits (`st_mode`).
+    pub fn mode(&self) -> u32 {
+        self.mode
+    }
+
+    /// Whether it is a regular file.
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    /// Whether it is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// The preferred I/O block size.
+    pub fn blksize(&self) -> u32 {
+        self.blksize
+    }
+
+    /// 512-byte blocks allocated on disk (grows with `fallocate`).
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+}
+
+/// An offset for a positional operation: `u64::MAX` means "the file position" to the
+/// kernel, so it is refused here.
+fn offset(off: u64) -> io::Result<u64> {
+    if off == u64::MAX {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "offset u64::MAX",
+        ))
+    } else {
+        Ok(off)
+    }
+}
+
+impl File {
+    pub(super) fn from_new_fd(fd: u32) -> File {
+        // SAFETY: the kernel just created this descriptor for us (openat).
+        File {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+        }
+    }
+
+    /// Opens `path` for reading.
+    pub async fn open(path: impl AsRef<Path>) -> io::Result<File> {
+        OpenOptions::new().read(true).open(path).await
+    }
+
+    /// Opens `path` for writing, created if missing and truncated if present.
+    pub async fn create(path: impl AsRef<Path>) -> io::Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .await
+    }
+
+    /// Takes over a file opened by the standard library.
+    pub fn from_std(file: std::fs::File) -> File {
+        File { fd: file.into() }
+    }
+
+    /// Reads at `offset` into `buf` (from its first byte, up to `bytes_total()`): how
+    /// many bytes were read (0 at or past the end) and the buffer.
+    pub async fn read_at<B: IoBufMut>(&self, buf: B, offset: u64) -> (io::Result<usize>, B) {
+        self.read_into(buf, 0, offset).await
+    }
+
+    /// One read of up to `bytes_total() - at` bytes into `buf[at..]`, at file offset
+    /// `off`; marks the bytes read initialised.
+    async fn read_into<B: IoBufMut>(&self, buf: B, at: usize, off: u64) -> (io::Result<usize>, B) {
+        let off = match offset(off) {
+            Ok(o) => o,
+            Err(e) => return (Err(e), buf),
+        };
+        let fd = self.fd.as_raw_fd();
+        let len = (buf.bytes_total() - at).min(u32::MAX as usize) as u32;
+        let (r, mut buf) = op::run(buf, |b| {
+            RawOp::Read {
+                fd,
+                // SAFETY: at <= bytes_total, inside (or one past) the buffer.
+                buf: unsafe { b.stable_mut_ptr().add(at) },
+                len,
+                offset: off,
+            }
+            .entry()
+        })
+        .await;
+        if let Ok(n) = r {
+            // SAFETY: the kernel wrote `n` bytes from `at`; bytes before `at` were
+            // initialised by the caller's earlier reads.
+            unsafe { buf.set_init(at + n as usize) };
+        }
+        (r.map(|n| n as usize), buf)
+    }
+
+    /// Fills `buf` completely (`bytes_total()` bytes) from `offset` on, reading as
+    /// often as needed. `ErrorKind::UnexpectedEof` when the file ends first.
+    pub async fn read_exact_at<B: IoBufMut>(&self, mut buf: B, offset: u64) -> (io::Result<()>, B) {
+        let total = buf.bytes_total();
+        let mut filled = 0;
+        while filled < total {
+            let (r, b) = self.read_into(buf, filled, offset + filled as u64).await;
+            buf = b;
+            match r {
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended");
+                    return (Err(e), buf);
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// One write of `buf[at..bytes_init()]` at file offset `off`.
+    async fn write_from<B: IoBuf>(&self, buf: B, at: usize, off: u64) -> (io::Result<usize>, B) {
+        let off = match offset(off) {
+            Ok(o) => o,
+            Err(e) => return (Err(e), buf),
+        };
+        let fd = self.fd.as_raw_fd();
+        let len = (buf.bytes_init() - at).min(u32::MAX as usize) as u32;
+        let (r, buf) = op::run(buf, |b| {
+            RawOp::Write {
+                fd,
+                // SAFETY: at <= bytes_init, inside (or one past) the buffer.
+                buf: unsafe { b.stable_ptr().add(at) },
+                len,
+                offset: off,
+            }
+            .entry()
+        })
+        .await;
+        (r.map(|n| n as usize), buf)
+    }
+
+    /// Writes the buffer's `bytes_init()` bytes (or a part of them) at `offset`: how
+    /// many were written. (With `O_APPEND` the kernel writes at the end regardless.)
+    pub async fn write_at<B: IoBuf>(&self, buf: B, offset: u64) -> (io::Result<usize>, B) {
+        self.write_from(buf, 0, offset).await
+    }
+
+    /// Writes all of the buffer's `bytes_init()` bytes at `offset`, as often as needed.
+    /// `ErrorKind::WriteZero` if the kernel writes nothing (e.g. a full disk without
+    /// an error).
+    pub async fn write_all_at<B: IoBuf>(&self, mut buf: B, offset: u64) -> (io::Result<()>, B) {
+        let total = buf.bytes_init();
+        let mut done = 0;
+        while done < total {
+            let (r, b) = self.write_from(buf, done, offset + done as u64).await;
+            buf = b;
+            match r {
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "the file took no byte");
+                    return (Err(e), buf);
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Flushes data and metadata to the device (`fsync`).
+    pub async fn sync_all(&self) -> io::Result<()> {
+        self.fsync(false).await
+    }
+
+    /// Flushes data, and only the metadata needed to read it back (`fdatasync`).
+    pub async fn sync_data(&self) -> io::Result<()> {
+        self.fsync(true).await
+    }
+
+    async fn fsync(&self, datasync: bool) -> io::Result<()> {
+        let fd = self.fd.as_raw_fd();
+        op::run((), |_| RawOp::Fsync { fd, datasync }.entry())
+            .await
+            .0
+            .map(|_| ())
+    }
+
+    /// Size, type and allocation of the file (`statx` through the ring).
+    pub async fn metadata(&self) -> io::Result<Metadata> {
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: statx is plain data; zeroes are a valid value.
+        let stx: Box<libc::statx> = Box::new(unsafe { std::mem::zeroed() });
+        let (r, stx) = op::run(stx, |s| {
+            RawOp::Statx {
+                dirfd: fd,
+                path: c"".as_ptr(),
+                flags: libc::AT_EMPTY_PATH,
+                mask: libc::STATX_BASIC_STATS,
+                buf: &mut **s,
+            }
+            .entry()
+        })
+        .await;
+        r?;
+        Ok(Metadata {
+            len: stx.stx_size,
+            mode: stx.stx_mode as u32,
+            blksize: stx.stx_blksize,
+            blocks: stx.stx_blocks,
+        })
+    }
+
+    /// The size in bytes (see [`metadata`](Self::metadata)).
+    pub async fn len(&self) -> io::Result<u64> {
+        self.metadata().await.map(|m| m.len())
+    }
+
+    /// Allocates disk space for `len` bytes from `offset` (`fallocate` mode 0: the file
+    /// grows if that range ends past its end). Errors: `ENOSPC`, `EOPNOTSUPP`.
+    pub async fn fallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let fd = self.fd.as_raw_fd();
+        op::run((), |_| {
+            RawOp::Fallocate {
+                fd,
+                mode: 0,
+                offset,
+                len,
+            }
+            .entry()
+        })
+        .await
+        .0
+        .map(|_| ())
+    }
+
+    /// Closes the file through the ring and reports the result.
+    pub async fn close(self) -> io::Result<()> {
+        crate::net::close_fd(self.fd).await
+    }
+}
+
+impl AsRawFd for File {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for File {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl IntoRawFd for File {
+    fn into_raw_fd(self) -> RawFd {
+        self.fd.into_raw_fd()
+    }
+}
+
+impl FromRawFd for File {
+    /// # Safety
+    /// `fd` must be an open file the caller owns (closed on drop).
+    unsafe fn from_raw_fd(fd: RawFd) -> File {
+        File {
+            // SAFETY: forwarded promise.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        }
+    }
+}

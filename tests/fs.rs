@@ -1,0 +1,248 @@
+//! The promises of `veloq::fs`, on real files in a temporary directory through real
+//! io_uring rings: what is written at an offset is read back there, `O_DIRECT` works
+//! with aligned buffers, sync, statx and fallocate report what the kernel did, and
+//! errors come back as the kernel's errno.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use veloq::fs::{File, OpenOptions};
+use veloq::io::AlignedBuf;
+use veloq::Runtime;
+
+/// A directory removed on drop, under `base`.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new_in(base: &Path, tag: &str) -> TempDir {
+        let dir = base.join(format!(
+            "veloq-fs-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn new(tag: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run<F: std::future::Future + Send + 'static>(f: F) -> F::Output
+where
+    F::Output: Send + 'static,
+{
+    let rt = Runtime::builder().workers(2).build().expect("runtime");
+    let h = rt.spawn(f).unwrap();
+    let out = rt.block_on(h).unwrap();
+    rt.shutdown(Some(Duration::from_secs(30))).unwrap();
+    out
+}
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[test]
+fn random_writes_at_random_offsets_read_back_as_the_model_says() {
+    let dir = TempDir::new("model");
+    let path = dir.path("data");
+    let model = run(async move {
+        const SIZE: usize = 256 * 1024;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .unwrap();
+        let mut model = vec![0u8; SIZE];
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut high = 0;
+        for _ in 0..500 {
+            let len = 1 + (rng.next() % 8192) as usize;
+            let off = (rng.next() as usize) % (SIZE - len);
+            let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            model[off..off + len].copy_from_slice(&data);
+            high = high.max(off + len);
+            let (r, _) = file.write_all_at(data, off as u64).await;
+            r.unwrap();
+        }
+        model.truncate(high);
+        assert_eq!(file.len().await.unwrap(), high as u64);
+        // Read back in random pieces, then whole.
+        for _ in 0..200 {
+            let len = 1 + (rng.next() % 8192) as usize;
+            let off = (rng.next() as usize) % (high - len);
+            let (r, buf) = file.read_exact_at(vec![0u8; len], off as u64).await;
+            r.unwrap();
+            assert_eq!(&buf[..], &model[off..off + len], "at {off}+{len}");
+        }
+        let (r, whole) = file.read_exact_at(vec![0u8; high], 0).await;
+        r.unwrap();
+        assert_eq!(whole, model);
+        // Past the end: 0 bytes; read_exact across the end: UnexpectedEof.
+        let (r, _) = file.read_at(vec![0u8; 16], high as u64 + 10).await;
+        assert_eq!(r.unwrap(), 0);
+        let (r, _) = file.read_exact_at(vec![0u8; 16], high as u64 - 8).await;
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::UnexpectedEof);
+        file.close().await.unwrap();
+        model
+    });
+    // The standard library sees the same bytes.
+    assert_eq!(std::fs::read(dir.path("data")).unwrap(), model);
+}
+
+#[test]
+fn o_direct_reads_and_writes_aligned_buffers() {
+    // tmpfs refuses O_DIRECT; try places that are usually on a disk.
+    let candidates = [
+        std::env::temp_dir(),
+        PathBuf::from("/var/tmp"),
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    ];
+    for base in candidates {
+        if !base.is_dir() {
+            continue;
+        }
+        let dir = TempDir::new_in(&base, "direct");
+        let path = dir.path("direct");
+        let outcome = run(async move {
+            let file = match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .direct(true)
+                .open(&path)
+                .await
+            {
+                Ok(f) => f,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return None,
+                Err(e) => panic!("open O_DIRECT: {e}"),
+            };
+            let mut out = AlignedBuf::new(16 * 4096, 4096);
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = (i * 7 + i / 4096) as u8;
+            }
+            let expect = out.to_vec();
+            let (r, _) = file.write_all_at(out, 4096).await;
+            r.unwrap();
+            file.sync_data().await.unwrap();
+            let (r, back) = file
+                .read_exact_at(AlignedBuf::new(16 * 4096, 4096), 4096)
+                .await;
+            r.unwrap();
+            // An unaligned offset is refused by the kernel.
+            let (r, _) = file.read_at(AlignedBuf::new(4096, 4096), 100).await;
+            let unaligned = r.unwrap_err().raw_os_error();
+            Some((back.to_vec() == expect, unaligned))
+        });
+        match outcome {
+            Some((same, unaligned)) => {
+                assert!(same, "O_DIRECT data differs");
+                assert_eq!(unaligned, Some(libc::EINVAL));
+                return;
+            }
+            None => println!("note: {} refuses O_DIRECT (EINVAL)", base.display()),
+        }
+    }
+    println!("note: no candidate directory accepts O_DIRECT; O_DIRECT test skipped");
+}
+
+#[test]
+fn sync_statx_and_fallocate_report_what_the_kernel_did() {
+    let dir = TempDir::new("meta");
+    let path = dir.path("meta");
+    let (len0, len1, len2, is_file, blocks_grew) = run(async move {
+        let file = File::create(&path).await.unwrap();
+        let m0 = file.metadata().await.unwrap();
+        let (r, _) = file.write_all_at(vec![1u8; 1000], 0).await;
+        r.unwrap();
+        file.sync_all().await.unwrap();
+        file.sync_data().await.unwrap();
+        let len1 = file.len().await.unwrap();
+        file.fallocate(0, 1 << 20).await.unwrap();
+        let m2 = file.metadata().await.unwrap();
+        (
+            m0.len(),
+            len1,
+            m2.len(),
+            m2.is_file() && !m2.is_dir(),
+            m2.blocks() * 512 >= 1 << 20,
+        )
+    });
+    assert_eq!((len0, len1, len2), (0, 1000, 1 << 20));
+    assert!(is_file);
+    assert!(blocks_grew, "fallocate allocated the range");
+}
+
+#[test]
+fn open_errors_are_the_kernels() {
+    let dir = TempDir::new("errors");
+    let missing = dir.path("missing");
+    let existing = dir.path("existing");
+    std::fs::write(&existing, b"x").unwrap();
+    let (a, b, c, d) = run(async move {
+        let a = File::open(&missing).await.unwrap_err().raw_os_error();
+        let b = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&existing)
+            .await
+            .unwrap_err()
+            .raw_os_error();
+        let c = OpenOptions::new()
+            .open(&existing)
+            .await
+            .unwrap_err()
+            .raw_os_error();
+        let d = File::open("bad\0path").await.unwrap_err().kind();
+        (a, b, c, d)
+    });
+    assert_eq!(a, Some(libc::ENOENT));
+    assert_eq!(b, Some(libc::EEXIST));
+    assert_eq!(c, Some(libc::EINVAL));
+    assert_eq!(d, ErrorKind::InvalidInput);
+}
+
+#[test]
+fn append_and_read_only_files_behave_as_opened() {
+    let dir = TempDir::new("append");
+    let path = dir.path("log");
+    std::fs::write(&path, b"head;").unwrap();
+    let (werr, content) = run(async move {
+        let log = OpenOptions::new().append(true).open(&path).await.unwrap();
+        // O_APPEND: the offset is ignored, writes land at the end.
+        log.write_all_at(b"one;".to_vec(), 0).await.0.unwrap();
+        log.write_all_at(b"two;".to_vec(), 0).await.0.unwrap();
+        drop(log);
+        let ro = File::open(&path).await.unwrap();
+        let (r, _) = ro.write_at(b"no".to_vec(), 0).await;
+        let werr = r.unwrap_err().raw_os_error();
+        let (r, buf) = ro.read_at(Vec::with_capacity(64), 0).await;
+        r.unwrap();
+        (werr, buf)
+    });
+    assert_eq!(werr, Some(libc::EBADF));
+    assert_eq!(content, b"head;one;two;");
+}

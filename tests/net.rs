@@ -1,0 +1,502 @@
+//! The promises of `veloq::net`, on real sockets on 127.0.0.1 through real io_uring
+//! rings: data arrives intact and in order, errors come back as the kernel's errno,
+//! dropping or cancelling an operation never lets the kernel touch its buffer again,
+//! multishot accept takes many connections, and shutdown ends in-flight receives.
+
+use std::ffi::c_void;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use veloq::io::RawOp;
+use veloq::net::{TcpListener, TcpStream, UdpSocket};
+use veloq::{time, Runtime, RuntimeContext};
+
+fn runtime(workers: usize) -> Runtime {
+    Runtime::builder()
+        .workers(workers)
+        .build()
+        .expect("runtime")
+}
+
+/// A small deterministic PRNG (xorshift64*), one per connection.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn fnv1a(acc: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(acc, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// A connected pair on the current worker: (client end, server end).
+async fn pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = TcpStream::connect(addr).await.unwrap();
+    let (server, peer) = listener.accept().await.unwrap();
+    assert_eq!(peer, client.local_addr().unwrap());
+    assert_eq!(server.peer_addr().unwrap(), client.local_addr().unwrap());
+    (client, server)
+}
+
+#[test]
+fn a_thousand_concurrent_echo_connections_carry_their_bytes_intact() {
+    const CONNS: usize = 1000;
+    const BYTES: usize = 16 * 1024;
+    let rt = runtime(2);
+    let listener = TcpListener::bind_with("127.0.0.1:0", false, 4096).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = rt
+        .spawn(async move {
+            let mut incoming = listener.incoming();
+            for _ in 0..CONNS {
+                let stream = incoming.next().await.expect("open").expect("accepted");
+                veloq::spawn(async move {
+                    let mut buf = Vec::with_capacity(4096);
+                    loop {
+                        buf.clear();
+                        let (r, b) = stream.read(buf).await;
+                        let n = r.expect("server read");
+                        if n == 0 {
+                            return;
+                        }
+                        assert_eq!(b.len(), n);
+                        let (r, b) = stream.write_all(b).await;
+                        r.expect("server write");
+                        buf = b;
+                    }
+                })
+                .unwrap();
+            }
+        })
+        .unwrap();
+    let mut clients = Vec::new();
+    for i in 0..CONNS {
+        clients.push(
+            rt.spawn(async move {
+                let stream = TcpStream::connect(addr).await.expect("connect");
+                stream.set_nodelay(true).unwrap();
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1));
+                let (mut sent_sum, mut got_sum) = (FNV_START, FNV_START);
+                let mut left = BYTES;
+                while left > 0 {
+                    let n = (1 + rng.below(2048) as usize).min(left);
+                    let chunk: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                    sent_sum = fnv1a(sent_sum, &chunk);
+                    let (r, chunk) = stream.write_all(chunk).await;
+                    r.expect("client write");
+                    let (r, back) = stream.read_exact(vec![0u8; n].into_boxed_slice()).await;
+                    r.expect("client read");
+                    assert_eq!(&back[..], &chunk[..], "connection {i}: echoed bytes differ");
+                    got_sum = fnv1a(got_sum, &back);
+                    left -= n;
+                }
+                stream.close().await.expect("close");
+                (sent_sum, got_sum)
+            })
+            .unwrap(),
+        );
+    }
+    for c in clients {
+        let (sent, got) = rt.block_on(c).unwrap();
+        assert_eq!(sent, got);
+    }
+    rt.block_on(server).unwrap();
+    rt.shutdown(Some(Duration::from_secs(30))).unwrap();
+}
+
+#[test]
+fn connecting_to_a_closed_port_is_refused() {
+    let rt = runtime(1);
+    // Bind, learn the port, close: nothing listens there now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let h = rt
+        .spawn(async move { TcpStream::connect(("127.0.0.1", port)).await })
+        .unwrap();
+    let err = rt.block_on(h).unwrap().expect_err("nothing listens");
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED), "{err}");
+}
+
+#[test]
+fn bad_addresses_are_refused() {
+    let rt = runtime(1);
+    let err = TcpListener::bind("127.0.0.1").expect_err("no port");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    // 192.0.2.0/24 is TEST-NET-1: no interface here has it.
+    let err = TcpListener::bind("192.0.2.1:0").expect_err("not a local address");
+    assert_eq!(err.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{err}");
+    let err = UdpSocket::bind("192.0.2.1:0").expect_err("not a local address");
+    assert_eq!(err.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{err}");
+    let h = rt
+        .spawn(async { TcpStream::connect("127.0.0.1:notaport").await })
+        .unwrap();
+    let err = rt.block_on(h).unwrap().expect_err("bad port");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+}
+
+#[test]
+fn io_off_a_worker_fails_clearly_and_gives_the_buffer_back() {
+    let rt = runtime(1);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let std_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let stream = TcpStream::from_std(std_stream);
+    let (r, buf) = rt.block_on(stream.read(vec![7u8; 3]));
+    let err = r.expect_err("off a worker");
+    assert!(err.to_string().contains("worker"), "{err}");
+    assert_eq!(buf, vec![7u8; 3]);
+}
+
+#[test]
+fn a_read_on_a_bad_descriptor_is_ebadf() {
+    let rt = runtime(1);
+    let h = rt
+        .spawn(async {
+            // SAFETY (test): far above RLIMIT_NOFILE, so never an open descriptor; it is
+            // taken back out below, never closed.
+            let stream = unsafe { TcpStream::from_raw_fd(1 << 30) };
+            let (r, _) = stream.read(vec![0u8; 16]).await;
+            let (w, _) = stream.write(b"x".to_vec()).await;
+            let _ = stream.into_raw_fd();
+            (r.map(|_| ()), w.map(|_| ()))
+        })
+        .unwrap();
+    let (r, w) = rt.block_on(h).unwrap();
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EBADF));
+    assert_eq!(w.unwrap_err().raw_os_error(), Some(libc::EBADF));
+}
+
+#[test]
+fn a_closed_peer_reads_as_end_of_stream_and_writes_fail() {
+    let rt = runtime(1);
+    let h = rt
+        .spawn(async {
+            let (client, server) = pair().await;
+            drop(server);
+            let (r, _) = client.read(Vec::with_capacity(16)).await;
+            assert_eq!(r.expect("end of stream"), 0);
+            // The first write may still be accepted (the peer answers it with a reset).
+            for _ in 0..1000 {
+                let (r, _) = client.write(b"after close".to_vec()).await;
+                if let Err(e) = r {
+                    return e.raw_os_error();
+                }
+                time::sleep(Duration::from_millis(1)).await;
+            }
+            None
+        })
+        .unwrap();
+    let errno = rt.block_on(h).unwrap();
+    assert!(
+        errno == Some(libc::EPIPE) || errno == Some(libc::ECONNRESET),
+        "{errno:?}"
+    );
+}
+
+#[test]
+fn socket_options_read_back_and_reuseport_shares_a_port() {
+    let rt = runtime(1);
+    let a = TcpListener::bind_with("127.0.0.1:0", true, 16).unwrap();
+    let port = a.local_addr().unwrap().port();
+    let b = TcpListener::bind_with(("127.0.0.1", port), true, 16).expect("SO_REUSEPORT");
+    assert_eq!(b.local_addr().unwrap().port(), port);
+    let err = TcpListener::bind(("127.0.0.1", port)).expect_err("no SO_REUSEPORT");
+    assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+    let h = rt
+        .spawn(async {
+            let (client, _server) = pair().await;
+            client.set_nodelay(true).unwrap();
+            let on = client.nodelay().unwrap();
+            client.set_nodelay(false).unwrap();
+            (on, client.nodelay().unwrap())
+        })
+        .unwrap();
+    assert_eq!(rt.block_on(h).unwrap(), (true, false));
+}
+
+#[test]
+fn a_read_dropped_by_timeout_loses_no_data_for_the_next_read() {
+    let rt = runtime(1);
+    let h = rt
+        .spawn(async {
+            let (client, server) = pair().await;
+            let r = time::timeout(
+                Duration::from_millis(5),
+                server.read(Vec::with_capacity(64)),
+            )
+            .await;
+            assert!(r.is_err(), "nothing was sent");
+            client
+                .write_all(b"after the drop".to_vec())
+                .await
+                .0
+                .unwrap();
+            let (r, buf) = server.read_exact(vec![0u8; 14].into_boxed_slice()).await;
+            r.unwrap();
+            buf
+        })
+        .unwrap();
+    assert_eq!(&rt.block_on(h).unwrap()[..], b"after the drop");
+}
+
+#[test]
+fn a_receive_deadline_ends_the_receive_then_data_still_arrives() {
+    let rt = runtime(1);
+    let h = rt
+        .spawn(async {
+            let (client, server) = pair().await;
+            let (r, buf) = server
+                .recv_with_deadline(Vec::with_capacity(64), Duration::from_millis(5))
+                .await;
+            let kind = r.expect_err("nothing was sent").kind();
+            client.write_all(b"late".to_vec()).await.0.unwrap();
+            let (r, buf) = server
+                .recv_with_deadline(buf, Duration::from_secs(60))
+                .await;
+            (kind, r.unwrap(), buf)
+        })
+        .unwrap();
+    let (kind, n, buf) = rt.block_on(h).unwrap();
+    assert_eq!(kind, ErrorKind::TimedOut);
+    assert_eq!(&buf[..n], b"late");
+}
+
+#[test]
+fn readable_waits_for_data_and_shutdown_write_ends_the_peers_stream() {
+    let rt = runtime(1);
+    let h = rt
+        .spawn(async {
+            let (client, server) = pair().await;
+            client.write_all(b"hi".to_vec()).await.0.unwrap();
+            server.readable().await.unwrap();
+            let (r, buf) = server.read(Vec::with_capacity(8)).await;
+            assert_eq!(r.unwrap(), 2);
+            client.shutdown(std::net::Shutdown::Write).await.unwrap();
+            let (r, _) = server.read(buf).await;
+            r.unwrap()
+        })
+        .unwrap();
+    assert_eq!(rt.block_on(h).unwrap(), 0);
+}
+
+/// What the callback of a raw submission saw.
+struct Calls {
+    count: AtomicUsize,
+    res: AtomicI64,
+}
+
+unsafe extern "C" fn record(_cx: *mut RuntimeContext, res: i64, _flags: u32, arg: *mut c_void) {
+    // SAFETY: `arg` is the `Calls` the test keeps alive until the callback ran.
+    let calls = unsafe { &*(arg as *const Calls) };
+    calls.res.store(res, SeqCst);
+    calls.count.fetch_add(1, SeqCst);
+}
+
+#[test]
+fn a_cancelled_receive_completes_once_and_never_touches_its_buffer() {
+    let rt = runtime(1);
+    let h = rt
+        .spawn(async {
+            let (client, server) = pair().await;
+            let calls = Arc::new(Calls {
+                count: AtomicUsize::new(0),
+                res: AtomicI64::new(0),
+            });
+            let mut buf = vec![0xA5u8; 4096].into_boxed_slice();
+            let op = RawOp::Recv {
+                fd: server.as_raw_fd(),
+                buf: buf.as_mut_ptr(),
+                len: buf.len() as u32,
+                flags: 0,
+            };
+            let id = RuntimeContext::with_current(|cx| {
+                let arg = Arc::as_ptr(&calls) as *mut c_void;
+                // SAFETY: `buf` and `calls` live until the callback has run (checked
+                // below before either is dropped).
+                unsafe { cx.expect("on a worker").submit_io(op, record, arg) }
+            })
+            .expect("submitted");
+            RuntimeContext::with_current(|cx| cx.unwrap().cancel_io(id)).expect("cancel");
+            for _ in 0..10_000 {
+                if calls.count.load(SeqCst) > 0 {
+                    break;
+                }
+                time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(calls.count.load(SeqCst), 1, "one completion");
+            assert_eq!(calls.res.load(SeqCst), -libc::ECANCELED as i64);
+            let again = RuntimeContext::with_current(|cx| cx.unwrap().cancel_io(id));
+            assert_eq!(
+                again,
+                Err(-libc::ENOENT),
+                "finished ops cannot be cancelled"
+            );
+            // Data sent now goes to a new receive, never into the cancelled one's buffer.
+            client.write_all(b"fresh data".to_vec()).await.0.unwrap();
+            let (r, got) = server.read_exact(vec![0u8; 10].into_boxed_slice()).await;
+            r.unwrap();
+            assert_eq!(&got[..], b"fresh data");
+            time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(calls.count.load(SeqCst), 1, "still one completion");
+            buf.iter().all(|&b| b == 0xA5)
+        })
+        .unwrap();
+    assert!(
+        rt.block_on(h).unwrap(),
+        "the cancelled receive's buffer was written"
+    );
+}
+
+#[test]
+fn multishot_accept_takes_a_thousand_connections() {
+    const CONNS: usize = 1000;
+    let rt = runtime(2);
+    let listener = TcpListener::bind_with("127.0.0.1:0", false, 4096).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = rt
+        .spawn(async move {
+            let mut incoming = listener.incoming();
+            let mut streams = Vec::new();
+            while streams.len() < CONNS {
+                streams.push(incoming.next().await.expect("open").expect("accepted"));
+            }
+            incoming.stop();
+            // Nothing else connects: the stream ends.
+            assert!(incoming.next().await.is_none());
+            let mut seen = vec![false; CONNS];
+            for s in &streams {
+                let (r, buf) = s.read_exact(vec![0u8; 4].into_boxed_slice()).await;
+                r.unwrap();
+                let i = u32::from_le_bytes(buf[..].try_into().unwrap()) as usize;
+                assert!(!seen[i], "index {i} twice");
+                seen[i] = true;
+            }
+            seen.iter().all(|&s| s)
+        })
+        .unwrap();
+    let clients: Vec<_> = (0..CONNS as u32)
+        .map(|i| {
+            rt.spawn(async move {
+                let s = TcpStream::connect(addr).await.expect("connect");
+                s.write_all(i.to_le_bytes().to_vec()).await.0.unwrap();
+                // Keep the connection until the server has read its index.
+                let (r, _) = s.read(Vec::with_capacity(1)).await;
+                r.unwrap()
+            })
+            .unwrap()
+        })
+        .collect();
+    assert!(rt.block_on(server).unwrap(), "every index arrived once");
+    for c in clients {
+        // The server's streams were dropped with it: each client sees the end.
+        assert_eq!(rt.block_on(c).unwrap(), 0);
+    }
+}
+
+#[test]
+fn udp_datagrams_round_trip_with_their_addresses() {
+    let rt = runtime(2);
+    let h = rt
+        .spawn(async {
+            let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+            let (r, _) = a.send_to(b"ping".to_vec(), b_addr).await;
+            assert_eq!(r.unwrap(), 4);
+            let (r, buf) = b.recv_from(Vec::with_capacity(64)).await;
+            let (n, from) = r.unwrap();
+            assert_eq!((&buf[..n], from), (&b"ping"[..], a_addr));
+            let (r, _) = b.send_to(b"pong!".to_vec(), from).await;
+            assert_eq!(r.unwrap(), 5);
+            let (r, buf) = a.recv_from(vec![0u8; 64]).await;
+            let (n, from) = r.unwrap();
+            assert_eq!((&buf[..n], from), (&b"pong!"[..], b_addr));
+            // Connected: send/recv without addresses.
+            a.connect(b_addr).await.unwrap();
+            assert_eq!(a.peer_addr().unwrap(), b_addr);
+            assert_eq!(a.send(b"third".to_vec()).await.0.unwrap(), 5);
+            let (r, buf) = b.recv(Vec::with_capacity(64)).await;
+            assert_eq!(&buf[..r.unwrap()], b"third");
+            let ipv6: Result<SocketAddr, _> = "[::1]:9".parse();
+            let (r, _) = a.send_to(b"x".to_vec(), ipv6.unwrap()).await;
+            r.expect_err("an IPv6 destination on an IPv4 socket")
+                .raw_os_error()
+        })
+        .unwrap();
+    let errno = rt.block_on(h).unwrap();
+    assert!(
+        errno == Some(libc::EAFNOSUPPORT) || errno == Some(libc::EINVAL),
+        "{errno:?}"
+    );
+}
+
+#[test]
+fn shutdown_ends_a_thousand_in_flight_receives() {
+    const CONNS: usize = 1000;
+    let rt = runtime(2);
+    let listener = TcpListener::bind_with("127.0.0.1:0", false, 4096).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    // The server keeps every connection open (and silent).
+    let server = rt
+        .spawn(async move {
+            let mut incoming = listener.incoming();
+            let mut streams = Vec::new();
+            while let Some(s) = incoming.next().await {
+                streams.push(s.expect("accepted"));
+            }
+            streams.len()
+        })
+        .unwrap();
+    let handles: Vec<_> = (0..CONNS)
+        .map(|_| {
+            let started = started.clone();
+            rt.spawn(async move {
+                let s = TcpStream::connect(addr).await.expect("connect");
+                started.fetch_add(1, SeqCst);
+                // Nobody ever sends: only shutdown ends this.
+                let (r, _) = s.read(Vec::with_capacity(64)).await;
+                r.expect_err("ended by shutdown").raw_os_error()
+            })
+            .unwrap()
+        })
+        .collect();
+    for _ in 0..30_000 {
+        if started.load(SeqCst) == CONNS {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(started.load(SeqCst), CONNS, "every connection made");
+    std::thread::sleep(Duration::from_millis(20));
+    rt.shutdown(Some(Duration::from_secs(30)))
+        .expect("shutdown ends");
+    for h in handles {
+        let errno = rt.block_on(h).unwrap();
+        assert!(
+            errno == Some(libc::ECANCELED) || errno == Some(libc::ESHUTDOWN),
+            "{errno:?}"
+        );
+    }
+    assert_eq!(rt.block_on(server).unwrap(), CONNS);
+}
