@@ -389,7 +389,7 @@ pub fn all(rows: &mut Vec<Row>) {
                 Contender::new(server.name, move || match run_once(server, load, count) {
                     Ok(s) => Some(s),
                     Err(e) => {
-                        eprintln!("    {}: run failed: {e}", server.name);
+                        rounds::failed(server.name, &e);
                         None
                     }
                 })

@@ -240,7 +240,7 @@ pub fn all(rows: &mut Vec<Row>) {
         let report = |who: &str, r: Result<f64, String>| match r {
             Ok(v) => Some(v),
             Err(e) => {
-                eprintln!("    {who}: {e}");
+                rounds::failed(who, &e);
                 None
             }
         };

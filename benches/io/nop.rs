@@ -63,7 +63,7 @@ pub fn all(rows: &mut Vec<Row>) {
         Contender::new("io-uring", || match raw_nop() {
             Ok(v) => Some(v),
             Err(e) => {
-                eprintln!("    io-uring: {e}");
+                rounds::failed("io-uring", &e);
                 None
             }
         }),

@@ -84,3 +84,14 @@ pub fn goals_at_least(scenario: Scenario, peers: &[&str], factor: f64) -> Scenar
         .iter()
         .fold(scenario, |s, peer| s.goal(Goal::at_least(peer, factor)))
 }
+
+/// Reports a failed run. A full run goes on without that sample (the row leaves the system
+/// out if no run of it succeeded); a quick run is the smoke test of `make test`, which exists
+/// to catch a broken server or peer, so it stops there with exit status 1.
+pub fn failed(who: &str, error: &str) {
+    eprintln!("    {who}: run failed: {error}");
+    if quick() {
+        eprintln!("smoke run: {who} failed");
+        std::process::exit(1);
+    }
+}
