@@ -11,7 +11,8 @@
 #                        tests, valgrind, install + pkg-config); see the `test` recipe
 #   make header          regenerate include/veloq.h with the pinned cbindgen
 #   make install         prefix=/usr/local DESTDIR= (GNU conventions); make uninstall
-#   make bench           cargo bench core, the C API bench (benches/c), cargo bench report
+#   make bench           cargo bench core, the C API bench (benches/c), the I/O bench
+#                        (make bench-io: benches/io.rs, benches/io/), cargo bench report
 #   make clean           build outputs (keeps build/tools); make distclean: all of build/
 #
 # Every tool is installed by the Makefile itself when missing (`make tools`): Debian
@@ -117,7 +118,7 @@ banner = @printf '\n==> %s\n' "$(1)"
 .PHONY: all lib header tools apt-tools bench-tools rust-tools fmt-check clippy cargo-test loom \
 	header-check header-compile symbols-check c-tests cpp-tests readme-example valgrind \
 	install-check install uninstall demo examples examples-test bench bench-c bench-smoke test \
-	clean distclean
+	clean distclean bench-io bench-io-tools bench-io-bins bench-io-veloq
 
 # ================================================================ build
 
@@ -164,6 +165,19 @@ bench-tools: apt-tools
 		echo "installing: libuv1-dev"; \
 		$(SUDO) apt-get update -qq; \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libuv1-dev; \
+	fi
+
+# The I/O bench's peers and meters: fio (file reads), perf (system calls per request through
+# the raw_syscalls tracepoint), liburing (the minimal io_uring echo server), libuv.
+bench-io-tools: bench-tools
+	@need=""; \
+	command -v fio >/dev/null || need="$$need fio"; \
+	command -v perf >/dev/null || need="$$need linux-perf"; \
+	$(PKG_CONFIG) --exists liburing || need="$$need liburing-dev"; \
+	if [ -n "$$need" ]; then \
+		echo "installing:$$need"; \
+		$(SUDO) apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$need; \
 	fi
 
 rust-tools:
@@ -391,12 +405,53 @@ build/bench/capi_bench: benches/c/capi_bench.c $(VELOQ_INCLUDE_DIR)/veloq.h
 	$(CC) -std=c11 $(WARN) -O2 -g -pthread -I$(VELOQ_INCLUDE_DIR) $$($(PKG_CONFIG) --cflags libuv) \
 		$< -o $@ $(LINK_VELOQ) $$($(PKG_CONFIG) --libs libuv)
 
-# make test builds the bench and runs it tiny, so it cannot rot between `make bench` runs.
-bench-smoke: $(IN_TREE_LIB) bench-tools
+# The I/O bench's C programs: the load generator and the C echo servers (benches/io/).
+IO_BENCH_DIR := build/bench/io
+IO_BENCH_BINS := $(IO_BENCH_DIR)/loadgen $(IO_BENCH_DIR)/epoll_echo $(IO_BENCH_DIR)/uring_echo \
+	$(IO_BENCH_DIR)/libuv_echo
+IO_BENCH_CFLAGS := -std=c11 $(WARN) -O2 -g -pthread
+
+$(IO_BENCH_DIR)/loadgen $(IO_BENCH_DIR)/epoll_echo: $(IO_BENCH_DIR)/%: benches/io/%.c \
+		benches/io/server_args.h
+	@mkdir -p $(@D)
+	$(CC) $(IO_BENCH_CFLAGS) $< -o $@
+
+$(IO_BENCH_DIR)/uring_echo: benches/io/uring_echo.c benches/io/server_args.h
+	@mkdir -p $(@D)
+	$(CC) $(IO_BENCH_CFLAGS) $$($(PKG_CONFIG) --cflags liburing) $< -o $@ \
+		$$($(PKG_CONFIG) --libs liburing)
+
+$(IO_BENCH_DIR)/libuv_echo: benches/io/libuv_echo.c benches/io/server_args.h
+	@mkdir -p $(@D)
+	$(CC) $(IO_BENCH_CFLAGS) $$($(PKG_CONFIG) --cflags libuv) $< -o $@ $$($(PKG_CONFIG) --libs libuv)
+
+bench-io-bins: bench-io-tools
+	@$(SUBMAKE) $(IO_BENCH_BINS)
+
+# veloq's echo servers, whichever exist yet (the bench skips a missing one as "not built"):
+# the C one through its make rule, the Rust one as a cargo example.
+bench-io-veloq: lib
+	@if $(SUBMAKE) -n build/examples/echo_server >/dev/null 2>&1; then \
+		$(SUBMAKE) build/examples/echo_server; \
+	else echo "bench-io: no make rule for build/examples/echo_server yet (veloq-c not built)"; fi
+	@if [ -f examples/echo.rs ] || [ -f examples/echo/main.rs ]; then \
+		$(CARGO) build --release --example echo; \
+	else echo "bench-io: no examples/echo.rs yet (veloq's Rust echo server not built)"; fi
+
+bench-io: bench-io-bins bench-io-veloq
+	$(call banner,cargo bench --bench io: TCP echo / file reads / NOP vs Tokio Monoio libuv fio)
+	$(CARGO) bench --bench io
+
+# make test builds the benches and runs them tiny, so they cannot rot between `make bench`
+# runs. The I/O one (a few connections, 200 ms passes, a 16 MiB file) takes ~15 s and
+# checks only that every server echoes correctly and every meter reads.
+bench-smoke: $(IN_TREE_LIB) bench-tools bench-io-bins
 	$(call banner,C API bench smoke run (tiny loads; not a measurement))
 	@$(SUBMAKE) build/bench/capi_bench
 	VELOQ_BENCH_RUNS=1 VELOQ_BENCH_CALLBACKS=20000 VELOQ_BENCH_ROUND_TRIPS=500 \
 		build/bench/capi_bench build/bench/smoke.json
+	$(call banner,I/O bench smoke run (tiny loads; not a measurement))
+	VELOQ_BENCH_QUICK=1 $(CARGO) bench --bench io -- --out build/bench/io-smoke.json
 
 bench-c: $(IN_TREE_LIB) bench-tools
 	$(call banner,C API bench: veloq vs libuv vs pthread pool vs eventfd)
@@ -407,6 +462,7 @@ bench: lib bench-tools
 	$(call banner,cargo bench --bench core)
 	$(CARGO) bench --bench core
 	@$(SUBMAKE) bench-c
+	@$(SUBMAKE) bench-io
 	$(call banner,cargo bench --bench report)
 	$(CARGO) bench --bench report
 

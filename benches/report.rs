@@ -22,7 +22,27 @@ const DOCS_DIR: &str = "docs/bench";
 /// The command that reproduces everything, and what it amounts to.
 const REPRODUCE: &str = "make bench";
 const REPRODUCE_STEPS: &str = "runs `cargo bench --bench core`, the C API benchmark \
-    (writing `target/bench/capi.json`) and then `cargo bench --bench report`";
+    (writing `target/bench/capi.json`), the I/O benchmark (`make bench-io`: `cargo bench --bench \
+    io` after building its C programs, writing `target/bench/io.json`) and then `cargo bench \
+    --bench report`";
+
+/// What a result file's section says before its table, for benches whose method differs
+/// from the harness's default.
+const NOTES: [(&str, &str); 1] = [(
+    "io",
+    "TCP echo: every server is a fresh process per run with `--port P --workers 2` on \
+     127.0.0.1, driven by the one load generator `benches/io/loadgen.c` (one epoll thread on \
+     the same 2 cores; each connection sends 64-byte requests, one at a time or 16 in one \
+     write, and checks every echoed byte): 0.5 s warm-up, then 2 s measured; no untimed \
+     rounds. System calls per request come from a second, shorter pass on the same server \
+     (`perf stat -e raw_syscalls:sys_enter -p PID` over 1 s, every thread of the server, \
+     divided by that pass's requests/s), kept apart because the tracepoint slows each call. \
+     File reads: a 1 GiB file of random bytes in `target/bench`, read whole before each \
+     scenario; fio runs with `--ioengine=io_uring --rw=randread --bs=4k --iodepth=32 \
+     --norandommap --invalidate=0` and otherwise its defaults, the io-uring loop keeps 32 reads \
+     in flight with `submit_and_wait(1)`, each for 2 s. A row without a veloq figure waits for \
+     veloq's server or hook (see `benches/io.rs`).",
+)];
 
 /// One result file, read.
 struct ResultFile {
@@ -97,7 +117,7 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 7] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 14] = [
     (
         "veloq",
         "this crate, default settings, workers pinned",
@@ -111,7 +131,8 @@ const SYSTEMS: [(&str, &str, Option<&str>); 7] = [
     (
         "tokio",
         "`tokio::spawn` / `Handle::spawn`: current_thread runtime in the one-worker spawn \
-         row, multi_thread elsewhere",
+         row, multi_thread elsewhere (the I/O bench's echo server: one listener, a task per \
+         connection)",
         Some("tokio"),
     ),
     (
@@ -131,6 +152,39 @@ const SYSTEMS: [(&str, &str, Option<&str>); 7] = [
         None,
     ),
     ("budget", "a fixed limit, not a system", None),
+    (
+        "veloq-c",
+        "veloq's C echo server through the C API (`build/examples/echo_server`)",
+        Some("veloq"),
+    ),
+    (
+        "monoio",
+        "Monoio, one io_uring runtime per worker thread, a listener each (SO_REUSEPORT)",
+        Some("monoio"),
+    ),
+    (
+        "libuv",
+        "libuv from Debian's libuv1-dev: the C API bench's thread pool and async handles; \
+         the I/O bench's echo server, one loop and listener per worker",
+        None,
+    ),
+    (
+        "epoll",
+        "minimal epoll echo server in C written for the bench (`benches/io/epoll_echo.c`)",
+        None,
+    ),
+    (
+        "liburing",
+        "minimal raw io_uring echo server in C on liburing written for the bench \
+         (`benches/io/uring_echo.c`)",
+        None,
+    ),
+    ("fio", "Debian's fio, `--ioengine=io_uring`", None),
+    (
+        "io-uring",
+        "a raw loop on the io-uring crate written for the bench",
+        Some("io-uring"),
+    ),
 ];
 
 /// The version of `krate` in the repository's Cargo.lock.
@@ -221,7 +275,19 @@ fn benchmarks_md(results: &[ResultFile]) -> String {
             )
             .unwrap();
         }
-        writeln!(w, "![{0} chart]({DOCS_DIR}/{0}.svg)\n", file.name).unwrap();
+        if let Some((_, note)) = NOTES.iter().find(|(name, _)| *name == file.name) {
+            writeln!(w, "{note}\n").unwrap();
+        }
+        if file.rows.iter().any(|r| r.veloq().is_some()) {
+            writeln!(w, "![{0} chart]({DOCS_DIR}/{0}.svg)\n", file.name).unwrap();
+        } else {
+            writeln!(
+                w,
+                "No chart yet: the chart draws every system relative to veloq, and no row \
+                 has a veloq figure.\n"
+            )
+            .unwrap();
+        }
         writeln!(w, "{}", markdown_table(&file.rows)).unwrap();
     }
     md

@@ -22,7 +22,7 @@
 #![allow(dead_code)] // each bench binary uses a different part of the harness
 
 pub mod alloc;
-mod quiet;
+pub mod quiet;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

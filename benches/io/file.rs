@@ -1,0 +1,272 @@
+//! 4 KiB random reads at queue depth 32 from a 1 GiB file: buffered (the file warm in the
+//! page cache) and with O_DIRECT. Peers: fio with `--ioengine=io_uring` (Debian's fio, its
+//! defaults otherwise) and a raw loop on the io-uring crate written here; veloq's row comes
+//! from [`veloq_randread`] once `veloq::fs::File` exists.
+
+use std::alloc::{alloc, dealloc, Layout};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types, IoUring};
+
+use crate::harness::{quick, results_dir, Goal, Row, Scenario, VELOQ};
+use crate::rounds::{self, Contender};
+
+/// Size of one read.
+pub const BLOCK: usize = 4096;
+/// Reads in flight.
+pub const QUEUE_DEPTH: usize = 32;
+
+/// The file's size: 1 GiB (16 MiB in quick mode, in a file of its own).
+fn file_size() -> u64 {
+    if quick() {
+        16 << 20
+    } else {
+        1 << 30
+    }
+}
+
+/// How long each run reads.
+fn run_time() -> Duration {
+    if quick() {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(2)
+    }
+}
+
+/// The data file in target/bench, made once and kept across runs.
+fn data_file() -> PathBuf {
+    let name = if quick() {
+        "io-randread-quick.dat"
+    } else {
+        "io-randread.dat"
+    };
+    let path = results_dir().join(name);
+    let want = file_size();
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == want) {
+        return path;
+    }
+    eprintln!("file: writing {} ({} MiB)", path.display(), want >> 20);
+    std::fs::create_dir_all(results_dir()).expect("create target/bench");
+    let mut f = File::create(&path).expect("create the data file");
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..want / chunk.len() as u64 {
+        for b in chunk.chunks_exact_mut(8) {
+            x = xorshift(x);
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&chunk).expect("write the data file");
+    }
+    f.sync_all().expect("sync the data file");
+    path
+}
+
+/// Reads the whole file once so that buffered reads find it in the page cache.
+fn warm(path: &Path) {
+    let mut f = File::open(path).expect("open the data file");
+    let mut buf = vec![0u8; 1 << 20];
+    while f.read(&mut buf).expect("read the data file") > 0 {}
+}
+
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+/// fio's IOPS for the same job: `--ioengine=io_uring --rw=randread --bs=4k --iodepth=32`,
+/// time-based; `--invalidate=0` keeps the page cache fio would otherwise drop before a
+/// buffered run; `--norandommap` reads uniformly random blocks as the raw loop does.
+fn fio(path: &Path, direct: bool) -> Result<f64, String> {
+    let out = Command::new("fio")
+        .args([
+            "--name=randread",
+            "--ioengine=io_uring",
+            "--rw=randread",
+            "--bs=4k",
+            "--iodepth=32",
+            "--numjobs=1",
+            "--time_based",
+            "--invalidate=0",
+            "--norandommap",
+            "--output-format=json",
+        ])
+        .arg(format!("--filename={}", path.display()))
+        .arg(format!("--size={}", file_size()))
+        .arg(format!("--direct={}", u8::from(direct)))
+        .arg(format!("--runtime={}ms", run_time().as_millis()))
+        .output()
+        .map_err(|e| format!("cannot run fio: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "fio failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // fio may print notes before the JSON document.
+    let json = &text[text.find('{').ok_or("fio printed no JSON")?..];
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("fio's JSON: {e}"))?;
+    v["jobs"][0]["read"]["iops"]
+        .as_f64()
+        .ok_or_else(|| "fio's JSON has no jobs[0].read.iops".into())
+}
+
+/// Page-aligned buffers for the reads in flight (O_DIRECT needs the alignment).
+struct Buffers {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl Buffers {
+    fn new() -> Buffers {
+        let layout = Layout::from_size_align(BLOCK * QUEUE_DEPTH, BLOCK).expect("layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc(layout) };
+        assert!(!ptr.is_null(), "out of memory");
+        Buffers { ptr, layout }
+    }
+
+    fn slot(&self, i: usize) -> *mut u8 {
+        assert!(i < QUEUE_DEPTH);
+        // SAFETY: i < QUEUE_DEPTH keeps the offset inside the allocation.
+        unsafe { self.ptr.add(i * BLOCK) }
+    }
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// The raw io-uring crate loop: QUEUE_DEPTH reads of BLOCK bytes at random block offsets in
+/// flight; each `submit_and_wait(1)` submits the replacements of what completed and reaps
+/// every completion there is. Returns reads per second.
+fn raw_randread(path: &Path, direct: bool) -> Result<f64, String> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let file = options.open(path).map_err(|e| format!("open: {e}"))?;
+    let fd = types::Fd(file.as_raw_fd());
+    let blocks = file_size() / BLOCK as u64;
+    let buffers = Buffers::new();
+    let mut ring = IoUring::new(2 * QUEUE_DEPTH as u32).map_err(|e| format!("io_uring: {e}"))?;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut read_at = |ring: &mut IoUring, slot: usize| {
+        rng = xorshift(rng);
+        let offset = (rng % blocks) * BLOCK as u64;
+        let sqe = opcode::Read::new(fd, buffers.slot(slot), BLOCK as u32)
+            .offset(offset)
+            .build()
+            .user_data(slot as u64);
+        // SAFETY: the buffer slot belongs to this read alone until its completion is
+        // reaped, and `buffers` and `file` outlive the ring's last operation (every read is
+        // reaped before this function returns); the queue has room for QUEUE_DEPTH entries.
+        unsafe { ring.submission().push(&sqe) }.expect("submission queue full");
+    };
+    for slot in 0..QUEUE_DEPTH {
+        read_at(&mut ring, slot);
+    }
+    let deadline = Instant::now() + run_time();
+    let start = Instant::now();
+    let mut done = 0u64;
+    let mut in_flight = QUEUE_DEPTH;
+    let mut reaped = Vec::with_capacity(QUEUE_DEPTH);
+    let mut error = None;
+    while in_flight > 0 {
+        ring.submit_and_wait(1)
+            .map_err(|e| format!("submit: {e}"))?;
+        reaped.extend(
+            ring.completion()
+                .map(|c| (c.user_data() as usize, c.result())),
+        );
+        let more = error.is_none() && Instant::now() < deadline;
+        for (slot, res) in reaped.drain(..) {
+            in_flight -= 1;
+            if res != BLOCK as i32 && error.is_none() {
+                error = Some(format!("read returned {res}"));
+            }
+            done += 1;
+            if more {
+                read_at(&mut ring, slot);
+                in_flight += 1;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    match error {
+        Some(e) => Err(e),
+        None => Ok(done as f64 / elapsed),
+    }
+}
+
+/// veloq's 4 KiB random reads at queue depth [`QUEUE_DEPTH`] on `path` (O_DIRECT when
+/// `direct`) for `duration`, in reads per second: QUEUE_DEPTH tasks on one worker, each
+/// looping `veloq::fs::File::read_at` of [`BLOCK`] bytes at random block offsets.
+///
+/// TO DO (veloq file I/O): write it once `veloq::fs::File` exists; until then it returns
+/// `None` and the rows carry no veloq figure.
+fn veloq_randread(_path: &Path, _direct: bool, _duration: Duration) -> Option<f64> {
+    None
+}
+
+pub fn all(rows: &mut Vec<Row>) {
+    let path = data_file();
+    let fio_works = Command::new("fio").arg("--version").output().is_ok();
+    if !fio_works {
+        eprintln!("file: fio not installed (make bench-io-tools): fio column skipped");
+    }
+    for direct in [false, true] {
+        let name = format!(
+            "4 KiB random reads, QD{QUEUE_DEPTH}, {} MiB file, {}",
+            file_size() >> 20,
+            if direct { "O_DIRECT" } else { "page cache" }
+        );
+        eprintln!("• {name}");
+        warm(&path);
+        let report = |who: &str, r: Result<f64, String>| match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                rounds::failed(who, &e);
+                None
+            }
+        };
+        let path = &path;
+        let mut contenders: Vec<Contender<'_, Option<f64>>> = vec![
+            Contender::new(VELOQ, move || veloq_randread(path, direct, run_time())),
+            Contender::new("io-uring", move || {
+                report("io-uring", raw_randread(path, direct))
+            }),
+        ];
+        if fio_works {
+            contenders.push(Contender::new("fio", move || {
+                report("fio", fio(path, direct))
+            }));
+        }
+        let samples = rounds::alternate(&mut contenders, 1);
+        let values: Vec<(String, Option<f64>)> = contenders
+            .iter()
+            .zip(&samples)
+            .map(|(c, s)| (c.name.clone(), rounds::median_of(s, |v| *v)))
+            .collect();
+        for (n, v) in &values {
+            let v = v.map_or("— (not measured)".into(), crate::harness::fmt_value);
+            eprintln!("    {n:<9} {v} reads/s");
+        }
+        let scenario = Scenario::higher_is_better(name, "reads/s").goal(Goal::at_least("fio", 0.9));
+        rows.push(rounds::row(scenario, values));
+    }
+}
