@@ -453,10 +453,16 @@ bench-smoke: $(IN_TREE_LIB) bench-tools bench-io-bins
 	$(call banner,I/O bench smoke run (tiny loads; not a measurement))
 	VELOQ_BENCH_QUICK=1 $(CARGO) bench --bench io -- --out build/bench/io-smoke.json
 
+# Twice: workers = cores (the default), and workers = cores - 1, as the docs recommend when a
+# host thread submits and reaps (every peer gets the same thread count in both runs).
 bench-c: $(IN_TREE_LIB) bench-tools
 	$(call banner,C API bench: veloq vs libuv vs pthread pool vs eventfd)
 	@$(SUBMAKE) build/bench/capi_bench
 	build/bench/capi_bench target/bench/capi.json
+	@if [ "$$(nproc)" -gt 1 ]; then \
+		echo "--- again with workers = cores - 1 = $$(( $$(nproc) - 1 )) (host thread keeps a core)"; \
+		VELOQ_BENCH_WORKERS=$$(( $$(nproc) - 1 )) build/bench/capi_bench target/bench/capi-host-core.json; \
+	fi
 
 bench: lib bench-tools
 	$(call banner,cargo bench --bench core)

@@ -39,6 +39,15 @@ pub(crate) struct WorkerCounters {
     pub(crate) ring_flags: AtomicU64,
 }
 
+/// Written by the worker once per turn, read by every balanced submission.
+#[derive(Default)]
+struct Progress {
+    /// Jobs of the injector and inbox run here or stolen away (see `submitted`).
+    taken: AtomicU64,
+    /// Length of the local run queue, as last published by the worker.
+    local_queued: AtomicU64,
+}
+
 /// The part of a worker that other threads may touch.
 pub(crate) struct WorkerShared {
     /// Stealable work: `spawn` from this worker, `spawn` / `spawn_balanced` from outside.
@@ -48,17 +57,19 @@ pub(crate) struct WorkerShared {
     pub(crate) inbox: Injector<Job>,
     /// Waker operations from other threads on this worker's tasks (FIFO).
     remote: Injector<RemoteOp>,
-    pub(crate) park: ParkState,
+    /// On its own line: every submission from another thread reads it, and the worker
+    /// writes it only when it goes to sleep or wakes up.
+    pub(crate) park: CachePadded<ParkState>,
     /// Written to wake the worker from its ring.
     pub(crate) eventfd: OwnedFd,
     /// Jobs ever put in this worker's injector or inbox (mesh jobs are not counted: see
     /// `ExecutorRegistry::try_terminate`).
     submitted: CachePadded<AtomicU64>,
-    /// Of those, jobs run here or stolen away.
-    taken: CachePadded<AtomicU64>,
-    /// Length of the local run queue, as last published by the worker.
-    local_queued: AtomicU64,
-    pub(crate) counters: WorkerCounters,
+    /// What the worker publishes once per turn for load balancing (`load`).
+    progress: CachePadded<Progress>,
+    /// Statistics, apart from what submitters read so that publishing them costs a
+    /// submitting thread no cache miss.
+    pub(crate) counters: CachePadded<WorkerCounters>,
     /// Set when the worker thread has left its loop; from then on remote operations are
     /// applied by whoever sends them, under `orphan_lock`.
     orphaned: AtomicBool,
@@ -79,12 +90,11 @@ impl WorkerShared {
             injector: Injector::new(),
             inbox: Injector::new(),
             remote: Injector::new(),
-            park: ParkState::new(),
+            park: CachePadded::new(ParkState::new()),
             eventfd,
             submitted: CachePadded::new(AtomicU64::new(0)),
-            taken: CachePadded::new(AtomicU64::new(0)),
-            local_queued: AtomicU64::new(0),
-            counters: WorkerCounters::default(),
+            progress: CachePadded::new(Progress::default()),
+            counters: CachePadded::new(WorkerCounters::default()),
             orphaned: AtomicBool::new(false),
             orphan_lock: Mutex::new(()),
             task_memory: UnsafeCell::new(0),
@@ -127,13 +137,17 @@ impl WorkerShared {
     /// Counts jobs of this worker that ran (or were stolen away).
     pub(crate) fn count_taken(&self, n: u64) {
         if n > 0 {
-            self.taken.fetch_add(n, SeqCst);
+            self.progress.taken.fetch_add(n, SeqCst);
         }
     }
 
-    /// Publishes the local run queue length.
+    /// Publishes the local run queue length (a store only when it changed, so an
+    /// unchanged length costs readers no cache miss).
     pub(crate) fn publish_local_queued(&self, n: usize) {
-        self.local_queued.store(n as u64, Relaxed);
+        let n = n as u64;
+        if self.progress.local_queued.load(Relaxed) != n {
+            self.progress.local_queued.store(n, Relaxed);
+        }
     }
 
     /// Queued and running work as others can see it: injector and inbox jobs not yet
@@ -141,14 +155,14 @@ impl WorkerShared {
     /// both counts only grow, `taken` is read first and every taken job was submitted
     /// before it.
     pub fn load(&self) -> u64 {
-        let taken = self.taken.load(Acquire);
+        let taken = self.progress.taken.load(Acquire);
         let submitted = self.submitted.load(Acquire);
-        submitted.saturating_sub(taken) + self.local_queued.load(Relaxed)
+        submitted.saturating_sub(taken) + self.progress.local_queued.load(Relaxed)
     }
 
     /// Whether every injector and inbox job handed to this worker has run.
     pub(crate) fn all_jobs_taken(&self) -> bool {
-        let taken = self.taken.load(SeqCst);
+        let taken = self.progress.taken.load(SeqCst);
         self.submitted.load(SeqCst) == taken
     }
 
@@ -367,8 +381,11 @@ impl ExecutorRegistry {
         if n == 1 {
             return 0;
         }
-        let a = (next_random(rng) % n as u64) as usize;
-        let mut b = (next_random(rng) % (n as u64 - 1)) as usize;
+        // One draw for both: its high and low halves, each mapped onto its range with a
+        // multiply and a shift instead of a division.
+        let r = next_random(rng);
+        let a = below(r >> 32, n);
+        let mut b = below(r & 0xffff_ffff, n - 1);
         if b >= a {
             b += 1;
         }
@@ -384,6 +401,11 @@ impl ExecutorRegistry {
             a
         }
     }
+}
+
+/// Maps a 32-bit random value onto `0..n` (n < 2^32) without a division.
+fn below(r32: u64, n: usize) -> usize {
+    ((r32 * n as u64) >> 32) as usize
 }
 
 /// xorshift64*: the per-thread generator for P2C and victim selection.
