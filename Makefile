@@ -3,6 +3,7 @@
 #   make                 cargo build --release: target/release/libveloq.so (SONAME
 #                        libveloq.so.MAJOR) and target/release/libveloq.a
 #   make demo            build, then run examples/demo.c (1M callbacks, epoll on the cq fd)
+#                        and the C echo server under a 3 s loopback load (requests/s)
 #   make examples        build the I/O examples into build/examples: echo_server (C),
 #                        echo_server_cpp (veloq.hpp), file_copy (host-side veloq_submit)
 #   make examples-test   file_copy on real files (compared with cmp), both echo servers
@@ -358,8 +359,9 @@ build/examples/demo: examples/demo.c $(VELOQ_INCLUDE_DIR)/veloq.h
 	$(CC) -std=c11 $(WARN) $(CFLAGS) -pthread -I$(VELOQ_INCLUDE_DIR) $< -o $@ $(LINK_VELOQ)
 
 demo: $(IN_TREE_LIB)
-	@$(SUBMAKE) build/examples/demo
+	@$(SUBMAKE) build/examples/demo build/examples/echo_server $(IO_BENCH_DIR)/loadgen
 	build/examples/demo
+	examples/echo_demo.sh build/examples/echo_server $(IO_BENCH_DIR)/loadgen
 
 # ---------------------------------------------------------------- I/O examples
 

@@ -214,13 +214,79 @@ fn raw_randread(path: &Path, direct: bool) -> Result<f64, String> {
 }
 
 /// veloq's 4 KiB random reads at queue depth [`QUEUE_DEPTH`] on `path` (O_DIRECT when
-/// `direct`) for `duration`, in reads per second: QUEUE_DEPTH tasks on one worker, each
-/// looping `veloq::fs::File::read_at` of [`BLOCK`] bytes at random block offsets.
-///
-/// TO DO (veloq file I/O): write it once `veloq::fs::File` exists; until then it returns
-/// `None` and the rows carry no veloq figure.
-fn veloq_randread(_path: &Path, _direct: bool, _duration: Duration) -> Option<f64> {
-    None
+/// `direct`) for `duration`, in reads per second: one worker (like the raw loop's one
+/// thread), QUEUE_DEPTH local tasks each looping `veloq::fs::File::read_at` of [`BLOCK`]
+/// bytes into its own 4 KiB-aligned buffer at random block offsets.
+fn veloq_randread(path: &Path, direct: bool, duration: Duration) -> Option<f64> {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let rt = match veloq::Runtime::builder().workers(1).build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("    veloq: runtime: {e}");
+            return None;
+        }
+    };
+    let path = path.to_path_buf();
+    let blocks = file_size() / BLOCK as u64;
+    let main = rt
+        .spawn_local_to(0, move || async move {
+            let file = veloq::fs::OpenOptions::new()
+                .read(true)
+                .direct(direct)
+                .open(&path)
+                .await
+                .map_err(|e| format!("open: {e}"))?;
+            let file = Rc::new(file);
+            let done = Rc::new(Cell::new(0u64));
+            let error: Rc<Cell<Option<i64>>> = Rc::new(Cell::new(None));
+            let deadline = Instant::now() + duration;
+            let start = Instant::now();
+            let mut readers = Vec::with_capacity(QUEUE_DEPTH);
+            for i in 0..QUEUE_DEPTH {
+                let (file, done, error) = (file.clone(), done.clone(), error.clone());
+                readers.push(
+                    veloq::spawn_local(async move {
+                        let mut rng = 0x2545_f491_4f6c_dd1du64 ^ ((i as u64 + 1) << 32);
+                        let mut buf = veloq::io::AlignedBuf::new(BLOCK, BLOCK);
+                        while Instant::now() < deadline {
+                            rng = xorshift(rng);
+                            let offset = (rng % blocks) * BLOCK as u64;
+                            let (res, b) = file.read_at(buf, offset).await;
+                            buf = b;
+                            match res {
+                                Ok(n) if n == BLOCK => done.set(done.get() + 1),
+                                Ok(n) => error.set(Some(n as i64)),
+                                Err(e) => error.set(Some(-(e.raw_os_error().unwrap_or(0) as i64))),
+                            }
+                            if error.get().is_some() {
+                                break;
+                            }
+                        }
+                    })
+                    .map_err(|_| "spawn refused".to_string())?,
+                );
+            }
+            for r in readers {
+                r.await.map_err(|e| format!("reader: {e:?}"))?;
+            }
+            if let Some(res) = error.get() {
+                return Err(format!("read returned {res}"));
+            }
+            Ok(done.get() as f64 / start.elapsed().as_secs_f64())
+        })
+        .ok()?;
+    match rt.block_on(main) {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            eprintln!("    veloq: {e}");
+            None
+        }
+        Err(e) => {
+            eprintln!("    veloq: {e:?}");
+            None
+        }
+    }
 }
 
 pub fn all(rows: &mut Vec<Row>) {

@@ -46,13 +46,74 @@ fn raw_nop() -> Result<f64, String> {
     Ok(done as f64 / start.elapsed().as_secs_f64() / 1e6)
 }
 
-/// veloq's NOP throughput through its driver, in millions per second: batches of [`BATCH`]
-/// NOPs submitted from one worker and awaited.
-///
-/// TO DO (veloq driver): write it once the driver exposes a NOP (or any no-op operation)
-/// a bench can submit; until then it returns `None` and the row carries no veloq figure.
-fn veloq_nop(_duration: Duration) -> Option<f64> {
-    None
+/// veloq's NOP throughput through its driver, in millions per second: one worker submits
+/// batches of [`BATCH`] NOPs through `RuntimeContext::submit_io` (the path the C API takes:
+/// one callback per completion) and waits for each batch to complete before the next, as
+/// the raw loop does.
+fn veloq_nop(duration: Duration) -> Option<f64> {
+    use std::cell::Cell;
+    use std::ffi::c_void;
+    use std::task::{Poll, Waker};
+
+    /// What the callbacks of one batch share with the task that waits for them.
+    struct Batch {
+        left: Cell<usize>,
+        failed: Cell<bool>,
+        waker: Cell<Option<Waker>>,
+    }
+
+    unsafe extern "C" fn on_nop(_: *mut veloq::RuntimeContext, res: i64, _: u32, arg: *mut c_void) {
+        // SAFETY: `arg` is the Batch below, alive until every callback of the batch ran.
+        let batch = unsafe { &*(arg as *const Batch) };
+        if res != 0 {
+            batch.failed.set(true);
+        }
+        batch.left.set(batch.left.get() - 1);
+        if batch.left.get() == 0 {
+            if let Some(w) = batch.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    let rt = veloq::Runtime::builder().workers(1).build().ok()?;
+    let main = rt
+        .spawn_local_to(0, move || async move {
+            let batch = Box::new(Batch {
+                left: Cell::new(0),
+                failed: Cell::new(false),
+                waker: Cell::new(None),
+            });
+            let arg = &*batch as *const Batch as *mut c_void;
+            let deadline = Instant::now() + duration;
+            let start = Instant::now();
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                batch.left.set(BATCH);
+                veloq::RuntimeContext::with_current(|cx| {
+                    let cx = cx.expect("on a worker");
+                    for _ in 0..BATCH {
+                        // SAFETY: a NOP uses no memory; `on_nop` may be called with `arg`
+                        // on this worker, which outlives the batch (awaited below).
+                        unsafe { cx.submit_io(veloq::io::RawOp::Nop, on_nop, arg) }
+                            .expect("nop accepted");
+                    }
+                });
+                std::future::poll_fn(|cx| {
+                    if batch.left.get() == 0 {
+                        Poll::Ready(())
+                    } else {
+                        batch.waker.set(Some(cx.waker().clone()));
+                        Poll::Pending
+                    }
+                })
+                .await;
+                done += BATCH as u64;
+            }
+            (!batch.failed.get()).then(|| done as f64 / start.elapsed().as_secs_f64() / 1e6)
+        })
+        .ok()?;
+    rt.block_on(main).ok().flatten()
 }
 
 pub fn all(rows: &mut Vec<Row>) {

@@ -1,5 +1,6 @@
 //! [`File`]: positional reads and writes through the ring.
 
+use crate::io::fd::IoFd;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -13,7 +14,7 @@ use crate::io::{IoBuf, IoBufMut, RawOp};
 /// at once (`close(2)`); [`close`](Self::close) closes it through the ring.
 #[derive(Debug)]
 pub struct File {
-    fd: OwnedFd,
+    fd: IoFd,
 }
 
 /// What `statx` says about a file (see [`File::metadata`]).
@@ -79,7 +80,7 @@ impl File {
     pub(super) fn from_new_fd(fd: u32) -> File {
         // SAFETY: the kernel just created this descriptor for us (openat).
         File {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+            fd: unsafe { IoFd::from_raw_fd(fd as RawFd) },
         }
     }
 
@@ -100,7 +101,9 @@ impl File {
 
     /// Takes over a file opened by the standard library.
     pub fn from_std(file: std::fs::File) -> File {
-        File { fd: file.into() }
+        File {
+            fd: OwnedFd::from(file).into(),
+        }
     }
 
     /// Reads at `offset` into `buf` (from its first byte, up to `bytes_total()`): how
@@ -304,7 +307,7 @@ impl FromRawFd for File {
     unsafe fn from_raw_fd(fd: RawFd) -> File {
         File {
             // SAFETY: forwarded promise.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: unsafe { IoFd::from_raw_fd(fd) },
         }
     }
 }

@@ -364,24 +364,12 @@ impl Driver {
         if !internal && self.in_flight.saturating_add(n) > self.max_in_flight {
             return false;
         }
-        if self.sq_room() < n {
+        let mut pushed = self.push_entries(pending, n);
+        if !pushed {
             // Hand what is queued to the kernel to make room.
             self.enter(0);
-            if self.sq_room() < n {
-                return false;
-            }
+            pushed = self.push_entries(pending, n);
         }
-        let mut sq = self.ring.submission();
-        // SAFETY: the entries' pointers stay valid until their final completion: they
-        // point into the operation's owner (future, C caller, slot keep or timespec),
-        // which the table keeps alive until then.
-        let pushed = unsafe {
-            match pending {
-                Pending::One(_, e) | Pending::Internal(e) => sq.push(e).is_ok(),
-                Pending::Linked(_, e, t) => sq.push_multiple(&[e.clone(), t.clone()]).is_ok(),
-            }
-        };
-        drop(sq);
         if pushed {
             self.in_flight += n;
             if let Some(id) = pending.op() {
@@ -391,6 +379,23 @@ impl Driver {
             }
         }
         pushed
+    }
+
+    /// Pushes `pending`'s `n` entries when the submission queue has room for all.
+    fn push_entries(&mut self, pending: &Pending, n: usize) -> bool {
+        let mut sq = self.ring.submission();
+        if sq.capacity() - sq.len() < n {
+            return false;
+        }
+        // SAFETY: the entries' pointers stay valid until their final completion: they
+        // point into the operation's owner (future, C caller, slot keep or timespec),
+        // which the table keeps alive until then.
+        unsafe {
+            match pending {
+                Pending::One(_, e) | Pending::Internal(e) => sq.push(e).is_ok(),
+                Pending::Linked(_, e, t) => sq.push_multiple(&[e.clone(), t.clone()]).is_ok(),
+            }
+        }
     }
 
     fn sq_room(&mut self) -> usize {
@@ -451,6 +456,14 @@ impl Driver {
         }
     }
 
+    /// Hands the entries already in the submission queue to the kernel, when there
+    /// are any (before a descriptor they name is closed: see `IoFd`).
+    pub(crate) fn flush_queued(&mut self) {
+        if !self.ring.submission().is_empty() {
+            self.enter(0);
+        }
+    }
+
     fn enter(&mut self, want: usize) {
         self.stats.enters += 1;
         // Errors are not failures here. EINTR: try again next turn. EBUSY/EAGAIN: the
@@ -507,6 +520,7 @@ impl Driver {
             return;
         };
         let result = OpResult { res, flags };
+        let future = matches!(slot.target, Target::Future(_));
         let finished = !more || !slot.multishot;
         match &mut slot.target {
             Target::Future(waker) => {
@@ -552,11 +566,8 @@ impl Driver {
         if finished {
             self.in_flight -= 1;
             self.stats.completed += 1;
-            let remove = !matches!(
-                self.table.get_mut(id).map(|s| &s.target),
-                Some(Target::Future(_))
-            );
-            if remove {
+            if !future {
+                // A future collects its result (and frees the slot) when polled.
                 self.table.remove(id);
             }
         }

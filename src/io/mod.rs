@@ -12,6 +12,7 @@ mod buf;
 pub(crate) mod buf_ring;
 pub mod buffers;
 pub(crate) mod driver;
+pub(crate) mod fd;
 pub(crate) mod op;
 pub(crate) mod op_table;
 mod ops;

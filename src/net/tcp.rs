@@ -1,5 +1,6 @@
 //! TCP: [`TcpListener`] and [`TcpStream`].
 
+use crate::io::fd::IoFd;
 use std::future::poll_fn;
 use std::io;
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
@@ -18,7 +19,7 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 /// synchronous (it never waits).
 #[derive(Debug)]
 pub struct TcpListener {
-    fd: OwnedFd,
+    fd: IoFd,
 }
 
 impl TcpListener {
@@ -49,14 +50,14 @@ impl TcpListener {
             let backlog = backlog.min(i32::MAX as u32) as i32;
             // SAFETY: plain system call on a socket we own.
             addr::cvt(unsafe { libc::listen(raw, backlog) })?;
-            Ok(TcpListener { fd })
+            Ok(TcpListener { fd: fd.into() })
         })
     }
 
     /// Takes over a listener made by the standard library (already listening).
     pub fn from_std(listener: std::net::TcpListener) -> TcpListener {
         TcpListener {
-            fd: listener.into(),
+            fd: OwnedFd::from(listener).into(),
         }
     }
 
@@ -192,7 +193,7 @@ impl FromRawFd for TcpListener {
     unsafe fn from_raw_fd(fd: RawFd) -> TcpListener {
         TcpListener {
             // SAFETY: forwarded promise.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: unsafe { IoFd::from_raw_fd(fd) },
         }
     }
 }
@@ -205,14 +206,14 @@ impl FromRawFd for TcpListener {
 /// closes it through the ring.
 #[derive(Debug)]
 pub struct TcpStream {
-    fd: OwnedFd,
+    fd: IoFd,
 }
 
 impl TcpStream {
     fn from_new_fd(fd: u32) -> TcpStream {
         // SAFETY: the kernel just created this descriptor for us (accept or socket).
         TcpStream {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+            fd: unsafe { IoFd::from_raw_fd(fd as RawFd) },
         }
     }
 
@@ -259,7 +260,9 @@ impl TcpStream {
 
     /// Takes over a connected stream made by the standard library.
     pub fn from_std(stream: std::net::TcpStream) -> TcpStream {
-        TcpStream { fd: stream.into() }
+        TcpStream {
+            fd: OwnedFd::from(stream).into(),
+        }
     }
 
     /// Receives into `buf` (up to `bytes_total()` bytes, from its first byte): how many
@@ -462,7 +465,7 @@ impl TcpStream {
 }
 
 /// Closes `fd` through the ring; off a worker (or during shutdown) with `close(2)`.
-pub(crate) async fn close_fd(fd: OwnedFd) -> io::Result<()> {
+pub(crate) async fn close_fd(fd: IoFd) -> io::Result<()> {
     let raw = fd.into_raw_fd();
     match Op::submit((), |_| RawOp::Close { fd: raw }.entry()) {
         Ok(op) => {
@@ -500,7 +503,7 @@ impl FromRawFd for TcpStream {
     unsafe fn from_raw_fd(fd: RawFd) -> TcpStream {
         TcpStream {
             // SAFETY: forwarded promise.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: unsafe { IoFd::from_raw_fd(fd) },
         }
     }
 }

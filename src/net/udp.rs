@@ -1,5 +1,6 @@
 //! UDP: [`UdpSocket`].
 
+use crate::io::fd::IoFd;
 use std::io;
 use std::mem::zeroed;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -13,7 +14,7 @@ use crate::io::{IoBuf, IoBufMut, RawOp};
 /// and given back (see the [module documentation](crate::net)).
 #[derive(Debug)]
 pub struct UdpSocket {
-    fd: OwnedFd,
+    fd: IoFd,
 }
 
 /// What a `sendmsg`/`recvmsg` hands the kernel: the header, its one iovec and the
@@ -59,13 +60,15 @@ impl UdpSocket {
         addr::each_addr(addr, |a| {
             let fd = addr::socket(addr::domain(a), libc::SOCK_DGRAM)?;
             addr::bind(fd.as_raw_fd(), a)?;
-            Ok(UdpSocket { fd })
+            Ok(UdpSocket { fd: fd.into() })
         })
     }
 
     /// Takes over a socket made by the standard library.
     pub fn from_std(socket: std::net::UdpSocket) -> UdpSocket {
-        UdpSocket { fd: socket.into() }
+        UdpSocket {
+            fd: OwnedFd::from(socket).into(),
+        }
     }
 
     /// Sets the default peer: [`send`](Self::send) goes there and only its datagrams are
@@ -209,7 +212,7 @@ impl FromRawFd for UdpSocket {
     unsafe fn from_raw_fd(fd: RawFd) -> UdpSocket {
         UdpSocket {
             // SAFETY: forwarded promise.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: unsafe { IoFd::from_raw_fd(fd) },
         }
     }
 }

@@ -1,0 +1,78 @@
+//! [`IoFd`]: an owned descriptor that is safe to close while operations on it may
+//! still sit in the worker's submission queue.
+//!
+//! An operation names its descriptor by number, and the kernel looks the number up
+//! when the entry is submitted, not when it was queued. Closing a descriptor with
+//! entries for it still queued, and the number then being reused by a new file, would
+//! let those entries act on the wrong file. Once submitted, an operation holds its own
+//! reference to the file, so closing is harmless. `IoFd` therefore hands the current
+//! worker's queued entries to the kernel before it closes.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use crate::runtime::RuntimeContext;
+
+/// An owned file descriptor, closed on drop after the current worker's queued
+/// submissions were handed to the kernel.
+#[derive(Debug)]
+pub(crate) struct IoFd(Option<OwnedFd>);
+
+impl IoFd {
+    fn inner(&self) -> &OwnedFd {
+        self.0
+            .as_ref()
+            .expect("an IoFd holds its descriptor until dropped")
+    }
+}
+
+impl From<OwnedFd> for IoFd {
+    fn from(fd: OwnedFd) -> IoFd {
+        IoFd(Some(fd))
+    }
+}
+
+impl FromRawFd for IoFd {
+    unsafe fn from_raw_fd(fd: RawFd) -> IoFd {
+        // SAFETY: the caller gives us ownership of an open descriptor.
+        IoFd(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
+
+impl IntoRawFd for IoFd {
+    fn into_raw_fd(mut self) -> RawFd {
+        self.0.take().expect("held until dropped").into_raw_fd()
+    }
+}
+
+impl AsRawFd for IoFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner().as_raw_fd()
+    }
+}
+
+impl AsFd for IoFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner().as_fd()
+    }
+}
+
+impl Drop for IoFd {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            flush_queued_submissions();
+            drop(fd);
+        }
+    }
+}
+
+/// Hands this worker's queued submissions to the kernel (no-op off a worker, or when
+/// nothing is queued, or when the driver is busy on this thread).
+pub(crate) fn flush_queued_submissions() {
+    RuntimeContext::with_current(|cx| {
+        if let Some(cx) = cx {
+            if let Ok(mut driver) = cx.driver.try_borrow_mut() {
+                driver.flush_queued();
+            }
+        }
+    });
+}
