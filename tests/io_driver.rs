@@ -140,3 +140,68 @@ fn receives_that_wait_for_ever_do_not_starve_other_io_on_a_small_ring() {
         .unwrap();
     assert_eq!(rt.block_on(h).unwrap(), b"through");
 }
+
+/// A ring the kernel refuses (here: no descriptor left for it, RLIMIT_NOFILE) fails
+/// `build` with the kernel's errno and a message that names the ring and the reason.
+/// Runs in a child process (this test binary re-run for this test alone), so the lowered
+/// limit touches nothing else.
+#[test]
+fn a_ring_the_kernel_refuses_fails_the_build_with_a_clear_error() {
+    const CHILD: &str = "VELOQ_RING_REFUSED_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        // Child: raise the descriptor limit one by one from "nothing more may open"
+        // until a build succeeds; each failure on the way must be a clean error, and one
+        // of them the ring's (its eventfd is made first, then the ring on the worker).
+        let open: std::collections::HashSet<u64> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .collect();
+        // New descriptors take the lowest free number, and must be below the limit.
+        let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+        for limit in lowest_free..lowest_free + 16 {
+            let rl = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: 20_000.max(limit),
+            };
+            // SAFETY: plain syscall on a valid struct.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) }, 0);
+            match Runtime::builder().workers(1).build() {
+                Err(err) => println!(
+                    "CHILD-ERROR errno={} msg={err}",
+                    veloq::OsError::errno_of(&err)
+                ),
+                Ok(rt) => {
+                    drop(rt);
+                    break;
+                }
+            }
+        }
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "a_ring_the_kernel_refuses_fails_the_build_with_a_clear_error",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ring_error = stdout
+        .lines()
+        .filter(|l| l.contains("CHILD-ERROR"))
+        .find(|l| l.contains("io_uring"))
+        .unwrap_or_else(|| panic!("no ring error:\n{stdout}"));
+    assert!(
+        ring_error.contains(&format!("errno={}", libc::EMFILE)),
+        "{ring_error}"
+    );
+}

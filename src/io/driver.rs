@@ -258,6 +258,10 @@ impl Driver {
             if flags.coop_taskrun {
                 b.setup_coop_taskrun();
             }
+            // A completion queue well above the submission queue: many operations may be
+            // in flight at once (idle connections' receives), and an overflowing queue makes
+            // the kernel end multishot operations early.
+            b.setup_cqsize(cq_entries_for(entries));
             if flags.defer_taskrun || flags.coop_taskrun {
                 // Lets the worker see pending deferred completions without a syscall.
                 b.setup_taskrun_flag();
@@ -754,6 +758,12 @@ fn post(cq: &CompletionQueue, cqe: Cqe, last: bool) {
     }
 }
 
+/// Completion-queue entries for a ring of `sq_entries`: 8 per submission entry, at least
+/// 4096, at most the kernel's 65536 (16 bytes each: 64 KiB at the default ring size).
+fn cq_entries_for(sq_entries: u32) -> u32 {
+    sq_entries.saturating_mul(8).clamp(4096, 65536)
+}
+
 fn timespec(ns: u64) -> types::Timespec {
     types::Timespec::new()
         .sec(ns / 1_000_000_000)
@@ -805,6 +815,9 @@ fn describe(e: io::Error, entries: u32) -> io::Error {
         Some(libc::EPERM) => "io_uring is forbidden here (seccomp or io_uring_disabled)",
         Some(libc::ENOMEM) => "not enough locked memory for the ring (RLIMIT_MEMLOCK)",
         Some(libc::EINVAL) => "the kernel refused the ring parameters (entries out of range?)",
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            "no file descriptor left for the ring (RLIMIT_NOFILE or the system's limit)"
+        }
         _ => "io_uring_setup failed",
     };
     let errno = e.raw_os_error().unwrap_or(libc::EIO);
