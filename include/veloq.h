@@ -647,7 +647,9 @@ int64_t veloq_sendmsg(struct veloq_ctx *ctx,
  * `veloq_buf_*` pools): one completion per chunk received, with `VELOQ_CQE_F_MORE` while
  * more follow; the buffer used is named in the upper 16 bits of `flags`. It ends (entry
  * without the flag) on an error (-ENOBUFS when the group is empty or unknown), at end of
- * stream (res 0), or on `veloq_cancel` (-ECANCELED). Returns the op id (> 0); -EINVAL
+ * stream (res 0), or on `veloq_cancel` (-ECANCELED); the kernel may also end it on its own
+ * (when the completion queue overflows), with data in that final entry: re-arm unless it
+ * is -ECANCELED, -ESHUTDOWN or end of stream. Returns the op id (> 0); -EINVAL
  * (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its
  * `ctx`; `cb` runs on the same worker.
  */
@@ -662,7 +664,10 @@ int64_t veloq_recv_multishot(struct veloq_ctx *ctx,
  * `accept4(fd, NULL, NULL, SOCK_CLOEXEC)` on a listening socket. `res`: the new
  * connection's fd (the callback's to close) or a negative errno. With `multishot`, one
  * completion per connection, each with `VELOQ_CQE_F_MORE`, until an error or
- * `veloq_cancel` ends it (final entry without the flag, e.g. -ECANCELED). Returns the op
+ * `veloq_cancel` ends it (final entry without the flag, e.g. -ECANCELED). The kernel may
+ * also end it on its own (it does when the completion queue overflows): that final entry
+ * may still carry a connection (res >= 0); accept again unless it is -ECANCELED or
+ * -ESHUTDOWN. Returns the op
  * id (> 0); -EINVAL (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a
  * worker, with its `ctx`; `cb` runs on the same worker.
  */
