@@ -132,6 +132,9 @@ pub(crate) struct Driver {
     max_in_flight: usize,
     /// Shutdown: everything was cancelled and new operations are refused.
     closed: bool,
+    /// The ring's TASKRUN / CQ_OVERFLOW flags stayed up after an enter that had nothing
+    /// for us; they are ignored until the next completion, submission or park.
+    flags_stale: bool,
     stats: DriverStats,
     /// The worker this driver belongs to (stamped on completion-queue entries).
     worker: u32,
@@ -183,6 +186,7 @@ impl Driver {
                     .max(1)
             },
             closed: false,
+            flags_stale: false,
             stats: DriverStats::default(),
             worker,
         })
@@ -375,6 +379,7 @@ impl Driver {
             pushed = self.push_entries(pending, n);
         }
         if pushed {
+            self.flags_stale = false;
             self.in_flight += n;
             if let Some(id) = pending.op() {
                 if let Some(slot) = self.table.get_mut(id) {
@@ -436,7 +441,7 @@ impl Driver {
             return true;
         }
         let sq = self.ring.submission();
-        if !sq.is_empty() || sq.taskrun() || sq.cq_overflow() {
+        if !sq.is_empty() || (!self.flags_stale && (sq.taskrun() || sq.cq_overflow())) {
             return true;
         }
         drop(sq);
@@ -453,10 +458,19 @@ impl Driver {
     pub(crate) fn flush(&mut self) {
         self.drain_backlog();
         let sq = self.ring.submission();
-        let need = !sq.is_empty() || sq.taskrun() || sq.cq_overflow();
+        let queued = !sq.is_empty();
+        let flagged = !self.flags_stale && (sq.taskrun() || sq.cq_overflow());
         drop(sq);
-        if need {
+        if queued || flagged {
             self.enter(0);
+        }
+        if flagged && !queued && self.ring.completion().is_empty() {
+            // Entered for the kernel's "work pending" flags alone and got nothing: if
+            // they are still up they are stale (seen with nothing in flight), and must
+            // not keep the worker busy (nor count as work at shutdown). Ignored until the
+            // next completion, submission or park; a park waits for real work anyway.
+            let sq = self.ring.submission();
+            self.flags_stale = sq.taskrun() || sq.cq_overflow();
         }
     }
 
@@ -505,6 +519,7 @@ impl Driver {
             handled += n;
         }
         if handled > 0 {
+            self.flags_stale = false;
             self.drain_backlog();
         }
         handled
@@ -695,6 +710,7 @@ impl Driver {
 
     /// Sleeps until the eventfd is written or a completion arrives.
     pub(crate) fn park(&mut self) {
+        self.flags_stale = false;
         if self.park_in_poll {
             self.park_in_poll();
             return;
