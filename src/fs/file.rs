@@ -1,5 +1,6 @@
 //! [`File`]: positional reads and writes through the ring.
 
+use crate::io::buffers::PoolBuf;
 use crate::io::fd::IoFd;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -110,6 +111,65 @@ impl File {
     /// many bytes were read (0 at or past the end) and the buffer.
     pub async fn read_at<B: IoBufMut>(&self, buf: B, offset: u64) -> (io::Result<usize>, B) {
         self.read_into(buf, 0, offset).await
+    }
+
+    /// Reads at `offset` into a pool buffer (from its first byte, up to its capacity),
+    /// as a fixed-buffer read (`IORING_OP_READ_FIXED`) when the buffer is registered with
+    /// this worker's ring, else as a plain read; the buffer's length becomes what was read
+    /// if that is more. Returns how many bytes were read and the buffer.
+    pub async fn read_fixed_at(&self, buf: PoolBuf, offset: u64) -> (io::Result<usize>, PoolBuf) {
+        let Some(index) = fixed_index(&buf) else {
+            return self.read_at(buf, offset).await;
+        };
+        let off = match self::offset(offset) {
+            Ok(o) => o,
+            Err(e) => return (Err(e), buf),
+        };
+        let fd = self.fd.as_raw_fd();
+        let len = buf.capacity().min(u32::MAX as usize) as u32;
+        let (r, mut buf) = op::run(buf, |b| {
+            RawOp::ReadFixed {
+                fd,
+                buf: b.as_mut_ptr(),
+                len,
+                offset: off,
+                buf_index: index,
+            }
+            .entry()
+        })
+        .await;
+        if let Ok(n) = r {
+            // SAFETY: the kernel wrote `n` bytes from the start of the buffer.
+            unsafe { buf.set_init(n as usize) };
+        }
+        (r.map(|n| n as usize), buf)
+    }
+
+    /// Writes the pool buffer's `len()` bytes at `offset`, as a fixed-buffer write
+    /// (`IORING_OP_WRITE_FIXED`) when the buffer is registered with this worker's ring,
+    /// else as a plain write. Returns how many bytes were written and the buffer.
+    pub async fn write_fixed_at(&self, buf: PoolBuf, offset: u64) -> (io::Result<usize>, PoolBuf) {
+        let Some(index) = fixed_index(&buf) else {
+            return self.write_at(buf, offset).await;
+        };
+        let off = match self::offset(offset) {
+            Ok(o) => o,
+            Err(e) => return (Err(e), buf),
+        };
+        let fd = self.fd.as_raw_fd();
+        let len = buf.len().min(u32::MAX as usize) as u32;
+        let (r, buf) = op::run(buf, |b| {
+            RawOp::WriteFixed {
+                fd,
+                buf: b.as_ptr(),
+                len,
+                offset: off,
+                buf_index: index,
+            }
+            .entry()
+        })
+        .await;
+        (r.map(|n| n as usize), buf)
     }
 
     /// One read of up to `bytes_total() - at` bytes into `buf[at..]`, at file offset
@@ -310,4 +370,10 @@ impl FromRawFd for File {
             fd: unsafe { IoFd::from_raw_fd(fd) },
         }
     }
+}
+
+/// The fixed-buffer index of `buf` on the current worker's ring: only when it came from
+/// this worker's pool and that pool is registered (a buffer may have moved workers).
+fn fixed_index(buf: &PoolBuf) -> Option<u16> {
+    crate::runtime::RuntimeContext::with_current(|cx| cx?.buffers.fixed_index(buf))
 }

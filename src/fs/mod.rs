@@ -11,8 +11,10 @@
 //! until the kernel is done). During shutdown operations fail with `ECANCELED` or
 //! `ESHUTDOWN`.
 //!
-//! Reads and writes on registered buffers (`read_fixed_at`/`write_fixed_at`, through
-//! `RawOp::ReadFixed`/`WriteFixed`) come with the per-worker buffer pools.
+//! Reads and writes on registered buffers: [`File::read_fixed_at`] /
+//! [`File::write_fixed_at`] take a pool buffer (`RuntimeContext::alloc_buf`) and use
+//! `IORING_OP_READ_FIXED` / `WRITE_FIXED` when it is registered with the current worker's
+//! ring (else a plain read or write).
 
 mod file;
 mod open_options;
