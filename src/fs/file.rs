@@ -3,7 +3,7 @@
 use crate::io::buffers::PoolBuf;
 use crate::io::fd::IoFd;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use super::OpenOptions;
@@ -343,34 +343,7 @@ impl File {
     }
 }
 
-impl AsRawFd for File {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl AsFd for File {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-impl IntoRawFd for File {
-    fn into_raw_fd(self) -> RawFd {
-        self.fd.into_raw_fd()
-    }
-}
-
-impl FromRawFd for File {
-    /// # Safety
-    /// `fd` must be an open file the caller owns (closed on drop).
-    unsafe fn from_raw_fd(fd: RawFd) -> File {
-        File {
-            // SAFETY: forwarded promise.
-            fd: unsafe { IoFd::from_raw_fd(fd) },
-        }
-    }
-}
+crate::io::fd::impl_fd_traits!(File, "an open file");
 
 /// The fixed-buffer index of `buf` on the current worker's ring: only when it came from
 /// this worker's pool and that pool is registered (a buffer may have moved workers).

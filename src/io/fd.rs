@@ -76,3 +76,39 @@ pub(crate) fn flush_queued_submissions() {
         }
     });
 }
+
+/// The descriptor traits of a type holding its descriptor in an `fd: IoFd` field:
+/// `AsRawFd`, `AsFd`, `IntoRawFd`, and `FromRawFd` (whose caller must pass `$what` it
+/// owns; it is closed on drop).
+macro_rules! impl_fd_traits {
+    ($ty:ident, $what:literal) => {
+        impl std::os::fd::AsRawFd for $ty {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+            }
+        }
+
+        impl std::os::fd::AsFd for $ty {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(&self.fd)
+            }
+        }
+
+        impl std::os::fd::IntoRawFd for $ty {
+            fn into_raw_fd(self) -> std::os::fd::RawFd {
+                std::os::fd::IntoRawFd::into_raw_fd(self.fd)
+            }
+        }
+
+        impl std::os::fd::FromRawFd for $ty {
+            #[doc = concat!("# Safety\n`fd` must be ", $what, " the caller owns (closed on drop).")]
+            unsafe fn from_raw_fd(fd: std::os::fd::RawFd) -> $ty {
+                $ty {
+                    // SAFETY: forwarded promise.
+                    fd: unsafe { <crate::io::fd::IoFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_fd_traits;

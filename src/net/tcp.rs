@@ -4,7 +4,7 @@ use crate::io::fd::IoFd;
 use std::future::poll_fn;
 use std::io;
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -169,34 +169,7 @@ impl Incoming<'_> {
     }
 }
 
-impl AsRawFd for TcpListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl AsFd for TcpListener {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-impl IntoRawFd for TcpListener {
-    fn into_raw_fd(self) -> RawFd {
-        self.fd.into_raw_fd()
-    }
-}
-
-impl FromRawFd for TcpListener {
-    /// # Safety
-    /// `fd` must be an open, listening TCP socket the caller owns (it is closed on drop).
-    unsafe fn from_raw_fd(fd: RawFd) -> TcpListener {
-        TcpListener {
-            // SAFETY: forwarded promise.
-            fd: unsafe { IoFd::from_raw_fd(fd) },
-        }
-    }
-}
+crate::io::fd::impl_fd_traits!(TcpListener, "an open, listening TCP socket");
 
 /// A connected TCP stream. Reads and writes take the buffer by value and give it back
 /// with the result: `read(buf) -> (io::Result<usize>, buf)`; the kernel owns it in
@@ -479,31 +452,4 @@ pub(crate) async fn close_fd(fd: IoFd) -> io::Result<()> {
     }
 }
 
-impl AsRawFd for TcpStream {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl AsFd for TcpStream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-impl IntoRawFd for TcpStream {
-    fn into_raw_fd(self) -> RawFd {
-        self.fd.into_raw_fd()
-    }
-}
-
-impl FromRawFd for TcpStream {
-    /// # Safety
-    /// `fd` must be an open, connected TCP socket the caller owns (closed on drop).
-    unsafe fn from_raw_fd(fd: RawFd) -> TcpStream {
-        TcpStream {
-            // SAFETY: forwarded promise.
-            fd: unsafe { IoFd::from_raw_fd(fd) },
-        }
-    }
-}
+crate::io::fd::impl_fd_traits!(TcpStream, "an open, connected TCP socket");

@@ -4,7 +4,7 @@ use crate::io::fd::IoFd;
 use std::io;
 use std::mem::zeroed;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::addr::{self, op_len, SockAddr};
 use crate::io::op;
@@ -188,31 +188,4 @@ impl UdpSocket {
     }
 }
 
-impl AsRawFd for UdpSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl AsFd for UdpSocket {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-impl IntoRawFd for UdpSocket {
-    fn into_raw_fd(self) -> RawFd {
-        self.fd.into_raw_fd()
-    }
-}
-
-impl FromRawFd for UdpSocket {
-    /// # Safety
-    /// `fd` must be an open UDP socket the caller owns (closed on drop).
-    unsafe fn from_raw_fd(fd: RawFd) -> UdpSocket {
-        UdpSocket {
-            // SAFETY: forwarded promise.
-            fd: unsafe { IoFd::from_raw_fd(fd) },
-        }
-    }
-}
+crate::io::fd::impl_fd_traits!(UdpSocket, "an open UDP socket");
