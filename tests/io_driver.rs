@@ -205,3 +205,32 @@ fn a_ring_the_kernel_refuses_fails_the_build_with_a_clear_error() {
         "{ring_error}"
     );
 }
+
+#[test]
+fn worker_stats_count_io_submitted_and_completed() {
+    let rt = runtime(1, 64);
+    let before = rt.stats()[0];
+    let h = rt
+        .spawn_local_to(0, || async {
+            for _ in 0..100 {
+                io::nop().await.unwrap();
+            }
+        })
+        .unwrap();
+    rt.block_on(h).unwrap();
+    // Published by the worker after it handles completions (and before it parks), so
+    // possibly a moment after the task's handle resolved.
+    let mut after = rt.stats()[0];
+    for _ in 0..5000 {
+        after = rt.stats()[0];
+        if after.io_completed >= before.io_completed + 100 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(after.io_submitted >= before.io_submitted + 100, "{after:?}");
+    assert!(after.io_completed >= before.io_completed + 100, "{after:?}");
+    assert_eq!(after.io_stale, 0, "{after:?}");
+    assert_eq!(after.io_backlog, 0, "{after:?}");
+    assert!(after.io_enters > 0, "{after:?}");
+}

@@ -68,7 +68,6 @@ pub(crate) enum Delivery {
 /// must reach the kernel together.
 enum Pending {
     One(OpId, Entry),
-    #[allow(dead_code)] // made by submit_with_deadline, not called yet
     Linked(OpId, Entry, Entry),
     Internal(Entry),
 }
@@ -89,10 +88,7 @@ impl Pending {
     }
 }
 
-/// Counters of one driver, to be published with the worker's statistics.
-// Not read yet: `WorkerStats` does not carry them (adding them changes the C struct);
-// kept for that, see the rustio report.
-#[allow(dead_code)]
+/// Counters of one driver, published with the worker's statistics (`WorkerStats::io_*`).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct DriverStats {
     /// Operations accepted (C, Rust and host-side).
@@ -198,15 +194,11 @@ impl Driver {
     }
 
     /// The ring's submitter (for registering buffers).
-    // Unused until the per-worker buffer pools register their buffers through it.
-    #[allow(dead_code)]
     pub(crate) fn submitter(&self) -> io_uring::Submitter<'_> {
         self.ring.submitter()
     }
 
     /// This driver's counters.
-    // Unused until `WorkerStats` publishes them (see `DriverStats`).
-    #[allow(dead_code)]
     pub(crate) fn stats(&self) -> DriverStats {
         DriverStats {
             stale: self.table.stale(),
@@ -307,7 +299,6 @@ impl Driver {
 
     /// Like [`submit`](Self::submit), with a deadline: the kernel cancels the operation
     /// (result -ECANCELED) when `deadline_ns` passes first.
-    #[allow(dead_code)] // for the Rust net/fs layers still to come
     pub(crate) fn submit_with_deadline(
         &mut self,
         entry: Entry,

@@ -97,7 +97,6 @@ impl<T: 'static> Op<T> {
     }
 
     /// Like [`submit`](Self::submit), cancelled by the kernel after `deadline_ns`.
-    #[allow(dead_code)] // for the Rust net/fs layers still to come
     pub(crate) fn submit_with_deadline(
         mut data: T,
         deadline_ns: u64,
@@ -235,7 +234,6 @@ fn orphan(id: OpId, owner: Owner, keep: Box<dyn std::any::Any>) {
 }
 
 /// A multishot operation: yields each completion until the final one.
-#[allow(dead_code)] // for the Rust net layer still to come
 pub(crate) struct MultiOp<T: 'static> {
     id: OpId,
     owner: Owner,
@@ -246,7 +244,6 @@ pub(crate) struct MultiOp<T: 'static> {
 // SAFETY: as for Op.
 unsafe impl<T: Send + 'static> Send for MultiOp<T> {}
 
-#[allow(dead_code)]
 impl<T: 'static> MultiOp<T> {
     /// Submits a multishot entry whose results are new file descriptors (multishot
     /// accept; its memory in `data`, as for [`Op::submit`]). Descriptors nobody

@@ -257,8 +257,6 @@ impl OpTable {
     }
 
     /// Completions that named no live operation.
-    // Read by `Driver::stats`, itself unused until `WorkerStats` publishes it.
-    #[allow(dead_code)]
     pub(crate) fn stale(&self) -> u64 {
         self.stale
     }

@@ -115,7 +115,25 @@ impl RuntimeContext {
             }
         }
         self.io_deliveries.replace(deliveries);
+        if handled > 0 {
+            self.publish_io_stats();
+        }
         handled
+    }
+
+    /// Copies the driver's counters where `Runtime::stats` reads them: after completions
+    /// were handled and before the worker parks, so they are current while it sleeps.
+    fn publish_io_stats(&self) {
+        let Ok(driver) = self.driver.try_borrow() else {
+            return;
+        };
+        let d = driver.stats();
+        let c = &self.me().counters;
+        c.io_submitted.store(d.submitted, Relaxed);
+        c.io_completed.store(d.completed, Relaxed);
+        c.io_stale.store(d.stale, Relaxed);
+        c.io_backlog.store(d.backlog, Relaxed);
+        c.io_enters.store(d.enters, Relaxed);
     }
 
     /// Takes this worker out of the shutdown idle count before it takes work.
@@ -383,6 +401,7 @@ impl RuntimeContext {
             return; // a notifier got in first
         }
         me.counters.parks.fetch_add(1, Relaxed);
+        self.publish_io_stats();
         self.driver.borrow_mut().park();
         me.park.unparked();
     }

@@ -452,6 +452,16 @@ pub struct WorkerStats {
     pub load: u64,
     /// Which optional io_uring set-up flags the worker's ring got (`RING_*` bits).
     pub ring_flags: u32,
+    /// I/O operations accepted by the worker's ring (Rust, C and host-side).
+    pub io_submitted: u64,
+    /// I/O operations that delivered their final completion.
+    pub io_completed: u64,
+    /// Completions that named no live operation (counted and ignored).
+    pub io_stale: u64,
+    /// Operations waiting for room in the submission queue.
+    pub io_backlog: u64,
+    /// `io_uring_enter` calls made to submit or reap (parking not counted).
+    pub io_enters: u64,
 }
 
 impl WorkerStats {
@@ -817,6 +827,11 @@ impl Runtime {
                     wakeups: c.wakeups_sent.load(Relaxed),
                     load: w.load(),
                     ring_flags: c.ring_flags.load(Relaxed) as u32,
+                    io_submitted: c.io_submitted.load(Relaxed),
+                    io_completed: c.io_completed.load(Relaxed),
+                    io_stale: c.io_stale.load(Relaxed),
+                    io_backlog: c.io_backlog.load(Relaxed),
+                    io_enters: c.io_enters.load(Relaxed),
                 }
             })
             .collect()

@@ -37,6 +37,12 @@ pub(crate) struct WorkerCounters {
     pub(crate) parks: AtomicU64,
     pub(crate) wakeups_sent: AtomicU64,
     pub(crate) ring_flags: AtomicU64,
+    /// The worker's I/O driver counters, as last published (see `DriverStats`).
+    pub(crate) io_submitted: AtomicU64,
+    pub(crate) io_completed: AtomicU64,
+    pub(crate) io_stale: AtomicU64,
+    pub(crate) io_backlog: AtomicU64,
+    pub(crate) io_enters: AtomicU64,
 }
 
 /// Written by the worker once per turn, read by every balanced submission.
