@@ -19,6 +19,7 @@
 //! `SocketAddr` or a literal `"ip:port"` on a worker to avoid blocking it.
 
 mod addr;
+mod socket_io;
 mod tcp;
 mod udp;
 

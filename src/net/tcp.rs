@@ -242,22 +242,7 @@ impl TcpStream {
     /// bytes arrived, 0 at end of stream, and the buffer (its first `n` bytes
     /// initialised). Errors: `ECONNRESET`, `ECANCELED` (shutdown), ...
     pub async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
-        let fd = self.fd.as_raw_fd();
-        let (r, mut buf) = op::run(buf, |b| {
-            RawOp::Recv {
-                fd,
-                buf: b.stable_mut_ptr(),
-                len: op_len(b.bytes_total()),
-                flags: 0,
-            }
-            .entry()
-        })
-        .await;
-        if let Ok(n) = r {
-            // SAFETY: the kernel wrote `n` bytes at the buffer's start.
-            unsafe { buf.set_init(n as usize) };
-        }
-        (r.map(|n| n as usize), buf)
+        super::socket_io::recv(self.fd.as_raw_fd(), buf).await
     }
 
     /// Like [`read`](Self::read), ended by the kernel (an io_uring linked timeout) when
@@ -334,18 +319,7 @@ impl TcpStream {
     /// Sends the buffer's `bytes_init()` bytes, or a part of them: how many were sent.
     /// Never raises `SIGPIPE`: a closed peer gives `EPIPE` (or `ECONNRESET`).
     pub async fn write<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
-        let fd = self.fd.as_raw_fd();
-        let (r, buf) = op::run(buf, |b| {
-            RawOp::Send {
-                fd,
-                buf: b.stable_ptr(),
-                len: op_len(b.bytes_init()),
-                flags: libc::MSG_NOSIGNAL,
-            }
-            .entry()
-        })
-        .await;
-        (r.map(|n| n as usize), buf)
+        super::socket_io::send_from(self.fd.as_raw_fd(), buf, 0).await
     }
 
     /// Sends all of the buffer's `bytes_init()` bytes, writing as often as needed.
@@ -355,24 +329,14 @@ impl TcpStream {
         let total = buf.bytes_init();
         let mut sent = 0;
         while sent < total {
-            let (r, b) = op::run(buf, |b| {
-                RawOp::Send {
-                    fd,
-                    // SAFETY: sent < bytes_init, inside the buffer.
-                    buf: unsafe { b.stable_ptr().add(sent) },
-                    len: op_len(total - sent),
-                    flags: libc::MSG_NOSIGNAL,
-                }
-                .entry()
-            })
-            .await;
+            let (r, b) = super::socket_io::send_from(fd, buf, sent).await;
             buf = b;
             match r {
                 Ok(0) => {
                     let e = io::Error::new(io::ErrorKind::WriteZero, "the socket took no byte");
                     return (Err(e), buf);
                 }
-                Ok(n) => sent += n as usize,
+                Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return (Err(e), buf),
             }

@@ -6,7 +6,7 @@ use std::mem::zeroed;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::addr::{self, op_len, SockAddr};
+use super::addr::{self, SockAddr};
 use crate::io::op;
 use crate::io::{IoBuf, IoBufMut, RawOp};
 
@@ -137,39 +137,13 @@ impl UdpSocket {
     /// Sends the buffer's initialised bytes as one datagram to the connected peer.
     /// `EDESTADDRREQ` when not connected.
     pub async fn send<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
-        let fd = self.fd.as_raw_fd();
-        let (r, buf) = op::run(buf, |b| {
-            RawOp::Send {
-                fd,
-                buf: b.stable_ptr(),
-                len: op_len(b.bytes_init()),
-                flags: libc::MSG_NOSIGNAL,
-            }
-            .entry()
-        })
-        .await;
-        (r.map(|n| n as usize), buf)
+        super::socket_io::send_from(self.fd.as_raw_fd(), buf, 0).await
     }
 
     /// Receives one datagram into `buf` (from its first byte): its length and the
     /// buffer.
     pub async fn recv<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
-        let fd = self.fd.as_raw_fd();
-        let (r, mut buf) = op::run(buf, |b| {
-            RawOp::Recv {
-                fd,
-                buf: b.stable_mut_ptr(),
-                len: op_len(b.bytes_total()),
-                flags: 0,
-            }
-            .entry()
-        })
-        .await;
-        if let Ok(n) = r {
-            // SAFETY: the kernel wrote `n` bytes at the buffer's start.
-            unsafe { buf.set_init(n as usize) };
-        }
-        (r.map(|n| n as usize), buf)
+        super::socket_io::recv(self.fd.as_raw_fd(), buf).await
     }
 
     /// The address the socket is bound to.
