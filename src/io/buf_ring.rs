@@ -24,51 +24,16 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::ops::Deref;
-use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering::Release};
 
 use io_uring::types::BufRingEntry;
+
+use super::mapping::Mapping;
 use io_uring::Submitter;
 
 /// Most entries a provided-buffer ring may have (the kernel's limit).
 pub(crate) const MAX_RING_ENTRIES: usize = 1 << 15;
-
-/// An anonymous mapping; unmapped on drop unless leaked.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize) -> io::Result<Mapping> {
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mapping {
-            ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"),
-            len,
-        })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, unmapped once.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
 
 struct Inner {
     ring: Mapping,
@@ -123,17 +88,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if self.registered.get() {
             // Still registered: the kernel may write into the buffers and read the ring.
-            std::mem::forget(std::mem::replace(&mut self.ring, dangling()));
-            std::mem::forget(std::mem::replace(&mut self.bufs, dangling()));
+            std::mem::forget(std::mem::replace(&mut self.ring, Mapping::dangling()));
+            std::mem::forget(std::mem::replace(&mut self.bufs, Mapping::dangling()));
         }
-    }
-}
-
-/// A mapping of length 0 that unmaps nothing (munmap of length 0 fails harmlessly).
-fn dangling() -> Mapping {
-    Mapping {
-        ptr: NonNull::dangling(),
-        len: 0,
     }
 }
 

@@ -41,6 +41,8 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
+
+use super::mapping::Mapping as Region;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
 
@@ -241,49 +243,6 @@ impl ReturnStack {
 
 // ---------------------------------------------------------------- memory
 
-/// An anonymous private mapping, unmapped on drop.
-struct Region {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: plain memory with no thread affinity; who may touch which bytes is decided by
-// the pool (each buffer has one owner at a time).
-unsafe impl Send for Region {}
-// SAFETY: as above; the region itself is never mutated after creation.
-unsafe impl Sync for Region {}
-
-impl Region {
-    fn map(len: usize) -> io::Result<Region> {
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Region {
-            ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"),
-            len,
-        })
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, unmapped once; no PoolBuf points into it any more (each
-        // holds a reference to the shared state that owns this region).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
 // ---------------------------------------------------------------- registration plan
 
 /// How a pool's classes map onto registered regions.
@@ -468,7 +427,7 @@ impl BufferPool {
         let mut first_id = 0u32;
         for (&size, &count) in CLASS_SIZES.iter().zip(&config.counts) {
             let region = if count > 0 {
-                Some(Region::map(size * count)?)
+                Some(Region::new(size * count)?)
             } else {
                 None
             };

@@ -13,6 +13,7 @@ pub(crate) mod buf_ring;
 pub mod buffers;
 pub(crate) mod driver;
 pub(crate) mod fd;
+mod mapping;
 pub(crate) mod op;
 pub(crate) mod op_table;
 mod ops;
