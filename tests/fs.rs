@@ -286,3 +286,115 @@ fn fixed_buffer_writes_and_reads_go_through_the_pool_registration() {
     // would take the plain path and still pass the checks above.
     println!("pool buffers registered: {registered}");
 }
+
+#[test]
+fn vectored_writes_and_reads_fill_buffers_in_order() {
+    let dir = TempDir::new("vectored");
+    let path = dir.path("v");
+    run(async move {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .open(&path)
+            .await
+            .unwrap();
+        let parts = vec![b"hello ".to_vec(), b"vectored ".to_vec(), b"world".to_vec()];
+        let (r, parts) = file.write_vectored_at(parts, 3).await;
+        assert_eq!(r.unwrap(), 20);
+        assert_eq!(parts[1], b"vectored ");
+
+        // Three buffers of 4, 10 and 100 bytes take the 20 bytes at offset 3 in order.
+        let bufs = vec![
+            Vec::with_capacity(4),
+            Vec::with_capacity(10),
+            Vec::with_capacity(100),
+        ];
+        let (r, bufs) = file.read_vectored_at(bufs, 3).await;
+        assert_eq!(r.unwrap(), 20);
+        assert_eq!(bufs[0], b"hell");
+        assert_eq!(bufs[1], b"o vectored");
+        assert_eq!(bufs[2], b" world");
+
+        let (r, _) = file.read_vectored_at(Vec::<Vec<u8>>::new(), 0).await;
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::InvalidInput);
+        let (r, _) = file
+            .read_vectored_at(vec![Vec::<u8>::with_capacity(8)], 1000)
+            .await;
+        assert_eq!(r.unwrap(), 0, "past the end reads nothing");
+    });
+}
+
+/// What the callback of a raw read saw.
+struct ReadSeen {
+    done: std::sync::atomic::AtomicBool,
+    res: std::sync::atomic::AtomicI64,
+}
+
+unsafe extern "C" fn read_seen(
+    _cx: *mut veloq::RuntimeContext,
+    res: i64,
+    _flags: u32,
+    arg: *mut std::ffi::c_void,
+) {
+    // SAFETY: `arg` is the `ReadSeen` the test keeps alive until this ran.
+    let seen = unsafe { &*(arg as *const ReadSeen) };
+    seen.res.store(res, std::sync::atomic::Ordering::SeqCst);
+    seen.done.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// An operation queued on a descriptor (not yet handed to the kernel) when the file is
+/// closed must act on that file, never on a file opened next under the same number.
+#[test]
+fn a_read_queued_before_close_reads_the_closed_file_not_its_successor() {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = TempDir::new("flush-close");
+    let (old, new) = (dir.path("old"), dir.path("new"));
+    std::fs::write(&old, b"OLD-CONTENT").unwrap();
+    std::fs::write(&new, b"NEW-CONTENT").unwrap();
+    run(async move {
+        let mut reused = 0;
+        for _ in 0..20 {
+            let file = File::open(&old).await.unwrap();
+            let fd = file.as_raw_fd();
+            let seen = Box::new(ReadSeen {
+                done: false.into(),
+                res: 0.into(),
+            });
+            let mut buf = vec![0u8; 11].into_boxed_slice();
+            let op = veloq::io::RawOp::Read {
+                fd,
+                buf: buf.as_mut_ptr(),
+                len: 11,
+                offset: 0,
+            };
+            veloq::RuntimeContext::with_current(|cx| {
+                let arg = &*seen as *const ReadSeen as *mut std::ffi::c_void;
+                // SAFETY: `buf` and `seen` live until the callback ran (awaited below).
+                unsafe { cx.expect("on a worker").submit_io(op, read_seen, arg) }
+            })
+            .expect("queued");
+            // Closed while the read waits in the submission queue; the next open takes
+            // the lowest free number, normally the same one.
+            drop(file);
+            let successor = std::fs::File::open(&new).unwrap();
+            if successor.as_raw_fd() == fd {
+                reused += 1;
+            }
+            while !seen.done.load(SeqCst) {
+                veloq::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(seen.res.load(SeqCst), 11);
+            assert_eq!(
+                &buf[..],
+                b"OLD-CONTENT",
+                "the read reached the successor file"
+            );
+        }
+        assert!(
+            reused > 0,
+            "the descriptor number was never reused: nothing tested"
+        );
+    });
+}

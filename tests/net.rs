@@ -500,3 +500,34 @@ fn shutdown_ends_a_thousand_in_flight_receives() {
     }
     assert_eq!(rt.block_on(server).unwrap(), CONNS);
 }
+
+#[test]
+fn vectored_socket_sends_and_receives_keep_byte_order() {
+    let rt = runtime(1);
+    let h = rt
+        .spawn(async {
+            let (client, server) = pair().await;
+            let parts = vec![b"abc".to_vec(), Vec::new(), b"defgh".to_vec()];
+            let (r, _) = client.write_vectored(parts).await;
+            assert_eq!(r.unwrap(), 8);
+            let mut got = Vec::new();
+            while got.len() < 8 {
+                let bufs = vec![Vec::with_capacity(2), Vec::with_capacity(64)];
+                let (r, bufs) = server.read_vectored(bufs).await;
+                let n = r.unwrap();
+                assert!(n > 0);
+                assert_eq!(bufs[0].len() + bufs[1].len(), n);
+                got.extend_from_slice(&bufs[0]);
+                got.extend_from_slice(&bufs[1]);
+            }
+            assert_eq!(got, b"abcdefgh");
+            drop(client);
+            let (r, _) = server
+                .read_vectored(vec![Vec::<u8>::with_capacity(4)])
+                .await;
+            assert_eq!(r.unwrap(), 0, "end of stream");
+        })
+        .unwrap();
+    rt.block_on(h).unwrap();
+    rt.shutdown(Some(Duration::from_secs(30))).unwrap();
+}

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::OpenOptions;
 use crate::io::op;
+use crate::io::vectored::{self, Via};
 use crate::io::{IoBuf, IoBufMut, RawOp};
 
 /// An open file. Every read and write names its offset; buffers are passed by value and
@@ -241,6 +242,36 @@ impl File {
         })
         .await;
         (r.map(|n| n as usize), buf)
+    }
+
+    /// Reads at `offset` into `bufs` in order (`preadv`), each from its first byte up to
+    /// its `bytes_total()`: how many bytes were read in all (0 at or past the end) and
+    /// the buffers, each with the bytes it received marked initialised. 1 to 1024
+    /// buffers, else `ErrorKind::InvalidInput`.
+    pub async fn read_vectored_at<B: IoBufMut>(
+        &self,
+        bufs: Vec<B>,
+        offset: u64,
+    ) -> (io::Result<usize>, Vec<B>) {
+        let off = match self::offset(offset) {
+            Ok(o) => o,
+            Err(e) => return (Err(e), bufs),
+        };
+        vectored::read(self.fd.as_raw_fd(), bufs, Via::File(off)).await
+    }
+
+    /// Writes the initialised bytes of `bufs` in order at `offset` (`pwritev`), or a part
+    /// of them: how many were written. 1 to 1024 buffers, else `ErrorKind::InvalidInput`.
+    pub async fn write_vectored_at<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+        offset: u64,
+    ) -> (io::Result<usize>, Vec<B>) {
+        let off = match self::offset(offset) {
+            Ok(o) => o,
+            Err(e) => return (Err(e), bufs),
+        };
+        vectored::write(self.fd.as_raw_fd(), bufs, Via::File(off)).await
     }
 
     /// Writes the buffer's `bytes_init()` bytes (or a part of them) at `offset`: how

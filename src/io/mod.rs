@@ -18,6 +18,7 @@ pub(crate) mod op;
 pub(crate) mod op_table;
 mod ops;
 mod submit;
+pub(crate) mod vectored;
 
 pub use buf::{AlignedBuf, IoBuf, IoBufMut};
 pub use driver::CQE_F_MORE;

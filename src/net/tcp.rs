@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::addr::{self, op_len, SockAddr};
 use crate::io::op::{self, MultiOp, Op};
+use crate::io::vectored::{self, Via};
 use crate::io::{IoBuf, IoBufMut, RawOp};
 
 /// Default listen backlog of [`TcpListener::bind`].
@@ -314,6 +315,21 @@ impl TcpStream {
             }
         }
         (Ok(()), buf)
+    }
+
+    /// Receives into `bufs` in order (one `recvmsg`), each from its first byte up to its
+    /// `bytes_total()`: how many bytes arrived in all (0 at end of stream) and the
+    /// buffers, each with what it received marked initialised. 1 to 1024 buffers, else
+    /// `ErrorKind::InvalidInput`.
+    pub async fn read_vectored<B: IoBufMut>(&self, bufs: Vec<B>) -> (io::Result<usize>, Vec<B>) {
+        vectored::read(self.fd.as_raw_fd(), bufs, Via::Socket).await
+    }
+
+    /// Sends the initialised bytes of `bufs` in order (one `sendmsg`), or a part of them:
+    /// how many were sent. Never raises `SIGPIPE`. 1 to 1024 buffers, else
+    /// `ErrorKind::InvalidInput`.
+    pub async fn write_vectored<B: IoBuf>(&self, bufs: Vec<B>) -> (io::Result<usize>, Vec<B>) {
+        vectored::write(self.fd.as_raw_fd(), bufs, Via::Socket).await
     }
 
     /// Sends the buffer's `bytes_init()` bytes, or a part of them: how many were sent.
