@@ -175,8 +175,10 @@ impl OpTable {
     }
 
     /// Takes a free slot (growing the table by one chunk when none is free) for an
-    /// operation with `target`; O(1).
-    pub(crate) fn insert(&mut self, target: Target, multishot: bool) -> OpId {
+    /// operation with `target`, starting in `phase` (Backlog, or InFlight when its entry
+    /// goes straight into the ring); O(1).
+    #[inline]
+    pub(crate) fn insert(&mut self, target: Target, multishot: bool, phase: Phase) -> OpId {
         if self.free_head == NO_FREE {
             self.grow();
         }
@@ -184,9 +186,18 @@ impl OpTable {
         let i = index as usize;
         let slot = &mut self.chunks[i / CHUNK][i % CHUNK];
         self.free_head = slot.next_free;
-        slot.generation = (slot.generation % GENERATION_MASK) + 1;
-        slot.phase = Phase::Backlog;
-        slot.target = target;
+        // 1..=GENERATION_MASK, never 0, without a division.
+        slot.generation = if slot.generation >= GENERATION_MASK {
+            1
+        } else {
+            slot.generation + 1
+        };
+        debug_assert!(phase != Phase::Free && phase != Phase::Done);
+        slot.phase = phase;
+        // A free slot's target is always `Orphan` (see `remove`), which owns nothing:
+        // overwrite it without running drop glue.
+        debug_assert!(matches!(slot.target, Target::Orphan));
+        std::mem::forget(std::mem::replace(&mut slot.target, target));
         slot.multishot = multishot;
         slot.cancel_sent = false;
         slot.result_is_fd = false;
@@ -213,6 +224,7 @@ impl OpTable {
     }
 
     /// The slot `id` names, if it is still that operation's.
+    #[inline]
     pub(crate) fn get_mut(&mut self, id: OpId) -> Option<&mut Slot> {
         let index = id.index();
         let slot = self.chunks.get_mut(index / CHUNK)?.get_mut(index % CHUNK)?;
@@ -221,6 +233,7 @@ impl OpTable {
 
     /// Resolves a completion's `user_data` to its in-flight slot; anything else is
     /// counted as stale and yields None.
+    #[inline]
     pub(crate) fn in_flight_mut(&mut self, user_data: u64) -> Option<(OpId, &mut Slot)> {
         let found = OpId::from_raw(user_data).and_then(|id| {
             let index = id.index();
@@ -236,6 +249,7 @@ impl OpTable {
 
     /// Frees `id`'s slot, dropping whatever it kept (and closing descriptors among
     /// uncollected results, see [`Slot::result_is_fd`]); the id goes stale.
+    #[inline]
     pub(crate) fn remove(&mut self, id: OpId) {
         let head = self.free_head;
         let Some(slot) = self.get_mut(id) else {
@@ -244,8 +258,12 @@ impl OpTable {
         };
         slot.phase = Phase::Free;
         slot.target = Target::Orphan;
-        slot.drop_results();
-        slot.keep = None;
+        if !slot.results.is_empty() {
+            slot.drop_results();
+        }
+        if slot.keep.is_some() {
+            slot.keep = None;
+        }
         slot.next_free = head;
         self.free_head = id.index() as u32;
         self.live -= 1;
@@ -285,10 +303,10 @@ mod tests {
     #[test]
     fn ids_are_positive_and_go_stale_when_the_slot_is_reused() {
         let mut t = OpTable::new();
-        let a = t.insert(Target::Orphan, false);
+        let a = t.insert(Target::Orphan, false, Phase::Backlog);
         assert!(a.raw() > 0 && (a.raw() as i64) > 0);
         t.remove(a);
-        let b = t.insert(Target::Orphan, false);
+        let b = t.insert(Target::Orphan, false, Phase::Backlog);
         assert_eq!(a.index(), b.index(), "the slot is reused");
         assert_ne!(a, b);
         assert!(t.get_mut(a).is_none(), "old id no longer names it");
@@ -298,7 +316,7 @@ mod tests {
     #[test]
     fn completions_for_unknown_ids_are_counted_not_followed() {
         let mut t = OpTable::new();
-        let a = t.insert(Target::Orphan, false);
+        let a = t.insert(Target::Orphan, false, Phase::Backlog);
         // Backlog, not in flight yet.
         assert!(t.in_flight_mut(a.raw()).is_none());
         t.get_mut(a).unwrap().phase = Phase::InFlight;
@@ -319,10 +337,10 @@ mod tests {
     #[test]
     fn slot_addresses_are_stable_while_the_table_grows() {
         let mut t = OpTable::new();
-        let first = t.insert(Target::Orphan, false);
+        let first = t.insert(Target::Orphan, false, Phase::Backlog);
         let addr = &t.get_mut(first).unwrap().timespec as *const Timespec;
         let many: Vec<_> = (0..10 * CHUNK)
-            .map(|_| t.insert(Target::Orphan, false))
+            .map(|_| t.insert(Target::Orphan, false, Phase::Backlog))
             .collect();
         assert_eq!(addr, &t.get_mut(first).unwrap().timespec as *const Timespec);
         assert_eq!(t.live(), 10 * CHUNK + 1);
