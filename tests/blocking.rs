@@ -192,6 +192,42 @@ fn ten_thousand_jobs_from_workers_and_threads_each_run_exactly_once() {
 }
 
 #[test]
+fn jobs_from_many_threads_each_run_once_while_pool_threads_come_and_go() {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 2_000;
+    // An idle timeout of zero: a thread that finds no work exits at once, so threads are
+    // started and leave all the time while jobs arrive.
+    let rt = Runtime::builder()
+        .workers(1)
+        .blocking_threads(0, 3)
+        .blocking_idle_timeout(Duration::ZERO)
+        .build()
+        .expect("runtime");
+    let ledger = Ledger::new(THREADS * PER_THREAD);
+    thread::scope(|s| {
+        for t in 0..THREADS {
+            let (rt, ledger) = (&rt, ledger.clone());
+            s.spawn(move || {
+                let jobs: Vec<_> = (t * PER_THREAD..(t + 1) * PER_THREAD)
+                    .map(|id| {
+                        let ledger = ledger.clone();
+                        rt.spawn_blocking(move || ledger.ran(id)).expect("spawn")
+                    })
+                    .collect();
+                for job in jobs {
+                    job.join().expect("job");
+                }
+            });
+        }
+    });
+    ledger.assert_each_ran_once();
+    wait_for_stats(&rt, "every job counted", |s| {
+        s.completed == (THREADS * PER_THREAD) as u64
+    });
+    assert!(rt.blocking_stats().threads <= 3);
+}
+
+#[test]
 fn more_jobs_than_min_run_in_parallel_up_to_max_and_the_rest_wait_in_order() {
     let rt = runtime(1, 1, 4);
     // Four jobs meet at a barrier with this thread: they can only all arrive if four
