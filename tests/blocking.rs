@@ -447,3 +447,16 @@ fn bad_pool_settings_are_refused_and_leave_the_builder_unchanged() {
         .expect_err("bad setting");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+#[test]
+fn an_idle_timeout_too_long_for_the_clock_means_threads_never_time_out() {
+    let rt = Runtime::builder()
+        .workers(1)
+        .blocking_threads(0, 2)
+        .blocking_idle_timeout(Duration::MAX)
+        .build()
+        .expect("runtime");
+    assert_eq!(rt.spawn_blocking(|| 1).expect("spawn").join().expect("job"), 1);
+    wait_for_stats(&rt, "the thread waiting for work", |s| s.idle == 1);
+    assert_eq!(rt.spawn_blocking(|| 2).expect("spawn").join().expect("job"), 2);
+}

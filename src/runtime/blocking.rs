@@ -361,24 +361,25 @@ fn thread_main(pool: Arc<PoolShared>, handle: Handle) {
         }
         // The queue is empty (seen under the lock): wait for a notification.
         state.idle += 1;
-        let deadline = Instant::now() + config.idle_timeout;
+        // None: a timeout too long to add to the clock, so never.
+        let deadline = Instant::now().checked_add(config.idle_timeout);
         loop {
-            state = if state.alive > config.min {
-                let now = Instant::now();
-                let left = deadline.saturating_duration_since(now);
-                pool.work
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            } else {
-                pool.work.wait(state).unwrap_or_else(|e| e.into_inner())
+            state = match deadline {
+                Some(deadline) if state.alive > config.min => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    pool.work
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                _ => pool.work.wait(state).unwrap_or_else(|e| e.into_inner()),
             };
             if state.notified > 0 {
                 // Our giver already took us off `idle`.
                 state.notified -= 1;
                 continue 'work;
             }
-            if state.alive > config.min && Instant::now() >= deadline {
+            if state.alive > config.min && deadline.is_some_and(|d| Instant::now() >= d) {
                 state.idle -= 1;
                 break 'work;
             }
