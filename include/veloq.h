@@ -451,8 +451,9 @@ uint32_t veloq_runtime_workers(const struct veloq_runtime *rt);
 
 /**
  * Shuts the runtime down gracefully. From the call on, every spawn is refused with
- * -ESHUTDOWN; every task accepted before runs exactly once and every completion owed is
- * posted; then the workers exit. Returns 0 when they have; -ETIMEDOUT when
+ * -ESHUTDOWN; every task and blocking job accepted before runs exactly once and every
+ * completion owed is posted; then the workers and blocking threads exit. Returns 0 when
+ * they have; -ETIMEDOUT when
  * `timeout_ns` (< 0: no limit) passed first (call again to go on waiting); -EDEADLK
  * when called from one of this runtime's worker callbacks (nothing happens);
  * -EINVAL for NULL. Callable from any other thread, any number of times.

@@ -814,9 +814,10 @@ impl Runtime {
 
     /// Stops the runtime. From the call on, every new spawn is refused; tasks and
     /// callbacks accepted before it keep running. Returns `Ok` once every worker has
-    /// drained and exited (threads joined). When `timeout` passes first it returns
-    /// `Err(TimedOut)` and cancels the unfinished futures (dropped on their own workers,
-    /// their handles resolve to `Cancelled`; callbacks still run); call again to wait
+    /// drained and exited and the blocking pool has run every job it accepted (all
+    /// threads joined). When `timeout` passes first it returns `Err(TimedOut)` and
+    /// cancels the unfinished futures (dropped on their own workers, their handles
+    /// resolve to `Cancelled`; callbacks and blocking jobs still run); call again to wait
     /// for the exit. `None` waits without limit. Callable from any thread but the
     /// runtime's own workers (`Err(FromWorker)`).
     pub fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
