@@ -12,6 +12,9 @@
 //! | [`spawn_balanced`] | mesh channel to the less loaded of two (P2C) | that worker's injector | stolen |
 //! | [`spawn_to`] | mesh channel to that worker | that worker's pinned inbox | never |
 //!
+//! Blocking system calls and long computations go to a separate, elastic thread pool
+//! with [`spawn_blocking`] (C: `veloq_spawn_blocking`), never to a worker.
+//!
 //! The same core is exported to C as `libveloq.so` (see `include/veloq.h`).
 
 #![warn(missing_docs)]

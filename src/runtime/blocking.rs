@@ -11,8 +11,11 @@
 //! keeps "queued, taken, refused" decisions simple to reason about. A submission wakes
 //! at most one idle thread (`notify_one`, accounted in `State::notified`), never all of
 //! them. A new thread is started under the lock, which makes the rare growing submission
-//! pay for the `clone` system call; it keeps the rule "a queued job always has a thread
-//! that will take it" true at every moment the lock is free:
+//! pay for the `clone` system call. A submitter (a worker included) thus never waits for
+//! a job or for a thread to become free, only for the lock, which is held for a few
+//! queue operations and, when the pool grows, for starting one thread. Starting threads
+//! under the lock keeps the rule "a queued job always has a thread that will take it"
+//! true at every moment the lock is free:
 //!
 //! * a job is queued only while a thread is alive (a submission that finds no thread
 //!   and cannot start one is refused with `NoThread`);
