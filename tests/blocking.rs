@@ -456,7 +456,13 @@ fn an_idle_timeout_too_long_for_the_clock_means_threads_never_time_out() {
         .blocking_idle_timeout(Duration::MAX)
         .build()
         .expect("runtime");
-    assert_eq!(rt.spawn_blocking(|| 1).expect("spawn").join().expect("job"), 1);
+    assert_eq!(
+        rt.spawn_blocking(|| 1).expect("spawn").join().expect("job"),
+        1
+    );
     wait_for_stats(&rt, "the thread waiting for work", |s| s.idle == 1);
-    assert_eq!(rt.spawn_blocking(|| 2).expect("spawn").join().expect("job"), 2);
+    assert_eq!(
+        rt.spawn_blocking(|| 2).expect("spawn").join().expect("job"),
+        2
+    );
 }
