@@ -10,6 +10,8 @@
 #[path = "harness/mod.rs"]
 mod harness;
 
+#[path = "core/blocking.rs"]
+mod blocking;
 #[path = "core/common.rs"]
 mod common;
 #[path = "core/memory.rs"]
@@ -32,11 +34,12 @@ static ALLOC: CountingAlloc = CountingAlloc;
 type Group = (&'static str, fn(&mut Bench));
 
 /// Scenario groups in run order.
-const GROUPS: [Group; 4] = [
+const GROUPS: [Group; 5] = [
     ("spawn", spawn::all),
     ("mesh", mesh::all),
     ("memory", memory::all),
     ("park", park::all),
+    ("blocking", blocking::all),
 ];
 
 fn main() {

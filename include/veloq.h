@@ -451,8 +451,9 @@ uint32_t veloq_runtime_workers(const struct veloq_runtime *rt);
 
 /**
  * Shuts the runtime down gracefully. From the call on, every spawn is refused with
- * -ESHUTDOWN; every task accepted before runs exactly once and every completion owed is
- * posted; then the workers exit. Returns 0 when they have; -ETIMEDOUT when
+ * -ESHUTDOWN; every task and blocking job accepted before runs exactly once and every
+ * completion owed is posted; then the workers and blocking threads exit. Returns 0 when
+ * they have; -ETIMEDOUT when
  * `timeout_ns` (< 0: no limit) passed first (call again to go on waiting); -EDEADLK
  * when called from one of this runtime's worker callbacks (nothing happens);
  * -EINVAL for NULL. Callable from any other thread, any number of times.
@@ -523,6 +524,42 @@ struct veloq_runtime *veloq_ctx_runtime(const struct veloq_ctx *ctx);
  * with the `VELOQ_VERSION_*` macros the program was built with. Callable from any thread.
  */
 uint32_t veloq_version(void);
+
+/**
+ * Blocking pool size: at least `min` threads are kept once started, at most `max` run
+ * at once (jobs beyond wait in FIFO order); threads start when work arrives. Defaults
+ * 0 and 64. Returns 0, or -EINVAL (NULL builder, `max` 0 or above 4096, `min` above
+ * `max`; the builder is unchanged). Not thread-safe (like every builder function).
+ */
+int veloq_builder_blocking_threads(struct veloq_builder *b, uint32_t min, uint32_t max);
+
+/**
+ * How long a blocking-pool thread beyond the minimum waits for work before it exits,
+ * in nanoseconds (0: at once). Default 10 s. Returns 0, or -EINVAL for a NULL builder.
+ */
+int veloq_builder_blocking_idle_timeout(struct veloq_builder *b, uint64_t ns);
+
+/**
+ * Runs `fn(NULL, arg)` once on a thread of the runtime's blocking pool, never on a
+ * worker: for blocking system calls and long computations. `ctx` is NULL because no
+ * worker runs it (to spawn more work from inside, capture the `veloq_runtime *` in
+ * `arg`; every spawn function may be called from a pool thread). When `cq` is not NULL,
+ * exactly one completion `{user_data, res = fn's return value, flags 0, worker
+ * UINT32_MAX}` is posted to it; `veloq_cq_free` returns -EBUSY until it has been.
+ *
+ * Returns 0 when accepted; -EINVAL (NULL `rt` or `fn`); -ESHUTDOWN once shutdown has
+ * started (a job accepted before still runs and completes exactly once, and
+ * `veloq_runtime_shutdown` waits for it); -EAGAIN when the pool has no thread and the
+ * OS refused to start one. On an error `fn` never runs and nothing is posted. `arg` and
+ * `cq` stay the caller's and must stay valid until `fn` ran and its completion was
+ * posted. Never waits for the pool: callable from any thread, including worker
+ * callbacks and blocking callbacks.
+ */
+int veloq_spawn_blocking(struct veloq_runtime *rt,
+                         veloq_task_fn fn,
+                         void *arg,
+                         struct veloq_cq *cq,
+                         uint64_t user_data);
 
 /**
  * Does nothing through the ring: `cb` gets res 0. Returns the op id (> 0); -EINVAL for

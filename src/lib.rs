@@ -12,6 +12,9 @@
 //! | [`spawn_balanced`] | mesh channel to the less loaded of two (P2C) | that worker's injector | stolen |
 //! | [`spawn_to`] | mesh channel to that worker | that worker's pinned inbox | never |
 //!
+//! Blocking system calls and long computations go to a separate, elastic thread pool
+//! with [`spawn_blocking`] (C: `veloq_spawn_blocking`), never to a worker.
+//!
 //! The same core is exported to C as `libveloq.so` (see `include/veloq.h`).
 
 #![warn(missing_docs)]
@@ -29,7 +32,8 @@ pub mod time;
 pub use io::buffers::{BufferPoolConfig, PoolBuf, PoolStats};
 pub use runtime::{
     completion::{CompletionQueue, Cqe},
-    spawn, spawn_balanced, spawn_local, spawn_to, worker_index, yield_now, Handle, JoinError,
-    JoinHandle, LocalJoinHandle, OsError, Placement, RawTask, RawTaskFn, Runtime, RuntimeBuilder,
-    RuntimeContext, ShutdownError, SpawnError, SpawnErrorKind, WorkerStats,
+    spawn, spawn_balanced, spawn_blocking, spawn_local, spawn_to, worker_index, yield_now,
+    BlockingJoinHandle, BlockingStats, Handle, JoinError, JoinHandle, LocalJoinHandle, OsError,
+    Placement, RawTask, RawTaskFn, Runtime, RuntimeBuilder, RuntimeContext, ShutdownError,
+    SpawnError, SpawnErrorKind, WorkerStats,
 };

@@ -26,6 +26,8 @@ mod error;
 mod runtime;
 mod task;
 mod version;
+// After the task API: blocking jobs are tasks run off the workers.
+mod blocking;
 // After the task API: the header reads tasks, then worker-side and host-side I/O.
 mod io;
 mod submit;
@@ -34,6 +36,7 @@ mod submit;
 // the API contract.
 mod buf;
 
+pub use blocking::*;
 pub use buf::*;
 pub use cq::*;
 pub use error::*;

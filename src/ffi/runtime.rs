@@ -35,7 +35,7 @@ pub extern "C" fn veloq_builder_new() -> *mut veloq_builder {
 
 /// Runs `set` on the builder behind `b`; -EINVAL for NULL or a value `set` refuses
 /// (the builder is then unchanged).
-fn configure(
+pub(crate) fn configure(
     b: *mut veloq_builder,
     set: impl FnOnce(&mut RuntimeBuilder) -> Result<(), &'static str>,
 ) -> c_int {
@@ -175,8 +175,9 @@ pub extern "C" fn veloq_runtime_workers(rt: *const veloq_runtime) -> u32 {
 }
 
 /// Shuts the runtime down gracefully. From the call on, every spawn is refused with
-/// -ESHUTDOWN; every task accepted before runs exactly once and every completion owed is
-/// posted; then the workers exit. Returns 0 when they have; -ETIMEDOUT when
+/// -ESHUTDOWN; every task and blocking job accepted before runs exactly once and every
+/// completion owed is posted; then the workers and blocking threads exit. Returns 0 when
+/// they have; -ETIMEDOUT when
 /// `timeout_ns` (< 0: no limit) passed first (call again to go on waiting); -EDEADLK
 /// when called from one of this runtime's worker callbacks (nothing happens);
 /// -EINVAL for NULL. Callable from any other thread, any number of times.

@@ -52,6 +52,7 @@ fn spawn(
             Err(e) => match e.kind() {
                 SpawnErrorKind::Shutdown => -libc::ESHUTDOWN,
                 SpawnErrorKind::InvalidWorker | SpawnErrorKind::NoRuntime => -libc::EINVAL,
+                SpawnErrorKind::NoThread => -libc::EAGAIN,
             },
         }
     })

@@ -1,5 +1,6 @@
 //! The scheduler: workers, tasks, the mesh, joins and completion queues.
 
+mod blocking;
 pub mod completion;
 mod context;
 pub(crate) mod executor;
@@ -11,6 +12,7 @@ mod park;
 mod runtime;
 mod task;
 
+pub use blocking::{spawn_blocking, BlockingJoinHandle, BlockingStats};
 pub use context::{
     spawn, spawn_balanced, spawn_local, spawn_to, worker_index, yield_now, RuntimeContext,
 };

@@ -13,6 +13,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+use super::blocking::{self, BlockingConfig};
 use super::context::{self, RuntimeContext};
 use super::executor::spawner::{Config, ExecutorRegistry};
 use super::job::{Job, RawTask};
@@ -43,6 +44,8 @@ pub enum SpawnErrorKind {
     InvalidWorker,
     /// Called off a worker thread with no runtime to spawn on.
     NoRuntime,
+    /// `spawn_blocking`: the blocking pool has no thread and the OS refused to start one.
+    NoThread,
 }
 
 /// A refused spawn; gives back what was to be spawned.
@@ -81,6 +84,7 @@ impl<T> fmt::Display for SpawnError<T> {
             SpawnErrorKind::Shutdown => "spawn refused: the runtime is shutting down",
             SpawnErrorKind::InvalidWorker => "spawn refused: no such worker",
             SpawnErrorKind::NoRuntime => "spawn refused: not on a runtime",
+            SpawnErrorKind::NoThread => "spawn refused: no blocking thread could be started",
         })
     }
 }
@@ -156,6 +160,7 @@ pub struct RuntimeBuilder {
     ring_entries: u32,
     spin_before_park: Duration,
     buffer_pool: BufferPoolConfig,
+    blocking: BlockingConfig,
     invalid: Option<&'static str>,
 }
 
@@ -169,6 +174,7 @@ impl Default for RuntimeBuilder {
             ring_entries: Self::DEFAULT_RING_ENTRIES,
             spin_before_park: Self::DEFAULT_SPIN,
             buffer_pool: BufferPoolConfig::default(),
+            blocking: BlockingConfig::default(),
             invalid: None,
         }
     }
@@ -289,6 +295,46 @@ impl RuntimeBuilder {
         Ok(())
     }
 
+    // --- blocking pool (see `runtime/blocking.rs`) ------------------------------------
+
+    /// Most blocking-pool threads `max` may ask for.
+    pub const MAX_BLOCKING_THREADS: usize = blocking::MAX_THREADS;
+    /// Blocking-pool threads at most, unless set (at least: 0).
+    pub const DEFAULT_BLOCKING_MAX: usize = blocking::DEFAULT_MAX_THREADS;
+    /// How long a blocking thread beyond the minimum waits for work, unless set.
+    pub const DEFAULT_BLOCKING_IDLE_TIMEOUT: Duration = blocking::DEFAULT_IDLE_TIMEOUT;
+
+    /// The blocking pool keeps at least `min` threads once started and runs at most `max`
+    /// at once (jobs beyond wait in FIFO order). Threads start when work arrives. Checked
+    /// by [`Self::set_blocking_threads`]. Default 0 and 64.
+    pub fn blocking_threads(mut self, min: usize, max: usize) -> Self {
+        let r = self.set_blocking_threads(min, max);
+        self.record(r);
+        self
+    }
+
+    /// Checked setter: `min <= max`, `1 <= max <= MAX_BLOCKING_THREADS` (else unchanged).
+    pub fn set_blocking_threads(&mut self, min: usize, max: usize) -> Result<(), &'static str> {
+        BlockingConfig::check_threads(min, max)?;
+        self.blocking.min = min;
+        self.blocking.max = max;
+        Ok(())
+    }
+
+    /// How long a blocking thread beyond the minimum waits for work before it exits
+    /// (0: at once). Default 10 s.
+    pub fn blocking_idle_timeout(mut self, timeout: Duration) -> Self {
+        let r = self.set_blocking_idle_timeout(timeout);
+        self.record(r);
+        self
+    }
+
+    /// Checked setter for [`Self::blocking_idle_timeout`]; every duration is accepted.
+    pub fn set_blocking_idle_timeout(&mut self, timeout: Duration) -> Result<(), &'static str> {
+        self.blocking.idle_timeout = timeout;
+        Ok(())
+    }
+
     fn record(&mut self, r: Result<(), &'static str>) {
         if let Err(e) = r {
             self.invalid.get_or_insert(e);
@@ -324,6 +370,7 @@ impl RuntimeBuilder {
             spin_before_park: self.spin_before_park,
             ring_entries: self.ring_entries,
             buffer_pool: self.buffer_pool,
+            blocking: self.blocking,
         };
         let registry = Arc::new(ExecutorRegistry::new(eventfds, self.mesh_capacity, config));
         let cores = if self.pin_workers {
@@ -490,6 +537,10 @@ impl fmt::Debug for Handle {
 impl Handle {
     pub(crate) fn from_registry(registry: Arc<ExecutorRegistry>) -> Self {
         Handle { registry }
+    }
+
+    pub(crate) fn registry(&self) -> &Arc<ExecutorRegistry> {
+        &self.registry
     }
 
     /// Number of workers.
@@ -668,6 +719,22 @@ pub(crate) fn entered_handle() -> Option<Handle> {
     ENTERED.with(|e| e.borrow().clone())
 }
 
+/// Makes `handle` this thread's entered runtime (as inside `block_on`) until dropped.
+pub(crate) struct EnterGuard(Option<Handle>);
+
+impl EnterGuard {
+    pub(crate) fn enter(handle: Handle) -> EnterGuard {
+        EnterGuard(ENTERED.with(|e| e.borrow_mut().replace(handle)))
+    }
+}
+
+impl Drop for EnterGuard {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        ENTERED.with(|e| *e.borrow_mut() = previous);
+    }
+}
+
 /// A thread-per-core runtime: owns the worker threads. Dropping it cancels unfinished
 /// futures, runs every accepted callback, and joins the workers.
 pub struct Runtime {
@@ -747,9 +814,10 @@ impl Runtime {
 
     /// Stops the runtime. From the call on, every new spawn is refused; tasks and
     /// callbacks accepted before it keep running. Returns `Ok` once every worker has
-    /// drained and exited (threads joined). When `timeout` passes first it returns
-    /// `Err(TimedOut)` and cancels the unfinished futures (dropped on their own workers,
-    /// their handles resolve to `Cancelled`; callbacks still run); call again to wait
+    /// drained and exited and the blocking pool has run every job it accepted (all
+    /// threads joined). When `timeout` passes first it returns `Err(TimedOut)` and
+    /// cancels the unfinished futures (dropped on their own workers, their handles
+    /// resolve to `Cancelled`; callbacks and blocking jobs still run); call again to wait
     /// for the exit. `None` waits without limit. Callable from any thread but the
     /// runtime's own workers (`Err(FromWorker)`).
     pub fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
@@ -760,6 +828,8 @@ impl Runtime {
         }
         let registry = &*self.handle.registry;
         registry.closed.store(true, SeqCst);
+        // The blocking pool refuses new jobs from here on and drains its queue.
+        registry.blocking.close();
         self.notify_all();
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut exited = registry.exited.lock().unwrap_or_else(|e| e.into_inner());
@@ -788,6 +858,10 @@ impl Runtime {
             }
         }
         drop(exited);
+        // Then the blocking pool (ordering: see the doc of `runtime/blocking.rs`).
+        if !registry.blocking.drain(deadline) {
+            return Err(ShutdownError::TimedOut);
+        }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();
@@ -858,6 +932,7 @@ impl Drop for Runtime {
             // stopped; the threads exit on their own.
             self.handle.registry.closed.store(true, SeqCst);
             self.handle.registry.cancel.store(true, SeqCst);
+            self.handle.registry.blocking.close();
             self.notify_all();
             return;
         }

@@ -23,6 +23,7 @@ pub(crate) struct Config {
     pub(crate) spin_before_park: Duration,
     pub(crate) ring_entries: u32,
     pub(crate) buffer_pool: crate::io::buffers::BufferPoolConfig,
+    pub(crate) blocking: crate::runtime::blocking::BlockingConfig,
 }
 
 /// Counters a worker publishes for others (statistics and load balancing).
@@ -275,6 +276,8 @@ pub(crate) struct ExecutorRegistry {
     idle: AtomicU64,
     /// Set once every worker may exit.
     pub(crate) terminated: AtomicBool,
+    /// The blocking pool (`spawn_blocking`); closed and drained by `Runtime::shutdown`.
+    pub(crate) blocking: crate::runtime::blocking::BlockingPool,
 }
 
 /// One worker in `ExecutorRegistry::idle`.
@@ -295,6 +298,7 @@ impl ExecutorRegistry {
                 .map(|fd| CachePadded::new(WorkerShared::new(fd)))
                 .collect(),
             mesh: MeshMatrix::new(n, mesh_capacity),
+            blocking: crate::runtime::blocking::BlockingPool::new(config.blocking.clone()),
             config,
             closed: AtomicBool::new(false),
             cancel: AtomicBool::new(false),
