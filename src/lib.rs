@@ -33,3 +33,5 @@ pub use runtime::{
     JoinHandle, LocalJoinHandle, OsError, Placement, RawTask, RawTaskFn, Runtime, RuntimeBuilder,
     RuntimeContext, ShutdownError, SpawnError, SpawnErrorKind, WorkerStats,
 };
+// Structured concurrency (issue #5).
+pub use runtime::{scope, Scope, ScopeError, ScopeFuture, ScopedJoinHandle};

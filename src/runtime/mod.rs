@@ -9,6 +9,7 @@ mod mesh;
 mod park;
 #[allow(clippy::module_inception)]
 mod runtime;
+mod scope;
 mod task;
 
 pub use context::{
@@ -20,3 +21,4 @@ pub use runtime::{
     Handle, OsError, Placement, Runtime, RuntimeBuilder, ShutdownError, SpawnError, SpawnErrorKind,
     WorkerStats,
 };
+pub use scope::{scope, Scope, ScopeError, ScopeFuture, ScopedJoinHandle};
