@@ -34,4 +34,4 @@ pub use runtime::{
     RuntimeContext, ShutdownError, SpawnError, SpawnErrorKind, WorkerStats,
 };
 // Structured concurrency (issue #5).
-pub use runtime::{scope, Scope, ScopeError, ScopeFuture, ScopedJoinHandle};
+pub use runtime::{scope, Scope, ScopeError, ScopeFuture, ScopedJoinHandle, TaskGroup};
