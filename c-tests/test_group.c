@@ -405,6 +405,11 @@ static void shutdown_with_open_and_closed_groups_completes_each_once(void) {
         CHECK_ERR(m[i].recv_res, -ECANCELED);
     }
     CHECK_ERR(veloq_group_spawn(open_g, 0, io_member_fn, &m[0]), -ESHUTDOWN);
+    {
+        veloq_group *late = NULL;
+        CHECK_ERR(veloq_group_new(rt, cq, 3, &late), -ESHUTDOWN);
+        CHECK(late == NULL);
+    }
     veloq_runtime_free(rt);
     veloq_group_free(open_g); /* closes it: completes from here */
     veloq_group_free(closed_g);

@@ -187,9 +187,14 @@ typedef struct veloq_cq veloq_cq;
 typedef struct veloq_ctx veloq_ctx;
 
 /**
- * A task group: callback tasks (members) and every I/O operation started from a
- * member's callback or from the callback of one of the group's operations. It is
- * cancelled as a whole and completes once. Its functions are callable from any thread,
+ * A task group: callback tasks (members) and every worker-side I/O operation
+ * (`veloq_read`, `veloq_recv`, ...) started from a member's callback or from the callback
+ * of one of the group's operations. Tasks a member spawns with `veloq_spawn*` and
+ * operations sent with `veloq_submit` are not in the group. It is cancelled as a whole
+ * and completes once. Shutdown does not wait for a group: members already accepted still
+ * run (or complete -ECANCELED if the group was cancelled), its operations complete with
+ * -ECANCELED, and the group completes once it is closed (`veloq_group_free` closes it,
+ * also after the runtime was freed). Its functions are callable from any thread,
  * worker callbacks included (members of the group too), except that `veloq_group_free`
  * must not race with another call on the same handle.
  */

@@ -6,7 +6,9 @@
 //! callback runs, and while the callback of one of the group's operations runs, the
 //! worker's context names the group as *current*; every operation submitted with
 //! [`RuntimeContext::submit_io`] meanwhile belongs to the group (so chains of operations
-//! stay in it). Tasks spawned from a member (`spawn_raw`, `veloq_spawn*`) do not.
+//! stay in it). Tasks spawned from a member (`spawn_raw`, `veloq_spawn*`) and host-side
+//! submissions (`Handle::submit_io`, `veloq_submit`) do not; a member may add members with
+//! [`TaskGroup::spawn_raw`] while the group is open.
 //!
 //! # Completion
 //! The group completes once: when it is closed and every member and every operation of
