@@ -370,3 +370,32 @@ fn a_child_may_spawn_siblings_through_a_cloned_scope() {
     });
     assert_eq!(n, 10);
 }
+
+#[test]
+fn a_scope_handle_kept_past_its_scope_drops_what_it_spawns_unrun() {
+    let rt = runtime();
+    run(&rt, async {
+        let ran = AtomicBool::new(false);
+        let ran_ref = &ran;
+        let kept = scope(|s| async move { Ok::<_, ()>(s) }).await.unwrap();
+        let late = kept.spawn(async move {
+            ran_ref.store(true, SeqCst);
+            Ok(())
+        });
+        assert!(late.is_finished());
+        assert_eq!(late.await, None);
+        assert!(!ran.load(SeqCst));
+    });
+}
+
+#[test]
+fn a_scope_future_is_send_when_its_body_is() {
+    fn assert_send<T: Send>(_: &T) {}
+    let data = [1u8, 2, 3];
+    let data = &data;
+    let fut = scope(|s| async move {
+        s.spawn(async move { Ok::<u8, ()>(data[0]) }).await;
+        Ok(())
+    });
+    assert_send(&fut);
+}
