@@ -104,9 +104,10 @@ impl Ready {
 
     /// Wakes the task polling the scope, unless the scope is polling right now.
     ///
-    /// Invariant: a push followed by a `polling == true` read here is seen by the
-    /// scope's re-check of `queue` after it stored `polling = false` (both `SeqCst`, the
-    /// queue behind a mutex), so no wake is lost.
+    /// Invariant: a push (to `queue`, or a child to `Shared::incoming`) followed by a
+    /// `polling == true` read here is seen by the scope's re-check of both lists after it
+    /// stored `polling = false` (both `SeqCst`, the lists behind mutexes), so no wake is
+    /// lost.
     fn notify(&self) {
         if self.polling.load(SeqCst) {
             return;
@@ -138,59 +139,28 @@ impl Wake for ChildWaker {
     }
 }
 
-/// What the scope future, the `Scope` handles and the children share.
+/// What the scope future, the `Scope` handles and the children share: children spawned
+/// and not yet taken over by the scope future, and the scope's flags. Once the scope
+/// future took a child, only it touches it (no lock per poll).
 struct Shared<'env, E> {
-    state: Mutex<State<'env, E>>,
+    incoming: Mutex<Incoming<'env, E>>,
     ready: Arc<Ready>,
     /// `'env` is invariant, as in `std::thread::scope`.
     _env: PhantomData<&'env mut &'env ()>,
 }
 
-struct State<'env, E> {
-    /// Child slots: `Some` while a child lives there and is not being polled.
-    slots: Vec<Slot<'env, E>>,
-    free: Vec<usize>,
-    /// Children spawned and not finished or dropped.
-    live: usize,
+struct Incoming<'env, E> {
+    children: Vec<ChildFuture<'env, E>>,
     /// `Scope::cancel` was called: children are dropped, new ones refused.
     cancelled: bool,
     /// The scope is over (finished, failed or dropped): new children are dropped unrun.
     closed: bool,
 }
 
-struct Slot<'env, E> {
-    occupied: bool,
-    fut: Option<ChildFuture<'env, E>>,
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // No user code runs under these locks, so poisoning can only come from an
     // allocation failure; the data is consistent either way.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl<'env, E> Shared<'env, E> {
-    /// Takes every child out (the scope ends or is cancelled); the caller drops them
-    /// after the lock is released, because a child's drop may call back into the scope.
-    fn take_children(&self, close: bool) -> Vec<ChildFuture<'env, E>> {
-        let mut st = lock(&self.state);
-        if close {
-            st.closed = true;
-        }
-        let mut out = Vec::with_capacity(st.live);
-        let st = &mut *st;
-        for (i, slot) in st.slots.iter_mut().enumerate() {
-            if slot.occupied {
-                if let Some(f) = slot.fut.take() {
-                    out.push(f);
-                }
-                slot.occupied = false;
-                st.free.push(i);
-            }
-        }
-        st.live = 0;
-        out
-    }
 }
 
 /// The handle a scope's body receives: spawns children into the scope, or cancels them.
@@ -213,11 +183,10 @@ impl<E> Clone for Scope<'_, E> {
 
 impl<E> fmt::Debug for Scope<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = lock(&self.shared.state);
+        let inc = lock(&self.shared.incoming);
         f.debug_struct("Scope")
-            .field("live", &st.live)
-            .field("cancelled", &st.cancelled)
-            .field("closed", &st.closed)
+            .field("cancelled", &inc.cancelled)
+            .field("closed", &inc.closed)
             .finish()
     }
 }
@@ -248,33 +217,22 @@ impl<'env, E: Send + 'env> Scope<'env, E> {
             fut: child,
             out: out.clone(),
         });
-        let idx = {
-            let mut st = lock(&self.shared.state);
-            if st.closed || st.cancelled {
-                None
+        let refused = {
+            let mut inc = lock(&self.shared.incoming);
+            if inc.closed || inc.cancelled {
+                Some(task)
             } else {
-                let idx = match st.free.pop() {
-                    Some(i) => i,
-                    None => {
-                        st.slots.push(Slot {
-                            occupied: false,
-                            fut: None,
-                        });
-                        st.slots.len() - 1
-                    }
-                };
-                st.slots[idx] = Slot {
-                    occupied: true,
-                    fut: Some(task),
-                };
-                st.live += 1;
-                Some(idx)
+                inc.children.push(task);
+                None
             }
         };
-        match idx {
-            Some(idx) => self.shared.ready.push(idx),
+        match refused {
+            None => self.shared.ready.notify(),
             // The lock is released: the child's drop may call back into the scope.
-            None => drop(task_refused(out.clone())),
+            Some(task) => {
+                out.finish(None);
+                drop(task);
+            }
         }
         ScopedJoinHandle { out }
     }
@@ -286,8 +244,8 @@ impl<'env, E: Send + 'env> Scope<'env, E> {
     /// Idempotent; callable from any thread.
     pub fn cancel(&self) {
         let newly = {
-            let mut st = lock(&self.shared.state);
-            !mem::replace(&mut st.cancelled, true)
+            let mut inc = lock(&self.shared.incoming);
+            !mem::replace(&mut inc.cancelled, true)
         };
         if newly {
             self.shared.ready.notify();
@@ -296,14 +254,8 @@ impl<'env, E: Send + 'env> Scope<'env, E> {
 
     /// Whether [`cancel`](Self::cancel) was called.
     pub fn is_cancelled(&self) -> bool {
-        lock(&self.shared.state).cancelled
+        lock(&self.shared.incoming).cancelled
     }
-}
-
-/// Marks a refused child's handle as done.
-fn task_refused<T>(out: Arc<Output<T>>) -> Arc<Output<T>> {
-    out.finish(None);
-    out
 }
 
 struct Output<T> {
@@ -475,10 +427,8 @@ where
         polling: AtomicBool::new(false),
     });
     let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            slots: Vec::new(),
-            free: Vec::new(),
-            live: 0,
+        incoming: Mutex::new(Incoming {
+            children: Vec::new(),
             cancelled: false,
             closed: false,
         }),
@@ -500,6 +450,9 @@ where
         body_wake: body_waker,
         body_round: 0,
         output: None,
+        slots: Vec::new(),
+        free: Vec::new(),
+        live: 0,
         wakers: Vec::new(),
         round: 0,
         batch: Vec::new(),
@@ -517,7 +470,8 @@ struct Entry {
     round: u64,
 }
 
-/// The future returned by [`scope`]; see there.
+/// The future returned by [`scope`]; see there. Polling it again after it completed
+/// panics.
 #[must_use = "a scope does nothing unless awaited"]
 pub struct ScopeFuture<'env, E, R, Fut> {
     shared: Arc<Shared<'env, E>>,
@@ -526,6 +480,11 @@ pub struct ScopeFuture<'env, E, R, Fut> {
     body_waker: Waker,
     body_round: u64,
     output: Option<R>,
+    /// The children, owned here: `None` for a free slot.
+    slots: Vec<Option<ChildFuture<'env, E>>>,
+    free: Vec<usize>,
+    /// Children in `slots`.
+    live: usize,
     wakers: Vec<Entry>,
     round: u64,
     batch: Vec<usize>,
@@ -580,58 +539,69 @@ where
         }
     }
 
-    fn poll_child(&mut self, idx: usize) -> Step<E> {
-        let fut = {
-            let mut st = lock(&self.shared.state);
-            if st.cancelled {
-                return Step::Continue; // dropped after the batch
+    /// Moves the children spawned since the last look into slots, queueing each for a
+    /// poll in this round. Returns false when there were none.
+    fn adopt_incoming(&mut self) -> bool {
+        let (new, cancelled) = {
+            let mut inc = lock(&self.shared.incoming);
+            if inc.children.is_empty() {
+                return false;
             }
-            let Some(slot) = st.slots.get_mut(idx) else {
-                return Step::Continue;
-            };
-            if let Some(e) = self.wakers.get(idx) {
-                if e.round == self.round && slot.fut.is_some() {
-                    self.deferred.push(idx);
-                    return Step::Continue;
-                }
-            }
-            let Some(fut) = slot.fut.take() else {
-                return Step::Continue; // a stale wake of a freed slot
-            };
-            fut
+            (mem::take(&mut inc.children), inc.cancelled)
         };
-        while self.wakers.len() <= idx {
-            let wake = Arc::new(ChildWaker {
-                idx: self.wakers.len(),
-                queued: AtomicBool::new(false),
-                ready: self.shared.ready.clone(),
-            });
-            self.wakers.push(Entry {
-                waker: Waker::from(wake.clone()),
-                wake,
-                round: 0,
-            });
+        if cancelled {
+            drop(new); // lock released: their drops may call back into the scope
+            return true;
         }
+        for child in new {
+            let idx = match self.free.pop() {
+                Some(i) => {
+                    self.slots[i] = Some(child);
+                    i
+                }
+                None => {
+                    self.slots.push(Some(child));
+                    let idx = self.slots.len() - 1;
+                    let wake = Arc::new(ChildWaker {
+                        idx,
+                        queued: AtomicBool::new(false),
+                        ready: self.shared.ready.clone(),
+                    });
+                    self.wakers.push(Entry {
+                        waker: Waker::from(wake.clone()),
+                        wake,
+                        round: 0,
+                    });
+                    idx
+                }
+            };
+            self.live += 1;
+            self.batch.push(idx);
+        }
+        true
+    }
+
+    fn poll_child(&mut self, idx: usize) -> Step<E> {
+        let Some(Some(fut)) = self.slots.get_mut(idx) else {
+            return Step::Continue; // a stale wake of a freed slot
+        };
         let entry = &mut self.wakers[idx];
+        if entry.round == self.round {
+            self.deferred.push(idx);
+            return Step::Continue;
+        }
         entry.round = self.round;
         entry.wake.queued.store(false, Release);
-        let mut fut = fut;
         let mut cx = Context::from_waker(&entry.waker);
         let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
         let result = match polled {
-            Ok(Poll::Pending) => {
-                lock(&self.shared.state).slots[idx].fut = Some(fut);
-                return Step::Continue;
-            }
+            Ok(Poll::Pending) => return Step::Continue,
             Ok(Poll::Ready(r)) => r.map_err(ScopeError::Failed),
             Err(payload) => Err(ScopeError::Panicked(payload)),
         };
-        {
-            let mut st = lock(&self.shared.state);
-            st.slots[idx].occupied = false;
-            st.free.push(idx);
-            st.live -= 1;
-        }
+        let fut = self.slots[idx].take();
+        self.free.push(idx);
+        self.live -= 1;
         // A panicking child's drop could panic again; its payload is already taken.
         let _ = catch_unwind(AssertUnwindSafe(move || drop(fut)));
         match result {
@@ -640,11 +610,29 @@ where
         }
     }
 
+    /// Drops every child, owned or still incoming; with `close`, later spawns are
+    /// refused. The flag is set before the drops, which may call back into the scope.
+    fn drop_children(&mut self, close: bool) {
+        let incoming = {
+            let mut inc = lock(&self.shared.incoming);
+            if close {
+                inc.closed = true;
+            }
+            mem::take(&mut inc.children)
+        };
+        let owned: Vec<_> = self.slots.iter_mut().filter_map(Option::take).collect();
+        self.free.clear();
+        self.free.extend(0..self.slots.len());
+        self.live = 0;
+        drop(owned);
+        drop(incoming);
+    }
+
     /// Ends the scope with `err`: every child and the body are dropped.
     fn fail(&mut self, err: ScopeError<E>) -> Poll<Result<R, ScopeError<E>>> {
         self.shared.ready.polling.store(false, SeqCst);
         self.done = true;
-        drop(self.shared.take_children(true));
+        self.drop_children(true);
         self.body = None;
         Poll::Ready(Err(err))
     }
@@ -670,10 +658,13 @@ where
         ready.polling.store(true, SeqCst);
         this.round += 1;
         loop {
-            mem::swap(&mut this.batch, &mut *lock(&ready.queue));
+            // Woken children and the body, then children spawned since the last look.
+            this.batch.append(&mut lock(&ready.queue));
+            this.adopt_incoming();
             if this.batch.is_empty() {
                 ready.polling.store(false, SeqCst);
-                if lock(&ready.queue).is_empty() {
+                let woken = !lock(&ready.queue).is_empty();
+                if !woken && lock(&this.shared.incoming).children.is_empty() {
                     break;
                 }
                 ready.polling.store(true, SeqCst);
@@ -692,25 +683,23 @@ where
                 }
             }
             batch.clear();
-            this.batch = batch;
+            if this.batch.is_empty() {
+                this.batch = batch; // keep the allocation
+            }
         }
         if !this.deferred.is_empty() {
             // Woken again during this poll: next poll, after the worker ran others.
             lock(&ready.queue).append(&mut this.deferred);
             cx.waker().wake_by_ref();
         }
-        let (cancelled, live) = {
-            let st = lock(&this.shared.state);
-            (st.cancelled, st.live)
-        };
-        if cancelled && live > 0 {
-            drop(this.shared.take_children(false));
+        if this.live > 0 && lock(&this.shared.incoming).cancelled {
+            this.drop_children(false);
         }
-        if this.body.is_none() {
-            let mut st = lock(&this.shared.state);
-            if st.live == 0 {
-                st.closed = true;
-                drop(st);
+        if this.body.is_none() && this.live == 0 {
+            let mut inc = lock(&this.shared.incoming);
+            if inc.children.is_empty() {
+                inc.closed = true;
+                drop(inc);
                 this.done = true;
                 return Poll::Ready(Ok(this.output.take().expect("body returned Ok")));
             }
@@ -723,7 +712,14 @@ impl<E, R, Fut> Drop for ScopeFuture<'_, E, R, Fut> {
     fn drop(&mut self) {
         if !self.done {
             // Children first: none may run, or be left behind, once the scope is gone.
-            drop(self.shared.take_children(true));
+            let incoming = {
+                let mut inc = lock(&self.shared.incoming);
+                inc.closed = true;
+                mem::take(&mut inc.children)
+            };
+            let owned: Vec<_> = self.slots.iter_mut().filter_map(Option::take).collect();
+            drop(owned);
+            drop(incoming);
             self.body = None;
         }
     }
