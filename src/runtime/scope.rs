@@ -165,8 +165,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The handle a scope's body receives: spawns children into the scope, or cancels them.
 ///
-/// It is `Clone` (children may hold one to spawn siblings) and `Send + Sync` when `E` is
-/// `Send`. It cannot outlive `'env`, the lifetime of what the children may borrow; a
+/// It is `Clone` (children may hold one to spawn siblings) and `Send + Sync`. It cannot outlive `'env`, the lifetime of what the children may borrow; a
 /// handle kept past the end of its scope is harmless: what it spawns then is dropped
 /// without being polled.
 pub struct Scope<'env, E> {
