@@ -1,4 +1,5 @@
 //! Core runtime benchmarks: veloq against Tokio, async-executor and a raw SPSC ring.
+//! (`scope`: structured fan-out/fan-in against Tokio's `JoinSet`.)
 //!
 //! Run with `cargo bench --bench core` (`VELOQ_BENCH_QUICK=1` for a smoke test). Optional
 //! arguments select scenario groups by name: `cargo bench --bench core -- mesh park`;
@@ -20,6 +21,8 @@ mod memory;
 mod mesh;
 #[path = "core/park.rs"]
 mod park;
+#[path = "core/scope.rs"]
+mod scope;
 #[path = "core/spawn.rs"]
 mod spawn;
 #[path = "core/spsc_ring.rs"]
@@ -34,12 +37,13 @@ static ALLOC: CountingAlloc = CountingAlloc;
 type Group = (&'static str, fn(&mut Bench));
 
 /// Scenario groups in run order.
-const GROUPS: [Group; 5] = [
+const GROUPS: [Group; 6] = [
     ("spawn", spawn::all),
     ("mesh", mesh::all),
     ("memory", memory::all),
     ("park", park::all),
     ("blocking", blocking::all),
+    ("scope", scope::all),
 ];
 
 fn main() {

@@ -187,6 +187,20 @@ typedef struct veloq_cq veloq_cq;
 typedef struct veloq_ctx veloq_ctx;
 
 /**
+ * A task group: callback tasks (members) and every worker-side I/O operation
+ * (`veloq_read`, `veloq_recv`, ...) started from a member's callback or from the callback
+ * of one of the group's operations. Tasks a member spawns with `veloq_spawn*` and
+ * operations sent with `veloq_submit` are not in the group. It is cancelled as a whole
+ * and completes once. Shutdown does not wait for a group: members already accepted still
+ * run (or complete -ECANCELED if the group was cancelled), its operations complete with
+ * -ECANCELED, and the group completes once it is closed (`veloq_group_free` closes it,
+ * also after the runtime was freed). Its functions are callable from any thread,
+ * worker callbacks included (members of the group too), except that `veloq_group_free`
+ * must not race with another call on the same handle.
+ */
+typedef struct veloq_group veloq_group;
+
+/**
  * A running runtime: its worker threads, queues and rings. Every function taking a
  * `veloq_runtime *` may be called from any thread unless its comment says otherwise.
  */
@@ -826,6 +840,63 @@ int veloq_submit(struct veloq_runtime *rt,
                  const struct veloq_sqe *sqe,
                  struct veloq_cq *cq,
                  uint64_t user_data);
+
+/**
+ * Makes an open group of `rt` into `*out`. Its one completion `{user_data, res, flags 0,
+ * worker}` goes to `cq` (none when `cq` is NULL) once the group is closed and every
+ * member and operation of it has delivered its final completion: `res` is the first
+ * negative value a member returned (in the order members finished), else -ECANCELED if
+ * `veloq_group_cancel` was called, else 0; `worker` is the worker that finished last
+ * (UINT32_MAX when `veloq_group_close` completed it from another thread). The
+ * completion is reserved now: `veloq_cq_free(cq)` returns -EBUSY until it is posted.
+ *
+ * Returns 0; -EINVAL (NULL `rt` or `out`); -ESHUTDOWN once `rt` is shutting down.
+ * Release the handle with `veloq_group_free` (which closes the group if needed).
+ * Callable from any thread.
+ */
+int veloq_group_new(struct veloq_runtime *rt,
+                    struct veloq_cq *cq,
+                    uint64_t user_data,
+                    struct veloq_group **out);
+
+/**
+ * Adds a member to `g`: `fn(ctx, arg)` runs once on worker `worker` (0..workers, never
+ * stolen), or with `worker` -1 on the less loaded of two workers (P2C). Operations it
+ * starts with `ctx` belong to the group; its return value counts towards the group's
+ * result (no completion of its own). If the group is cancelled before the member starts,
+ * `fn` never runs and the member counts as -ECANCELED.
+ *
+ * Returns 0; -EINVAL (NULL `g` or `fn`, `worker` < -1 or out of range, or the group is
+ * closed); -ECANCELED (the group was cancelled); -ESHUTDOWN (the runtime is shutting
+ * down). On an error nothing changes and `fn` never runs. `arg` stays the caller's and
+ * must stay valid until `fn` ran (or the group completed). Callable from any thread.
+ */
+int veloq_group_spawn(struct veloq_group *g, int32_t worker, veloq_task_fn fn, void *arg);
+
+/**
+ * Cancels `g`: members not started yet complete as -ECANCELED without running; every
+ * operation of the group in flight is cancelled on its worker and its callback gets
+ * -ECANCELED (unless it finished first); later `veloq_group_spawn` calls and operations
+ * started from the group's callbacks are refused with -ECANCELED. Running members are
+ * not interrupted. The group still completes only once closed. Returns 0 (also when it
+ * was already cancelled or has completed); -EINVAL for NULL. Callable from any thread.
+ */
+int veloq_group_cancel(struct veloq_group *g);
+
+/**
+ * Closes `g`: no more members. Its completion is posted once every member and operation
+ * is done — from inside this call when nothing is left. Returns 0; -EINVAL (NULL, or
+ * already closed). Callable from any thread.
+ */
+int veloq_group_close(struct veloq_group *g);
+
+/**
+ * Releases the handle `g`, closing the group first if it is still open; the group
+ * itself finishes and completes as usual. NULL is a no-op. Callable from any thread,
+ * once per handle, with no other call on `g` in progress or after it; works after the
+ * runtime was freed.
+ */
+void veloq_group_free(struct veloq_group *g);
 
 /**
  * Allocates a buffer of at least `size` bytes (1..=VELOQ_BUF_MAX_SIZE) from the pool

@@ -37,3 +37,5 @@ pub use runtime::{
     Placement, RawTask, RawTaskFn, Runtime, RuntimeBuilder, RuntimeContext, ShutdownError,
     SpawnError, SpawnErrorKind, WorkerStats,
 };
+// Structured concurrency (issue #5).
+pub use runtime::{scope, Scope, ScopeError, ScopeFuture, ScopedJoinHandle, TaskGroup};

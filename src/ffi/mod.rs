@@ -31,6 +31,8 @@ mod blocking;
 // After the task API: the header reads tasks, then worker-side and host-side I/O.
 mod io;
 mod submit;
+// Task groups: after tasks and I/O, whose callbacks they group.
+mod group;
 
 // After the others in the header (cbindgen keeps this order): buffers come last, as in
 // the API contract.
@@ -40,6 +42,7 @@ pub use blocking::*;
 pub use buf::*;
 pub use cq::*;
 pub use error::*;
+pub use group::*;
 pub use io::*;
 pub use runtime::*;
 pub use submit::*;

@@ -24,6 +24,11 @@ impl RuntimeContext {
         cb: IoCallback,
         arg: *mut c_void,
     ) -> Result<u64, i32> {
+        if let Some(group) = crate::runtime::group::current(self) {
+            // Inside a task group's callback: the operation joins the group.
+            // SAFETY: forwarded promise.
+            return unsafe { crate::runtime::group::submit_in_group(self, group, &op, cb, arg) };
+        }
         let id = self
             .driver
             .borrow_mut()

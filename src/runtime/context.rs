@@ -55,6 +55,9 @@ pub struct RuntimeContext {
     /// `driver` so the ring (and its registration) is dropped first.
     pub(crate) buffers: BufferPool,
     pub(crate) stats: super::executor::LocalCounters,
+    /// The task group whose member or operation callback is running, or null: I/O
+    /// submitted meanwhile belongs to it (see `group.rs`).
+    pub(crate) group: Cell<*const super::group::GroupInner>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -86,6 +89,7 @@ impl RuntimeContext {
             io_closed: Cell::new(false),
             buffers,
             stats: Default::default(),
+            group: Cell::new(ptr::null()),
             registry,
             _not_send: PhantomData,
         })
