@@ -33,3 +33,6 @@ pub use runtime::{
     JoinHandle, LocalJoinHandle, OsError, Placement, RawTask, RawTaskFn, Runtime, RuntimeBuilder,
     RuntimeContext, ShutdownError, SpawnError, SpawnErrorKind, WorkerStats,
 };
+pub use runtime::{
+    QueueDepths, RuntimeDump, StallReport, TaskBuilder, TaskDump, TaskState, WorkerDump,
+};
