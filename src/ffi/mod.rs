@@ -26,6 +26,8 @@ mod error;
 mod runtime;
 mod task;
 mod version;
+// Names, stall detection, statistics and the dump: after the task API.
+mod introspect;
 // After the task API: the header reads tasks, then worker-side and host-side I/O.
 mod io;
 mod submit;
@@ -37,6 +39,7 @@ mod buf;
 pub use buf::*;
 pub use cq::*;
 pub use error::*;
+pub use introspect::*;
 pub use io::*;
 pub use runtime::*;
 pub use submit::*;

@@ -35,7 +35,7 @@ pub extern "C" fn veloq_builder_new() -> *mut veloq_builder {
 
 /// Runs `set` on the builder behind `b`; -EINVAL for NULL or a value `set` refuses
 /// (the builder is then unchanged).
-fn configure(
+pub(crate) fn configure(
     b: *mut veloq_builder,
     set: impl FnOnce(&mut RuntimeBuilder) -> Result<(), &'static str>,
 ) -> c_int {

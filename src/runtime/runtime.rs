@@ -903,39 +903,42 @@ impl Runtime {
 
     /// Counters of every worker.
     pub fn stats(&self) -> Vec<WorkerStats> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.handle
-            .registry
-            .workers
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let c = &w.counters;
-                WorkerStats {
-                    tasks_local: c.tasks_local.load(Relaxed),
-                    tasks_mesh: c.tasks_mesh.load(Relaxed),
-                    tasks_inbox: c.tasks_inbox.load(Relaxed),
-                    tasks_injector: c.tasks_injector.load(Relaxed),
-                    tasks_stolen: c.tasks_stolen.load(Relaxed),
-                    polls: c.polls.load(Relaxed),
-                    tasks_spawned: c.tasks_spawned.load(Relaxed) + w.spawned_outside(),
-                    steals: c.steals.load(Relaxed),
-                    parks: c.parks.load(Relaxed),
-                    wakeups: c.wakeups_sent.load(Relaxed),
-                    load: w.load(),
-                    ring_flags: c.ring_flags.load(Relaxed) as u32,
-                    io_submitted: c.io_submitted.load(Relaxed),
-                    io_completed: c.io_completed.load(Relaxed),
-                    io_stale: c.io_stale.load(Relaxed),
-                    io_backlog: c.io_backlog.load(Relaxed),
-                    io_enters: c.io_enters.load(Relaxed),
-                    stalls: w.watch.stalls.load(Relaxed),
-                    stalled_ns: w.watch.stalled_ns.load(Relaxed),
-                    stalled: w.is_stalled(),
-                    queues: QueueDepths::of(&self.handle.registry, i),
-                }
-            })
+        (0..self.workers())
+            .filter_map(|i| self.worker_stats(i))
             .collect()
+    }
+
+    /// Counters of worker `worker`; None when there is no such worker. Callable from
+    /// any thread.
+    pub fn worker_stats(&self, worker: usize) -> Option<WorkerStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let registry = &self.handle.registry;
+        let w = registry.workers.get(worker)?;
+        let i = worker;
+        let c = &w.counters;
+        Some(WorkerStats {
+            tasks_local: c.tasks_local.load(Relaxed),
+            tasks_mesh: c.tasks_mesh.load(Relaxed),
+            tasks_inbox: c.tasks_inbox.load(Relaxed),
+            tasks_injector: c.tasks_injector.load(Relaxed),
+            tasks_stolen: c.tasks_stolen.load(Relaxed),
+            polls: c.polls.load(Relaxed),
+            tasks_spawned: c.tasks_spawned.load(Relaxed) + w.spawned_outside(),
+            steals: c.steals.load(Relaxed),
+            parks: c.parks.load(Relaxed),
+            wakeups: c.wakeups_sent.load(Relaxed),
+            load: w.load(),
+            ring_flags: c.ring_flags.load(Relaxed) as u32,
+            io_submitted: c.io_submitted.load(Relaxed),
+            io_completed: c.io_completed.load(Relaxed),
+            io_stale: c.io_stale.load(Relaxed),
+            io_backlog: c.io_backlog.load(Relaxed),
+            io_enters: c.io_enters.load(Relaxed),
+            stalls: w.watch.stalls.load(Relaxed),
+            stalled_ns: w.watch.stalled_ns.load(Relaxed),
+            stalled: w.is_stalled(),
+            queues: QueueDepths::of(registry, i),
+        })
     }
 
     /// Bytes the mesh takes now (channels are made on first use).
