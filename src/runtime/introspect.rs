@@ -196,12 +196,14 @@ impl fmt::Display for RuntimeDump {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "veloq runtime dump: {} workers", self.workers.len())?;
         for w in &self.workers {
-            write!(f, "worker {}:", w.worker)?;
+            write!(f, "worker {}: ", w.worker)?;
             if w.stalled {
-                write!(f, " STALLED")?;
+                write!(f, "STALLED, ")?;
             }
-            if !w.answered {
-                write!(f, " not answering within {} ms", self.wait.as_millis())?;
+            if w.answered {
+                write!(f, "answered")?;
+            } else {
+                write!(f, "not answering within {} ms", self.wait.as_millis())?;
             }
             match (&w.running, w.running_for) {
                 (Some(name), Some(d)) => {
