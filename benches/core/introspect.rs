@@ -55,16 +55,19 @@ fn veloq_spawn(n: usize, threshold: Duration, name: Option<&'static str>) -> f64
     let root = rt
         .spawn_to(0, async move {
             let mut handles = Vec::with_capacity(n);
+            // Built once, cloned per spawn (the name is shared, not copied).
+            let named = name.map(|name| {
+                veloq::TaskBuilder::new()
+                    .name(name)
+                    .placement(veloq::Placement::Balanced)
+            });
             let start = Instant::now();
             for _ in 0..n {
-                let h = match name {
-                    None => veloq::spawn_balanced(async {}),
-                    Some(name) => veloq::TaskBuilder::new()
-                        .name(name)
-                        .placement(veloq::Placement::Balanced)
-                        .spawn(async {}),
+                let h = match &named {
+                    None => veloq::spawn_balanced(async {}).expect("spawn"),
+                    Some(builder) => builder.clone().spawn(async {}).expect("spawn"),
                 };
-                handles.push(h.expect("spawn"));
+                handles.push(h);
             }
             for handle in handles {
                 handle.await.expect("task completed");

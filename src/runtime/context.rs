@@ -312,6 +312,7 @@ impl RuntimeContext {
 
     /// Registers a task that now belongs to this worker as unfinished.
     pub(crate) fn adopted(&self, task: TaskRef) {
+        task.set_spawned_ms(self.stats.turn_ms());
         task.link_live(&self.live_head);
         self.live_futures.set(self.live_futures.get() + 1);
         self.me().task_memory_acquired();

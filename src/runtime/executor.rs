@@ -14,6 +14,7 @@ use std::time::Instant;
 use crossbeam_deque::Steal;
 
 use super::context::RuntimeContext;
+use super::introspect::coarse_ms;
 use super::job::{Job, JobParts};
 use crate::io::driver::Delivery;
 use spawner::next_random;
@@ -42,9 +43,18 @@ pub(crate) struct LocalCounters {
     pub(crate) spawned: Cell<u64>,
     /// The worker's progress counter (see `WorkerWatch::progress`).
     progress: Cell<u64>,
+    /// `coarse_ms` at the start of the current loop turn: a task's age starts here.
+    turn_ms: Cell<u32>,
     /// Jobs at the front of `buffer` that came from the own injector (the rest were
     /// stolen): keeps the by-source counts exact.
     buffered_own: Cell<usize>,
+}
+
+impl LocalCounters {
+    /// `coarse_ms` as of the start of the current loop turn.
+    pub(crate) fn turn_ms(&self) -> u32 {
+        self.turn_ms.get()
+    }
 }
 
 impl RuntimeContext {
@@ -57,6 +67,7 @@ impl RuntimeContext {
                 self.leave_idle();
             }
             self.bump_progress();
+            self.stats.turn_ms.set(coarse_ms());
             let mut ran = self.poll_io();
             if self.me().has_remote() {
                 ran += self.me().drain_remote(self);

@@ -2,7 +2,8 @@
 //! samples, and the dump of live tasks.
 //!
 //! Cost model. An unnamed task costs one extra pointer in its header (the optional
-//! name) and a coarse clock read at spawn (its age). Per job, the worker makes one
+//! name); its age is stamped from a coarse clock the worker reads once per loop turn
+//! (no clock read per task). Per job, the worker makes one
 //! `Relaxed` store of its progress counter on a line only it writes; it takes the
 //! running-name lock only around tasks that have a name (and once after them, to
 //! clear it). The dump asks each worker for its own section, so it never touches a
@@ -147,7 +148,10 @@ pub struct TaskDump {
     pub worker: usize,
     /// Its state.
     pub state: TaskState,
-    /// Time since it was spawned (millisecond resolution).
+    /// Time since it became live on its worker: its spawn, or, for a task spawned on
+    /// another thread, when its worker took it. Stamped with the coarse clock the
+    /// worker reads at the start of each loop turn (millisecond resolution; a task
+    /// spawned late in a long turn looks older by up to that turn's length).
     pub age: Duration,
 }
 

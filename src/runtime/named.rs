@@ -29,7 +29,8 @@ use super::task::TaskRef;
 /// ```
 ///
 /// Every `spawn*` method behaves as the unnamed function of the same name does (same
-/// placement rules, errors and threads).
+/// placement rules, errors and threads). `name` allocates; a clone of a builder shares
+/// its name, so hot paths build one and clone it per spawn.
 #[derive(Clone, Debug)]
 pub struct TaskBuilder {
     name: Option<Arc<TaskName>>,

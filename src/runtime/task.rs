@@ -33,7 +33,7 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use super::context::{self, RuntimeContext};
 use super::executor::spawner::WorkerShared;
-use super::introspect::{coarse_ms, DumpRequest, TaskName, TaskState};
+use super::introspect::{DumpRequest, TaskName, TaskState};
 use super::join::{JoinError, LocalJoin, Output, SharedJoin};
 
 /// Not queued, not running.
@@ -59,8 +59,9 @@ pub(crate) struct Header {
     refs: Cell<u32>,
     /// Foreign `clone` / `wake_by_ref` operations queued but not applied yet.
     foreign_pending: AtomicU32,
-    /// When it was spawned (`introspect::coarse_ms`); fills what was padding.
-    spawned_ms: u32,
+    /// When it became live on its owner (`introspect::coarse_ms`, as cached by the
+    /// owner at the start of its loop turn); fills what was padding.
+    spawned_ms: Cell<u32>,
     /// The owning worker; written once when the task is adopted, before any waker of it
     /// exists. Atomic because a `JoinHandle::abort` on another thread reads it.
     owner: AtomicPtr<WorkerShared>,
@@ -239,7 +240,7 @@ impl TaskRef {
                 started: Cell::new(false),
                 refs: Cell::new(refs),
                 foreign_pending: AtomicU32::new(0),
-                spawned_ms: coarse_ms(),
+                spawned_ms: Cell::new(0),
                 owner: AtomicPtr::new(owner),
                 live_prev: Cell::new(ptr::null()),
                 live_next: Cell::new(ptr::null()),
@@ -439,9 +440,14 @@ impl TaskRef {
         self.header().name.as_ref()
     }
 
-    /// When it was spawned (`coarse_ms`).
+    /// When it became live on its owner (`coarse_ms`).
     pub(crate) fn spawned_ms(&self) -> u32 {
-        self.header().spawned_ms
+        self.header().spawned_ms.get()
+    }
+
+    /// Owner thread: records when the task became live here.
+    pub(crate) fn set_spawned_ms(&self, ms: u32) {
+        self.header().spawned_ms.set(ms);
     }
 
     /// True the first time it is asked: the run about to happen is the task's start.
