@@ -1,6 +1,12 @@
 //! Introspection costs: spawn throughput with the stall watchdog on (the default) and
 //! off, with named tasks, beside Tokio; and how long a dump of a runtime with many live
 //! tasks takes.
+//!
+//! The spawning root task runs for longer than the default 100 ms threshold in one poll,
+//! which *is* a stall: with the default the watchdog would (rightly) flag worker 0 and
+//! send the balanced spawns elsewhere, which measures a different placement, not the
+//! watchdog's cost. So "on" here uses a 10 s threshold: the watchdog thread samples and
+//! every job publishes its progress, but no stall is declared.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -24,7 +30,7 @@ fn spawn_with_watchdog(bench: &mut Bench) {
     let n = count(1_000_000);
     let scenario = Scenario::lower_is_better(
         format!(
-            "spawn_balanced {} tasks + join all, 2 workers, stall watchdog on",
+            "spawn_balanced {} tasks + join all, 2 workers, stall watchdog on (10 s)",
             human(n)
         ),
         "ns/task",
@@ -34,17 +40,18 @@ fn spawn_with_watchdog(bench: &mut Bench) {
     bench.run(
         scenario,
         vec![
-            System::new("veloq", || veloq_spawn(n, Duration::from_millis(100), None)),
+            System::new("veloq", || veloq_spawn(n, WATCHING, None)),
             System::new("veloq-watchdog-off", || {
                 veloq_spawn(n, Duration::ZERO, None)
             }),
-            System::new("veloq-named", || {
-                veloq_spawn(n, Duration::from_millis(100), Some("bench"))
-            }),
+            System::new("veloq-named", || veloq_spawn(n, WATCHING, Some("bench"))),
             System::new("tokio", || tokio_spawn(n)),
         ],
     );
 }
+
+/// A threshold the benchmark's long root poll stays under.
+const WATCHING: Duration = Duration::from_secs(10);
 
 /// `spawn_balanced` (or a named balanced spawn) from a task on worker 0.
 fn veloq_spawn(n: usize, threshold: Duration, name: Option<&'static str>) -> f64 {
