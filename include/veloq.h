@@ -736,7 +736,9 @@ int veloq_builder_on_stall(struct veloq_builder *b, veloq_stall_fn fn, void *use
  * that. Returns 0; -EINVAL (NULL `rt` or `out`, `worker` out of range, `out->size` < 8;
  * nothing is written). Callable from any thread.
  */
-int veloq_runtime_stats(struct veloq_runtime *rt, uint32_t worker, struct veloq_worker_stats *out);
+int veloq_runtime_stats(const struct veloq_runtime *rt,
+                        uint32_t worker,
+                        struct veloq_worker_stats *out);
 
 /**
  * Writes a text dump of the runtime to `fd`: per worker, whether it answered, whether it
@@ -752,7 +754,7 @@ int veloq_runtime_stats(struct veloq_runtime *rt, uint32_t worker, struct veloq_
  * callback, that worker's section is made inline and the call blocks that worker up to
  * the bound while the others answer. `fd` stays the caller's (not closed).
  */
-int veloq_runtime_dump(struct veloq_runtime *rt, int fd);
+int veloq_runtime_dump(const struct veloq_runtime *rt, int fd);
 
 /**
  * Does nothing through the ring: `cb` gets res 0. Returns the op id (> 0); -EINVAL for

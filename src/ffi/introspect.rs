@@ -245,7 +245,7 @@ const STATS_HEADER: usize = 8;
 /// nothing is written). Callable from any thread.
 #[no_mangle]
 pub extern "C" fn veloq_runtime_stats(
-    rt: *mut veloq_runtime,
+    rt: *const veloq_runtime,
     worker: u32,
     out: *mut veloq_worker_stats,
 ) -> c_int {
@@ -323,7 +323,7 @@ pub extern "C" fn veloq_runtime_stats(
 /// callback, that worker's section is made inline and the call blocks that worker up to
 /// the bound while the others answer. `fd` stays the caller's (not closed).
 #[no_mangle]
-pub extern "C" fn veloq_runtime_dump(rt: *mut veloq_runtime, fd: c_int) -> c_int {
+pub extern "C" fn veloq_runtime_dump(rt: *const veloq_runtime, fd: c_int) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
         // SAFETY: a non-null runtime is live (caller's promise).
         let Ok(rt) = (unsafe { handle(rt) }) else {
