@@ -483,7 +483,8 @@ fn mark_exited(registry: &ExecutorRegistry) {
 /// run) by where the task came from; re-polls of woken futures count in `polls`. Once
 /// every spawned task has run, the sum of `tasks_local + tasks_mesh + tasks_inbox +
 /// tasks_injector + tasks_stolen` over all workers equals the sum of `tasks_spawned`
-/// (counters are published once per loop turn, so read them after the work is done).
+/// (counters are published once per loop turn, so read them after the work is done; a
+/// future dropped unpolled by a shutdown that timed out counts as spawned, not started).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerStats {
     /// Tasks started from the local run queue (`spawn_local`, and tasks a worker sent
