@@ -269,6 +269,11 @@ symbols-check: lib
 	missing=""; for f in $(API_FUNCTIONS); do \
 		grep -qx "$$f" <<<"$$have" || missing="$$missing $$f"; done; \
 	if [ -n "$$missing" ]; then echo "API functions not exported:$$missing"; exit 1; fi
+	@have=$$(nm -D --defined-only $(SO) | awk 'NF >= 3 {print $$3}' | sed 's/@.*//'); \
+	declared=$$(grep -oE '\bveloq_[a-z0-9_]+\(' $(VELOQ_INCLUDE_DIR)/veloq.h | tr -d '(' | sort -u); \
+	missing=""; for f in $$declared; do \
+		grep -qx "$$f" <<<"$$have" || missing="$$missing $$f"; done; \
+	if [ -n "$$missing" ]; then echo "declared in veloq.h but not exported:$$missing"; exit 1; fi
 	@soname=$$(readelf -d $(SO) | sed -n 's/.*Library soname: \[\(.*\)\].*/\1/p'); \
 	if [ "$$soname" != "$(SONAME)" ]; then echo "SONAME is '$$soname', expected $(SONAME)"; exit 1; fi
 	@echo "$$(nm -D --defined-only $(SO) | wc -l) exported symbols, all veloq_*; SONAME $(SONAME)"

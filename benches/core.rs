@@ -15,6 +15,8 @@ mod harness;
 mod blocking;
 #[path = "core/common.rs"]
 mod common;
+#[path = "core/introspect.rs"]
+mod introspect;
 #[path = "core/memory.rs"]
 mod memory;
 #[path = "core/mesh.rs"]
@@ -37,13 +39,14 @@ static ALLOC: CountingAlloc = CountingAlloc;
 type Group = (&'static str, fn(&mut Bench));
 
 /// Scenario groups in run order.
-const GROUPS: [Group; 6] = [
+const GROUPS: [Group; 7] = [
     ("spawn", spawn::all),
     ("mesh", mesh::all),
     ("memory", memory::all),
     ("park", park::all),
     ("blocking", blocking::all),
     ("scope", scope::all),
+    ("introspect", introspect::all),
 ];
 
 fn main() {

@@ -117,7 +117,7 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 14] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 16] = [
     (
         "veloq",
         "this crate, default settings, workers pinned",
@@ -150,6 +150,16 @@ const SYSTEMS: [(&str, &str, Option<&str>); 14] = [
         "a bare cache-padded SPSC ring between two pinned spinning threads (hardware \
          reference, written in the bench)",
         None,
+    ),
+    (
+        "veloq-watchdog-off",
+        "veloq with `stall_threshold(Duration::ZERO)`: no stall watchdog thread",
+        Some("veloq"),
+    ),
+    (
+        "veloq-named",
+        "veloq, every task spawned with a name (`TaskBuilder::name`)",
+        Some("veloq"),
     ),
     ("budget", "a fixed limit, not a system", None),
     (

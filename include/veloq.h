@@ -42,6 +42,17 @@
 #define VELOQ_VERSION_PATCH 0
 
 /**
+ * `veloq_spawn_named` worker argument: the less loaded of two workers (as
+ * `veloq_spawn_balanced`).
+ */
+#define VELOQ_WORKER_BALANCED -1
+
+/**
+ * `veloq_spawn_named` worker argument: an injector, stealable (as `veloq_spawn`).
+ */
+#define VELOQ_WORKER_ANY -2
+
+/**
  * `flags` bit of a completion (callback or `veloq_cqe`): more completions of this
  * multishot operation follow. The final completion comes without it.
  */
@@ -233,6 +244,153 @@ typedef struct veloq_cqe {
  * spawn; its return value becomes the completion's `res`.
  */
 typedef int64_t (*veloq_task_fn)(struct veloq_ctx *ctx, void *arg);
+
+/**
+ * What a stall callback receives. Valid only during the call.
+ */
+typedef struct veloq_stall_report {
+    /**
+     * The stalled worker.
+     */
+    uint32_t worker;
+    /**
+     * 0: the stall was just noticed, the job still runs. 1: the worker came back to its
+     * loop; `running_ns` is then the whole stall.
+     */
+    uint32_t ended;
+    /**
+     * How long the worker had been in the same job, as the watchdog measured it (up to
+     * a quarter of the threshold less than the truth).
+     */
+    uint64_t running_ns;
+    /**
+     * The running task's name (from `veloq_spawn_named`), or NULL for an unnamed job.
+     * Valid only during the call.
+     */
+    const char *task_name;
+} veloq_stall_report;
+
+/**
+ * A stall callback: `report` is valid only during the call; `user_data` is the pointer
+ * given to `veloq_builder_on_stall`.
+ */
+typedef void (*veloq_stall_fn)(const struct veloq_stall_report *report, void *user_data);
+
+/**
+ * One worker's counters, filled by `veloq_runtime_stats`. The struct grows at its end
+ * in later versions: set `size` to `sizeof(veloq_worker_stats)` before the call; the
+ * library writes only the fields that fit (and that it knows) and sets `size` to the
+ * bytes it wrote. Counters only grow; they are published once per worker loop turn.
+ *
+ * Task counters count task *starts* by where the task came from: once every spawned
+ * task has run, the sum over all workers of `tasks_local + tasks_mesh + tasks_inbox +
+ * tasks_injector + tasks_stolen` equals the sum of `tasks_spawned`.
+ */
+typedef struct veloq_worker_stats {
+    /**
+     * In: the caller's `sizeof(veloq_worker_stats)`; out: bytes written.
+     */
+    uint32_t size;
+    /**
+     * Optional io_uring set-up flags the worker's ring got (bit 0 SINGLE_ISSUER, bit 1
+     * DEFER_TASKRUN, bit 2 COOP_TASKRUN).
+     */
+    uint32_t ring_flags;
+    /**
+     * Tasks started from the local run queue (Rust `spawn_local`, work a worker sent
+     * to itself).
+     */
+    uint64_t tasks_local;
+    /**
+     * Tasks started that arrived over the mesh (balanced / targeted from a worker).
+     */
+    uint64_t tasks_mesh;
+    /**
+     * Tasks started from the pinned inbox (`veloq_spawn_to` from outside, overflow).
+     */
+    uint64_t tasks_inbox;
+    /**
+     * Tasks started from the worker's own injector.
+     */
+    uint64_t tasks_injector;
+    /**
+     * Tasks started that were stolen from another worker's injector.
+     */
+    uint64_t tasks_stolen;
+    /**
+     * Polls of woken Rust futures after their first (not starts).
+     */
+    uint64_t polls;
+    /**
+     * Tasks spawned by this worker's callbacks and tasks, plus tasks spawned from
+     * non-worker threads that were placed on this worker.
+     */
+    uint64_t tasks_spawned;
+    /**
+     * Successful steals (each takes a batch).
+     */
+    uint64_t steals;
+    /**
+     * Times the worker went to sleep.
+     */
+    uint64_t parks;
+    /**
+     * Wake-up system calls made for this worker.
+     */
+    uint64_t wakeups;
+    /**
+     * Queued and running work as the balancer sees it.
+     */
+    uint64_t load;
+    /**
+     * I/O operations accepted by the worker's ring.
+     */
+    uint64_t io_submitted;
+    /**
+     * I/O operations that delivered their final completion.
+     */
+    uint64_t io_completed;
+    /**
+     * Completions that named no live operation.
+     */
+    uint64_t io_stale;
+    /**
+     * I/O operations waiting for room in the submission queue.
+     */
+    uint64_t io_backlog;
+    /**
+     * `io_uring_enter` calls made to submit or reap.
+     */
+    uint64_t io_enters;
+    /**
+     * Stalls the watchdog noticed.
+     */
+    uint64_t stalls;
+    /**
+     * Nanoseconds spent in stalls that have ended.
+     */
+    uint64_t stalled_ns;
+    /**
+     * 1 while the worker is stalled, else 0.
+     */
+    uint64_t stalled;
+    /**
+     * Jobs in the local run queue (as last published by the worker).
+     */
+    uint64_t queue_local;
+    /**
+     * Jobs in the stealable injector.
+     */
+    uint64_t queue_injector;
+    /**
+     * Jobs in the pinned inbox.
+     */
+    uint64_t queue_inbox;
+    /**
+     * Jobs waiting in the inbound mesh channels.
+     */
+    uint64_t queue_mesh;
+} veloq_worker_stats;
 
 /**
  * A completion callback: `res` is the operation's result (>= 0, e.g. bytes moved or a
@@ -574,6 +732,80 @@ int veloq_spawn_blocking(struct veloq_runtime *rt,
                          void *arg,
                          struct veloq_cq *cq,
                          uint64_t user_data);
+
+/**
+ * Like `veloq_spawn` / `veloq_spawn_balanced` / `veloq_spawn_to`, with a name that
+ * `veloq_runtime_dump` and stall reports show. `worker` is `VELOQ_WORKER_ANY` (-2: an
+ * injector, stealable), `VELOQ_WORKER_BALANCED` (-1: power of two choices) or a worker
+ * index (that worker, never stolen). `name` is copied (invalid UTF-8 is replaced);
+ * NULL spawns unnamed, exactly as the unnamed functions do.
+ *
+ * Returns 0 when accepted (then `fn(ctx, arg)` runs exactly once and, when `cq` is not
+ * NULL, exactly one completion `{user_data, res}` is posted); -EINVAL (NULL `rt` or
+ * `fn`, `worker` below -2 or not a worker); -ESHUTDOWN once shutdown has started.
+ * `arg` and `cq` stay the caller's, valid until the callback ran and its completion was
+ * posted. Callable from any thread, including worker callbacks.
+ */
+int veloq_spawn_named(struct veloq_runtime *rt,
+                      const char *name,
+                      int32_t worker,
+                      veloq_task_fn fn,
+                      void *arg,
+                      struct veloq_cq *cq,
+                      uint64_t user_data);
+
+/**
+ * How long a worker may stay in one callback (or one poll of a future) before the
+ * watchdog reports it stalled, in nanoseconds; default 100 ms; 0 turns the watchdog
+ * (and its thread) off. While a worker is stalled, balanced spawns and spawns from
+ * outside threads avoid it, and idle workers steal its injector. Stalls are noticed
+ * within a quarter of the threshold after it passed; a parked worker is never stalled.
+ * Returns 0, or -EINVAL for a NULL builder.
+ */
+int veloq_builder_stall_threshold(struct veloq_builder *b, uint64_t ns);
+
+/**
+ * Whether each stall and its end is logged as a line on stderr (default true), e.g.
+ * `veloq: worker 1 stalled for 503 ms in task 'parse' (still running)`.
+ * Returns 0, or -EINVAL for a NULL builder.
+ */
+int veloq_builder_stall_log(struct veloq_builder *b, bool log);
+
+/**
+ * Calls `fn(report, user_data)` when a stall is noticed and again when it ends. It runs
+ * on the runtime's watchdog thread (never a worker), one call at a time; it may call
+ * any libveloq function callable from any thread (spawn, stats, dump) and should return
+ * quickly (no other worker is watched meanwhile). `user_data` stays the caller's and
+ * must stay valid until the runtime is freed. A later call replaces the callback.
+ * Returns 0, or -EINVAL (NULL builder or `fn`; the builder is unchanged).
+ */
+int veloq_builder_on_stall(struct veloq_builder *b, veloq_stall_fn fn, void *user_data);
+
+/**
+ * Fills `*out` with worker `worker`'s counters (see `veloq_worker_stats`): writes
+ * min(`out->size`, the library's size) bytes, whole fields only, and sets `out->size` to
+ * that. Returns 0; -EINVAL (NULL `rt` or `out`, `worker` out of range, `out->size` < 8;
+ * nothing is written). Callable from any thread.
+ */
+int veloq_runtime_stats(const struct veloq_runtime *rt,
+                        uint32_t worker,
+                        struct veloq_worker_stats *out);
+
+/**
+ * Writes a text dump of the runtime to `fd`: per worker, whether it answered, whether it
+ * is stalled and what it runs (task name, for how long), its queue depths, then each
+ * live Rust task it owns (name, worker, state, age). C callbacks are not tasks; queued
+ * ones show in the queue depths, a running one as the worker's running job. Each worker
+ * lists its own tasks; one that does not answer within 200 ms (stuck in a job) is
+ * reported as "not answering" with its running task's name and how long it has run:
+ * the call never waits longer than that. The text format is for people, not parsers.
+ *
+ * Returns 0; -EINVAL (NULL `rt`, `fd` < 0); or the errno of a failed `write`
+ * (the dump may then be partly written). Callable from any thread; from a worker
+ * callback, that worker's section is made inline and the call blocks that worker up to
+ * the bound while the others answer. `fd` stays the caller's (not closed).
+ */
+int veloq_runtime_dump(const struct veloq_runtime *rt, int fd);
 
 /**
  * Does nothing through the ring: `cb` gets res 0. Returns the op id (> 0); -EINVAL for

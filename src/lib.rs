@@ -39,3 +39,6 @@ pub use runtime::{
 };
 // Structured concurrency (issue #5).
 pub use runtime::{scope, Scope, ScopeError, ScopeFuture, ScopedJoinHandle, TaskGroup};
+pub use runtime::{
+    QueueDepths, RuntimeDump, StallReport, TaskBuilder, TaskDump, TaskState, WorkerDump,
+};

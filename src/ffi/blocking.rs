@@ -1,7 +1,6 @@
 //! The blocking pool from C: `veloq_spawn_blocking` and its two builder settings.
 
 use std::ffi::{c_int, c_void};
-use std::ptr;
 use std::time::Duration;
 
 use super::cq::veloq_cq;
@@ -9,7 +8,7 @@ use super::error::VELOQ_EPANIC;
 use super::handle;
 use super::runtime::{veloq_builder, veloq_runtime};
 use super::task::veloq_task_fn;
-use crate::{RawTask, RawTaskFn, SpawnErrorKind};
+use super::task::{raw_task, spawn_errno};
 
 /// Blocking pool size: at least `min` threads are kept once started, at most `max` run
 /// at once (jobs beyond wait in FIFO order); threads start when work arrives. Defaults
@@ -61,25 +60,12 @@ pub extern "C" fn veloq_spawn_blocking(
         let Some(func) = r#fn else {
             return -libc::EINVAL;
         };
-        // SAFETY: the two function pointer types differ only in the pointee of the first
-        // argument, which is NULL here; same ABI.
-        let func: RawTaskFn = unsafe { std::mem::transmute(func) };
-        let task = RawTask {
-            func,
-            arg,
-            // SAFETY: a non-null cq is live (caller's promise).
-            cq: unsafe { cq.as_ref() }.map_or(ptr::null(), |cq| &cq.inner as *const _),
-            user_data,
-        };
+        let task = raw_task(func, arg, cq, user_data);
         // SAFETY: the C contract above: `fn` may run with `arg` and a NULL context on a
         // pool thread; `cq` stays valid until its completion (reserved here).
         match unsafe { rt.inner.spawn_blocking_raw(task) } {
             Ok(()) => 0,
-            Err(e) => match e.kind() {
-                SpawnErrorKind::Shutdown => -libc::ESHUTDOWN,
-                SpawnErrorKind::NoThread => -libc::EAGAIN,
-                SpawnErrorKind::InvalidWorker | SpawnErrorKind::NoRuntime => -libc::EINVAL,
-            },
+            Err(e) => spawn_errno(e.kind()),
         }
     })
 }

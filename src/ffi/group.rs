@@ -6,8 +6,9 @@ use super::cq::veloq_cq;
 use super::error::VELOQ_EPANIC;
 use super::handle;
 use super::runtime::veloq_runtime;
+use super::task::raw_fn;
 use super::task::veloq_task_fn;
-use crate::{Placement, RawTaskFn, TaskGroup};
+use crate::{Placement, TaskGroup};
 
 /// A task group: callback tasks (members) and every worker-side I/O operation
 /// (`veloq_read`, `veloq_recv`, ...) started from a member's callback or from the callback
@@ -93,9 +94,7 @@ pub extern "C" fn veloq_group_spawn(
             w if w >= 0 => Placement::Worker(w as usize),
             _ => return -libc::EINVAL,
         };
-        // SAFETY: the two function pointer types differ only in the pointee of the first
-        // argument (`veloq_ctx` is the C name of `RuntimeContext`); same ABI.
-        let func: RawTaskFn = unsafe { std::mem::transmute(func) };
+        let func = raw_fn(func);
         // SAFETY: the C contract: `arg` stays valid until the callback ran.
         match unsafe { g.inner.spawn_raw(placement, func, arg) } {
             Ok(()) => 0,

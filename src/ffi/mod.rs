@@ -28,6 +28,8 @@ mod task;
 mod version;
 // After the task API: blocking jobs are tasks run off the workers.
 mod blocking;
+// Names, stall detection, statistics and the dump: after the task API.
+mod introspect;
 // After the task API: the header reads tasks, then worker-side and host-side I/O.
 mod io;
 mod submit;
@@ -43,6 +45,7 @@ pub use buf::*;
 pub use cq::*;
 pub use error::*;
 pub use group::*;
+pub use introspect::*;
 pub use io::*;
 pub use runtime::*;
 pub use submit::*;

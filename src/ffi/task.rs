@@ -19,6 +19,39 @@ pub struct veloq_ctx {
 /// spawn; its return value becomes the completion's `res`.
 pub type veloq_task_fn = Option<unsafe extern "C" fn(ctx: *mut veloq_ctx, arg: *mut c_void) -> i64>;
 
+/// The callback type the runtime runs, from the C one.
+pub(crate) fn raw_fn(func: unsafe extern "C" fn(*mut veloq_ctx, *mut c_void) -> i64) -> RawTaskFn {
+    // SAFETY: the two function pointer types differ only in the pointee of the first
+    // argument (`veloq_ctx` is the C name of `RuntimeContext`, or NULL for blocking
+    // jobs); same ABI.
+    unsafe { std::mem::transmute(func) }
+}
+
+/// A callback job from the arguments every C spawn function takes.
+pub(crate) fn raw_task(
+    func: unsafe extern "C" fn(*mut veloq_ctx, *mut c_void) -> i64,
+    arg: *mut c_void,
+    cq: *mut veloq_cq,
+    user_data: u64,
+) -> RawTask {
+    RawTask {
+        func: raw_fn(func),
+        arg,
+        // SAFETY: a non-null cq is live (the caller's promise in every spawn function).
+        cq: unsafe { cq.as_ref() }.map_or(ptr::null(), |cq| &cq.inner as *const _),
+        user_data,
+    }
+}
+
+/// The errno a refused spawn returns.
+pub(crate) fn spawn_errno(kind: SpawnErrorKind) -> c_int {
+    match kind {
+        SpawnErrorKind::Shutdown => -libc::ESHUTDOWN,
+        SpawnErrorKind::InvalidWorker | SpawnErrorKind::NoRuntime => -libc::EINVAL,
+        SpawnErrorKind::NoThread => -libc::EAGAIN,
+    }
+}
+
 fn spawn(
     rt: *mut veloq_runtime,
     placement: Placement,
@@ -35,25 +68,12 @@ fn spawn(
         let Some(func) = func else {
             return -libc::EINVAL;
         };
-        // SAFETY: the two function pointer types differ only in the pointee of the first
-        // argument (`veloq_ctx` is the C name of `RuntimeContext`); same ABI.
-        let func: RawTaskFn = unsafe { std::mem::transmute(func) };
-        let task = RawTask {
-            func,
-            arg,
-            // SAFETY: a non-null cq is live (caller's promise).
-            cq: unsafe { cq.as_ref() }.map_or(ptr::null(), |cq| &cq.inner as *const _),
-            user_data,
-        };
+        let task = raw_task(func, arg, cq, user_data);
         // SAFETY: the C contract: `arg` stays valid until the callback ran, `cq` until
         // its completion was delivered (veloq_cq_free refuses while one is owed).
         match unsafe { rt.inner.spawn_raw(placement, task) } {
             Ok(()) => 0,
-            Err(e) => match e.kind() {
-                SpawnErrorKind::Shutdown => -libc::ESHUTDOWN,
-                SpawnErrorKind::InvalidWorker | SpawnErrorKind::NoRuntime => -libc::EINVAL,
-                SpawnErrorKind::NoThread => -libc::EAGAIN,
-            },
+            Err(e) => spawn_errno(e.kind()),
         }
     })
 }

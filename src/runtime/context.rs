@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::Arc;
 
 use super::executor::spawner::{random_seed, ExecutorRegistry, WorkerShared};
+use super::introspect::TaskName;
 use super::job::{Job, JobParts, RawTask};
 use super::join::{JoinHandle, LocalJoinHandle};
 use super::runtime::{Handle, Placement, SpawnError, SpawnErrorKind};
@@ -145,11 +146,24 @@ impl RuntimeContext {
     where
         F: Future + 'static,
     {
+        self.spawn_local_named(future, None)
+    }
+
+    /// `spawn_local` with an optional name (see `TaskBuilder`).
+    pub(crate) fn spawn_local_named<F>(
+        &self,
+        future: F,
+        name: Option<Arc<TaskName>>,
+    ) -> Result<LocalJoinHandle<F::Output>, SpawnError<F>>
+    where
+        F: Future + 'static,
+    {
         if self.registry.closed.load(Relaxed) {
             return Err(SpawnError::new(SpawnErrorKind::Shutdown, future));
         }
+        self.stats.spawned.set(self.stats.spawned.get() + 1);
         // References: the live list, the run queue entry and the join handle.
-        let task = TaskRef::new_local(future, self.me(), 3);
+        let task = TaskRef::new_local(future, self.me(), 3, name);
         self.adopted(task);
         self.push_local_task(task);
         Ok(LocalJoinHandle::new(task))
@@ -248,6 +262,7 @@ impl RuntimeContext {
         if registry.closed.load(Relaxed) {
             return Err(SpawnErrorKind::Shutdown);
         }
+        self.stats.spawned.set(self.stats.spawned.get() + 1);
         if target == self.index && placement != Placement::Any {
             // Sending to ourselves: straight into the local run queue.
             match make().into_parts() {
@@ -301,6 +316,7 @@ impl RuntimeContext {
 
     /// Registers a task that now belongs to this worker as unfinished.
     pub(crate) fn adopted(&self, task: TaskRef) {
+        task.set_spawned_ms(self.stats.turn_ms());
         task.link_live(&self.live_head);
         self.live_futures.set(self.live_futures.get() + 1);
         self.me().task_memory_acquired();

@@ -14,6 +14,7 @@ use std::time::Instant;
 use crossbeam_deque::Steal;
 
 use super::context::RuntimeContext;
+use super::introspect::coarse_ms;
 use super::job::{Job, JobParts};
 use crate::io::driver::Delivery;
 use spawner::next_random;
@@ -36,6 +37,24 @@ pub(crate) struct LocalCounters {
     inbox: Cell<u64>,
     injector: Cell<u64>,
     stolen: Cell<u64>,
+    /// Re-polls of woken tasks (not starts).
+    polls: Cell<u64>,
+    /// Tasks and callbacks spawned by this worker's jobs.
+    pub(crate) spawned: Cell<u64>,
+    /// The worker's progress counter (see `WorkerWatch::progress`).
+    progress: Cell<u64>,
+    /// `coarse_ms` at the start of the current loop turn: a task's age starts here.
+    turn_ms: Cell<u32>,
+    /// Jobs at the front of `buffer` that came from the own injector (the rest were
+    /// stolen): keeps the by-source counts exact.
+    buffered_own: Cell<usize>,
+}
+
+impl LocalCounters {
+    /// `coarse_ms` as of the start of the current loop turn.
+    pub(crate) fn turn_ms(&self) -> u32 {
+        self.turn_ms.get()
+    }
 }
 
 impl RuntimeContext {
@@ -47,6 +66,8 @@ impl RuntimeContext {
             if self.counted_idle.get() && self.has_work() {
                 self.leave_idle();
             }
+            self.bump_progress();
+            self.stats.turn_ms.set(coarse_ms());
             let mut ran = self.poll_io();
             if self.me().has_remote() {
                 ran += self.me().drain_remote(self);
@@ -106,6 +127,7 @@ impl RuntimeContext {
                     res,
                     flags,
                 } => {
+                    self.bump_progress();
                     let ctx = self as *const RuntimeContext as *mut RuntimeContext;
                     // SAFETY: the C I/O contract: `cb` may be called with `arg` on this
                     // worker, once per completion of the operation it was given with.
@@ -200,6 +222,7 @@ impl RuntimeContext {
                 .injector
                 .steal_batch_with_limit_and_pop(&self.buffer, budget)
             {
+                self.stats.buffered_own.set(self.buffer.len());
                 self.taken.set(self.taken.get() + 1);
                 self.run_job(job, Source::Injector);
                 n += 1;
@@ -208,7 +231,13 @@ impl RuntimeContext {
         while n < budget {
             let Some(job) = self.buffer.pop() else { break };
             self.taken.set(self.taken.get() + 1);
-            self.run_job(job, Source::Injector);
+            let own = self.stats.buffered_own.get();
+            if own > 0 {
+                self.stats.buffered_own.set(own - 1);
+                self.run_job(job, Source::Injector);
+            } else {
+                self.run_job(job, Source::Stolen);
+            }
             n += 1;
         }
         n
@@ -220,7 +249,11 @@ impl RuntimeContext {
         if workers < 2 {
             return false;
         }
-        let first = (next_random(&self.rng) % workers as u64) as usize;
+        // A stalled peer's injector first: nobody else will run that work.
+        let first = self
+            .registry
+            .stalled_peer(self.index)
+            .unwrap_or_else(|| (next_random(&self.rng) % workers as u64) as usize);
         for k in 0..workers {
             let victim_index = (first + k) % workers;
             if victim_index == self.index {
@@ -247,7 +280,6 @@ impl RuntimeContext {
                     victim.notify();
                 }
                 self.me().counters.steals.fetch_add(1, Relaxed);
-                self.stats.stolen.set(self.stats.stolen.get() + n);
                 self.taken.set(self.taken.get() + 1);
                 self.run_job(job, Source::Stolen);
                 self.end_turn();
@@ -258,12 +290,20 @@ impl RuntimeContext {
     }
 
     fn run_job(&self, job: Job, source: Source) {
+        self.bump_progress();
         match job.into_parts() {
             JobParts::Raw(raw) => {
                 // SAFETY: promised by the spawn call that accepted the job.
                 unsafe { raw.run(self) };
             }
             JobParts::Task(task) => {
+                if !task.take_first_run() {
+                    // A woken task polled again: not a start.
+                    self.stats.polls.set(self.stats.polls.get() + 1);
+                    self.run_task(task);
+                    self.flush_notifications();
+                    return;
+                }
                 if !matches!(source, Source::Local) {
                     // A Send task arriving here: adopt it (live list + this run).
                     let cancel = task.adopt(self.me(), 2);
@@ -275,11 +315,35 @@ impl RuntimeContext {
                         return;
                     }
                 }
-                task.run(self);
+                self.run_task(task);
             }
         }
         self.count(source);
         self.flush_notifications();
+    }
+
+    /// Polls a task, with its name published for the stall watchdog while it runs.
+    fn run_task(&self, task: super::task::TaskRef) {
+        match task.name() {
+            None => {
+                task.run(self);
+            }
+            Some(name) => {
+                let watch = &self.me().watch;
+                watch.set_running_name(Some(name.clone()));
+                task.run(self);
+                watch.set_running_name(None);
+            }
+        }
+    }
+
+    /// Tells the stall watchdog this worker is making progress: a plain store on a line
+    /// only this worker writes.
+    #[inline]
+    pub(crate) fn bump_progress(&self) {
+        let p = self.stats.progress.get().wrapping_add(1);
+        self.stats.progress.set(p);
+        self.me().watch.progress.store(p, Relaxed);
     }
 
     fn count(&self, source: Source) {
@@ -290,9 +354,7 @@ impl RuntimeContext {
             Source::Injector => &self.stats.injector,
             Source::Stolen => &self.stats.stolen,
         };
-        if !matches!(source, Source::Stolen) {
-            c.set(c.get() + 1);
-        }
+        c.set(c.get() + 1);
     }
 
     /// Publishes counts and wakes a sleeping peer if our injector has work to steal.
@@ -307,6 +369,8 @@ impl RuntimeContext {
             (&self.stats.inbox, &c.tasks_inbox),
             (&self.stats.injector, &c.tasks_injector),
             (&self.stats.stolen, &c.tasks_stolen),
+            (&self.stats.polls, &c.polls),
+            (&self.stats.spawned, &c.tasks_spawned),
         ] {
             let v = cell.replace(0);
             if v > 0 {
@@ -374,6 +438,7 @@ impl RuntimeContext {
                 }
                 rounds += 1;
                 if rounds % 64 == 0 {
+                    self.bump_progress();
                     if self.steal(self.registry.config.budget) {
                         return;
                     }

@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 use super::blocking::{self, BlockingConfig};
 use super::context::{self, RuntimeContext};
 use super::executor::spawner::{Config, ExecutorRegistry};
+use super::introspect::{self, QueueDepths, RuntimeDump};
 use super::job::{Job, RawTask};
 use super::join::JoinHandle;
 use super::mesh::MeshMatrix;
 use super::task::TaskRef;
+use super::watchdog::{StallConfig, StallReport, Watchdog};
 use crate::io::buffers::BufferPoolConfig;
 use crate::io::driver::Driver;
 
@@ -161,6 +163,7 @@ pub struct RuntimeBuilder {
     spin_before_park: Duration,
     buffer_pool: BufferPoolConfig,
     blocking: BlockingConfig,
+    stall: StallConfig,
     invalid: Option<&'static str>,
 }
 
@@ -175,6 +178,7 @@ impl Default for RuntimeBuilder {
             spin_before_park: Self::DEFAULT_SPIN,
             buffer_pool: BufferPoolConfig::default(),
             blocking: BlockingConfig::default(),
+            stall: StallConfig::default(),
             invalid: None,
         }
     }
@@ -335,6 +339,37 @@ impl RuntimeBuilder {
         Ok(())
     }
 
+    // --- stall detection (see `watchdog.rs`) -------------------------------------------
+
+    /// How long a worker may stay in one job (a callback, a future's poll) before the
+    /// watchdog reports it stalled and routes work around it; default 100 ms,
+    /// `Duration::ZERO` turns the watchdog (and its thread) off. Stalls are noticed
+    /// within a quarter of the threshold after it passed.
+    pub fn stall_threshold(mut self, threshold: Duration) -> Self {
+        self.stall.threshold = threshold;
+        self
+    }
+
+    /// Whether each stall (and its end) is logged as a line on stderr, e.g.
+    /// `veloq: worker 1 stalled for 503 ms in task 'parse' (still running)`. Default on.
+    pub fn stall_log(mut self, log: bool) -> Self {
+        self.stall.log = log;
+        self
+    }
+
+    /// Called when a stall is noticed and again when it ends (`StallReport::ended`), on
+    /// the watchdog thread (never a worker). It may call anything callable from any
+    /// thread (spawn, stats, dump); it should return quickly: the watchdog looks at no
+    /// worker while it runs. A panic in it is caught and ignored. Replaces an earlier
+    /// handler.
+    pub fn on_stall<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&StallReport) + Send + Sync + 'static,
+    {
+        self.stall.handler = Some(Arc::new(f));
+        self
+    }
+
     fn record(&mut self, r: Result<(), &'static str>) {
         if let Err(e) = r {
             self.invalid.get_or_insert(e);
@@ -413,9 +448,21 @@ impl RuntimeBuilder {
                 }
             }
         }
+        let watchdog = if failure.is_none() {
+            match Watchdog::start(registry.clone(), self.stall) {
+                Ok(w) => w,
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let runtime = Runtime {
             handle: Handle { registry },
             threads: Mutex::new(threads),
+            watchdog: Mutex::new(watchdog),
         };
         match failure {
             None => Ok(runtime),
@@ -465,6 +512,7 @@ fn worker_main(
     let _ = ready.send(Ok(()));
     drop(ready);
     context::enter(&cx, || cx.run_loop());
+    registry.worker(index).watch.exited.store(true, Release);
     registry.worker(index).orphan(&registry);
     drop(cx);
     mark_exited(&registry);
@@ -477,18 +525,31 @@ fn mark_exited(registry: &ExecutorRegistry) {
 }
 
 /// Per-worker counters, read with [`Runtime::stats`].
+///
+/// The `tasks_*` counters count task *starts* (a future's first poll, or a callback's
+/// run) by where the task came from; re-polls of woken futures count in `polls`. Once
+/// every spawned task has run, the sum of `tasks_local + tasks_mesh + tasks_inbox +
+/// tasks_injector + tasks_stolen` over all workers equals the sum of `tasks_spawned`
+/// (counters are published once per loop turn, so read them after the work is done; a
+/// future dropped unpolled by a shutdown that timed out counts as spawned, not started).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerStats {
-    /// Jobs run from the local run queue.
+    /// Tasks started from the local run queue (`spawn_local`, and tasks a worker sent
+    /// to itself).
     pub tasks_local: u64,
-    /// Jobs run that arrived over the mesh.
+    /// Tasks started that arrived over the mesh.
     pub tasks_mesh: u64,
-    /// Jobs run from the pinned inbox.
+    /// Tasks started from the pinned inbox.
     pub tasks_inbox: u64,
-    /// Jobs run from the own injector.
+    /// Tasks started from the own injector.
     pub tasks_injector: u64,
-    /// Jobs stolen from other workers' injectors.
+    /// Tasks started that were stolen from other workers' injectors.
     pub tasks_stolen: u64,
+    /// Polls of woken futures after their first (not task starts).
+    pub polls: u64,
+    /// Tasks and callbacks spawned by this worker's own jobs, plus those spawned from
+    /// non-worker threads that were placed on this worker.
+    pub tasks_spawned: u64,
     /// Successful steal operations (each takes a batch).
     pub steals: u64,
     /// Times the worker went to sleep.
@@ -509,6 +570,14 @@ pub struct WorkerStats {
     pub io_backlog: u64,
     /// `io_uring_enter` calls made to submit or reap (parking not counted).
     pub io_enters: u64,
+    /// Stalls the watchdog noticed (see [`RuntimeBuilder::stall_threshold`]).
+    pub stalls: u64,
+    /// Nanoseconds spent in stalls that have ended (as the watchdog measured them).
+    pub stalled_ns: u64,
+    /// Whether the worker is stalled now.
+    pub stalled: bool,
+    /// Queue depths now.
+    pub queues: QueueDepths,
 }
 
 impl WorkerStats {
@@ -609,7 +678,7 @@ impl Handle {
         self.spawn_task(Placement::Worker(worker), make, TaskRef::new_shared_lazy)
     }
 
-    fn spawn_task<V, T>(
+    pub(crate) fn spawn_task<V, T>(
         &self,
         placement: Placement,
         value: V,
@@ -673,10 +742,11 @@ impl Handle {
     ) -> Result<(), SpawnErrorKind> {
         let registry = &*self.registry;
         let (target, pinned) = match placement {
-            Placement::Any => (
-                OUTSIDE_CURSOR.with(|c| next_outside(c, registry.len())),
-                false,
-            ),
+            Placement::Any => {
+                let next = OUTSIDE_CURSOR.with(|c| next_outside(c, registry.len()));
+                // Not onto a stalled worker's injector (nobody may be idle to steal it).
+                (registry.unstalled_from(next), false)
+            }
             Placement::Balanced => (OUTSIDE_RNG.with(|rng| registry.p2c(rng, None)), false),
             Placement::Worker(w) if w < registry.len() => (w, true),
             Placement::Worker(_) => return Err(SpawnErrorKind::InvalidWorker),
@@ -685,6 +755,7 @@ impl Handle {
         if !registry.admit(worker) {
             return Err(SpawnErrorKind::Shutdown);
         }
+        worker.count_spawned_outside();
         let job = make();
         if pinned {
             worker.inbox.push(job);
@@ -698,6 +769,20 @@ impl Handle {
     /// Whether shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
         self.registry.closed.load(SeqCst)
+    }
+
+    /// A snapshot of every worker and the live (unfinished) futures it owns: name,
+    /// worker, state, age, plus what each worker runs now and its queue depths. Each
+    /// worker lists its own tasks in its next loop turn (never touched from here); a
+    /// worker that does not answer within [`RuntimeDump::WAIT`] (stuck in a job) is
+    /// reported as such, with its running task's name and, when the stall watchdog is
+    /// on, how long that job has run. Never waits longer than that bound. Callable from
+    /// any thread; from a worker callback or task, that worker's section is made inline
+    /// (then the running task shows as `Running`) and the call blocks the worker for up
+    /// to the bound while the others answer. Callbacks waiting in queues are not tasks
+    /// and are not listed (see the queue depths).
+    pub fn dump(&self) -> RuntimeDump {
+        introspect::dump(&self.registry, RuntimeDump::WAIT)
     }
 }
 
@@ -740,6 +825,8 @@ impl Drop for EnterGuard {
 pub struct Runtime {
     handle: Handle,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    /// The stall watchdog, when enabled; stopped after the workers exited.
+    watchdog: Mutex<Option<Watchdog>>,
 }
 
 impl fmt::Debug for Runtime {
@@ -866,6 +953,14 @@ impl Runtime {
         for t in threads {
             let _ = t.join();
         }
+        if let Some(mut w) = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            w.stop();
+        }
         Ok(())
     }
 
@@ -883,32 +978,42 @@ impl Runtime {
 
     /// Counters of every worker.
     pub fn stats(&self) -> Vec<WorkerStats> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.handle
-            .registry
-            .workers
-            .iter()
-            .map(|w| {
-                let c = &w.counters;
-                WorkerStats {
-                    tasks_local: c.tasks_local.load(Relaxed),
-                    tasks_mesh: c.tasks_mesh.load(Relaxed),
-                    tasks_inbox: c.tasks_inbox.load(Relaxed),
-                    tasks_injector: c.tasks_injector.load(Relaxed),
-                    tasks_stolen: c.tasks_stolen.load(Relaxed),
-                    steals: c.steals.load(Relaxed),
-                    parks: c.parks.load(Relaxed),
-                    wakeups: c.wakeups_sent.load(Relaxed),
-                    load: w.load(),
-                    ring_flags: c.ring_flags.load(Relaxed) as u32,
-                    io_submitted: c.io_submitted.load(Relaxed),
-                    io_completed: c.io_completed.load(Relaxed),
-                    io_stale: c.io_stale.load(Relaxed),
-                    io_backlog: c.io_backlog.load(Relaxed),
-                    io_enters: c.io_enters.load(Relaxed),
-                }
-            })
+        (0..self.workers())
+            .filter_map(|i| self.worker_stats(i))
             .collect()
+    }
+
+    /// Counters of worker `worker`; None when there is no such worker. Callable from
+    /// any thread.
+    pub fn worker_stats(&self, worker: usize) -> Option<WorkerStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let registry = &self.handle.registry;
+        let w = registry.workers.get(worker)?;
+        let i = worker;
+        let c = &w.counters;
+        Some(WorkerStats {
+            tasks_local: c.tasks_local.load(Relaxed),
+            tasks_mesh: c.tasks_mesh.load(Relaxed),
+            tasks_inbox: c.tasks_inbox.load(Relaxed),
+            tasks_injector: c.tasks_injector.load(Relaxed),
+            tasks_stolen: c.tasks_stolen.load(Relaxed),
+            polls: c.polls.load(Relaxed),
+            tasks_spawned: c.tasks_spawned.load(Relaxed) + w.spawned_outside(),
+            steals: c.steals.load(Relaxed),
+            parks: c.parks.load(Relaxed),
+            wakeups: c.wakeups_sent.load(Relaxed),
+            load: w.load(),
+            ring_flags: c.ring_flags.load(Relaxed) as u32,
+            io_submitted: c.io_submitted.load(Relaxed),
+            io_completed: c.io_completed.load(Relaxed),
+            io_stale: c.io_stale.load(Relaxed),
+            io_backlog: c.io_backlog.load(Relaxed),
+            io_enters: c.io_enters.load(Relaxed),
+            stalls: w.watch.stalls.load(Relaxed),
+            stalled_ns: w.watch.stalled_ns.load(Relaxed),
+            stalled: w.is_stalled(),
+            queues: QueueDepths::of(registry, i),
+        })
     }
 
     /// Bytes the mesh takes now (channels are made on first use).

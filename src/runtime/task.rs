@@ -28,10 +28,12 @@ use std::sync::atomic::{
     AtomicPtr, AtomicU32,
     Ordering::{AcqRel, Acquire, SeqCst},
 };
+use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use super::context::{self, RuntimeContext};
 use super::executor::spawner::WorkerShared;
+use super::introspect::{DumpRequest, TaskName, TaskState};
 use super::join::{JoinError, LocalJoin, Output, SharedJoin};
 
 /// Not queued, not running.
@@ -52,15 +54,22 @@ pub(crate) struct Header {
     vtable: &'static Vtable,
     state: Cell<u8>,
     cancel_requested: Cell<bool>,
+    /// Polled (or cancelled) at least once: tells a task's start from a re-poll.
+    started: Cell<bool>,
     refs: Cell<u32>,
     /// Foreign `clone` / `wake_by_ref` operations queued but not applied yet.
     foreign_pending: AtomicU32,
+    /// When it became live on its owner (`introspect::coarse_ms`, as cached by the
+    /// owner at the start of its loop turn); fills what was padding.
+    spawned_ms: Cell<u32>,
     /// The owning worker; written once when the task is adopted, before any waker of it
     /// exists. Atomic because a `JoinHandle::abort` on another thread reads it.
     owner: AtomicPtr<WorkerShared>,
     /// Links of the owner's list of unfinished tasks.
     live_prev: Cell<*const Header>,
     live_next: Cell<*const Header>,
+    /// The name given at spawn; set before the task is shared, never changed.
+    name: Option<Arc<TaskName>>,
 }
 
 /// Operations that depend on the task's future and output types.
@@ -150,6 +159,8 @@ pub(crate) enum RemoteOp {
     WakeByRef(TaskRef),
     /// `JoinHandle::abort`: cancel, then release the abort's shared reference.
     Abort(TaskRef),
+    /// A runtime dump asks this worker (index given) for its section.
+    Dump(Arc<DumpRequest>, usize),
 }
 
 impl TaskRef {
@@ -164,8 +175,9 @@ impl TaskRef {
         future: F,
         owner: &WorkerShared,
         refs: u32,
+        name: Option<Arc<TaskName>>,
     ) -> TaskRef {
-        Self::allocate::<F, LocalJoin<F::Output>>(future, owner as *const _ as *mut _, refs)
+        Self::allocate::<F, LocalJoin<F::Output>>(future, owner as *const _ as *mut _, refs, name)
     }
 
     /// Allocates a `Send` task not yet owned by any worker. Its shared side starts with
@@ -175,7 +187,16 @@ impl TaskRef {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        Self::allocate::<F, SharedJoin<F::Output>>(future, ptr::null_mut(), 0)
+        Self::allocate::<F, SharedJoin<F::Output>>(future, ptr::null_mut(), 0, None)
+    }
+
+    /// `new_shared` with a name.
+    pub(crate) fn new_shared_named<F>(future: F, name: Option<Arc<TaskName>>) -> TaskRef
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        Self::allocate::<F, SharedJoin<F::Output>>(future, ptr::null_mut(), 0, name)
     }
 
     /// Allocates a task whose `!Send` future is made on its worker by `make`, which is
@@ -187,10 +208,21 @@ impl TaskRef {
         F: Future + 'static,
         F::Output: Send + 'static,
     {
+        Self::new_shared_lazy_named(make, None)
+    }
+
+    /// `new_shared_lazy` with a name.
+    pub(crate) fn new_shared_lazy_named<M, F>(make: M, name: Option<Arc<TaskName>>) -> TaskRef
+    where
+        M: FnOnce() -> F + Send + 'static,
+        F: Future + 'static,
+        F::Output: Send + 'static,
+    {
         Self::allocate::<LazyLocal<M, F>, SharedJoin<F::Output>>(
             LazyLocal::Make(Some(make)),
             ptr::null_mut(),
             0,
+            name,
         )
     }
 
@@ -198,17 +230,21 @@ impl TaskRef {
         future: F,
         owner: *mut WorkerShared,
         refs: u32,
+        name: Option<Arc<TaskName>>,
     ) -> TaskRef {
         let cell = Box::new(TaskCell::<F, J> {
             header: Header {
                 vtable: vtable::<F, J>(),
                 state: Cell::new(SCHEDULED),
                 cancel_requested: Cell::new(false),
+                started: Cell::new(false),
                 refs: Cell::new(refs),
                 foreign_pending: AtomicU32::new(0),
+                spawned_ms: Cell::new(0),
                 owner: AtomicPtr::new(owner),
                 live_prev: Cell::new(ptr::null()),
                 live_next: Cell::new(ptr::null()),
+                name,
             },
             join: J::new(),
             future: UnsafeCell::new(Some(future)),
@@ -393,7 +429,45 @@ impl TaskRef {
                 // SAFETY: the abort message held one shared reference.
                 unsafe { (t.header().vtable.release_shared_ref)(t) };
             }
+            RemoteOp::Dump(request, worker) => request.answer(cx, worker),
         }
+    }
+
+    // --- introspection (owner thread) ------------------------------------------------------
+
+    /// The name given at spawn.
+    pub(crate) fn name(&self) -> Option<&Arc<TaskName>> {
+        self.header().name.as_ref()
+    }
+
+    /// When it became live on its owner (`coarse_ms`).
+    pub(crate) fn spawned_ms(&self) -> u32 {
+        self.header().spawned_ms.get()
+    }
+
+    /// Owner thread: records when the task became live here.
+    pub(crate) fn set_spawned_ms(&self, ms: u32) {
+        self.header().spawned_ms.set(ms);
+    }
+
+    /// True the first time it is asked: the run about to happen is the task's start.
+    pub(crate) fn take_first_run(&self) -> bool {
+        !self.header().started.replace(true)
+    }
+
+    /// The state as a dump shows it.
+    pub(crate) fn dump_state(&self) -> TaskState {
+        match self.header().state.get() {
+            IDLE => TaskState::Idle,
+            SCHEDULED => TaskState::Scheduled,
+            RUNNING | NOTIFIED => TaskState::Running,
+            _ => TaskState::Complete,
+        }
+    }
+
+    /// The next task of the owner's live list.
+    pub(crate) fn live_next(&self) -> Option<TaskRef> {
+        NonNull::new(self.header().live_next.get() as *mut Header).map(TaskRef)
     }
 
     // --- the owner's list of unfinished tasks --------------------------------------------

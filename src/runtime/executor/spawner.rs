@@ -4,13 +4,14 @@
 use std::cell::{Cell, UnsafeCell};
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_deque::Injector;
 use crossbeam_utils::CachePadded;
 
+use crate::runtime::introspect::{DumpRequest, WorkerWatch};
 use crate::runtime::job::Job;
 use crate::runtime::mesh::MeshMatrix;
 use crate::runtime::park::ParkState;
@@ -34,6 +35,9 @@ pub(crate) struct WorkerCounters {
     pub(crate) tasks_injector: AtomicU64,
     pub(crate) tasks_inbox: AtomicU64,
     pub(crate) tasks_stolen: AtomicU64,
+    pub(crate) polls: AtomicU64,
+    /// Spawned by this worker's own jobs (published per turn).
+    pub(crate) tasks_spawned: AtomicU64,
     pub(crate) steals: AtomicU64,
     pub(crate) parks: AtomicU64,
     pub(crate) wakeups_sent: AtomicU64,
@@ -53,6 +57,18 @@ struct Progress {
     taken: AtomicU64,
     /// Length of the local run queue, as last published by the worker.
     local_queued: AtomicU64,
+    /// Set by the stall watchdog while the worker is stuck in one job: balanced
+    /// placement avoids it. Here because every balanced submission reads this line.
+    stalled: AtomicBool,
+}
+
+/// Counts of jobs handed to a worker from anywhere (one line, written by submitters).
+#[derive(Default)]
+struct Submitted {
+    /// Jobs ever put in this worker's injector or inbox (see `WorkerShared::submitted`).
+    count: AtomicU64,
+    /// Tasks spawned onto this worker from threads that are not workers (statistics).
+    from_outside: AtomicU64,
 }
 
 /// The part of a worker that other threads may touch.
@@ -71,12 +87,14 @@ pub(crate) struct WorkerShared {
     pub(crate) eventfd: OwnedFd,
     /// Jobs ever put in this worker's injector or inbox (mesh jobs are not counted: see
     /// `ExecutorRegistry::try_terminate`).
-    submitted: CachePadded<AtomicU64>,
+    submitted: CachePadded<Submitted>,
     /// What the worker publishes once per turn for load balancing (`load`).
     progress: CachePadded<Progress>,
     /// Statistics, apart from what submitters read so that publishing them costs a
     /// submitting thread no cache miss.
     pub(crate) counters: CachePadded<WorkerCounters>,
+    /// Progress and stall state for the watchdog and the dump.
+    pub(crate) watch: CachePadded<WorkerWatch>,
     /// Set when the worker thread has left its loop; from then on remote operations are
     /// applied by whoever sends them, under `orphan_lock`.
     orphaned: AtomicBool,
@@ -99,9 +117,10 @@ impl WorkerShared {
             remote: Injector::new(),
             park: CachePadded::new(ParkState::new()),
             eventfd,
-            submitted: CachePadded::new(AtomicU64::new(0)),
+            submitted: CachePadded::new(Submitted::default()),
             progress: CachePadded::new(Progress::default()),
             counters: CachePadded::new(WorkerCounters::default()),
+            watch: CachePadded::new(WorkerWatch::default()),
             orphaned: AtomicBool::new(false),
             orphan_lock: Mutex::new(()),
             task_memory: UnsafeCell::new(0),
@@ -133,12 +152,12 @@ impl WorkerShared {
     /// Counts a job about to be handed to this worker. SeqCst pairs with the shutdown
     /// check: see `ExecutorRegistry::admit`.
     pub(crate) fn count_submitted(&self, n: u64) {
-        self.submitted.fetch_add(n, SeqCst);
+        self.submitted.count.fetch_add(n, SeqCst);
     }
 
     /// Takes back a count whose job was refused before it was queued.
     pub(crate) fn uncount_submitted(&self, n: u64) {
-        self.submitted.fetch_sub(n, SeqCst);
+        self.submitted.count.fetch_sub(n, SeqCst);
     }
 
     /// Counts jobs of this worker that ran (or were stolen away).
@@ -163,14 +182,47 @@ impl WorkerShared {
     /// before it.
     pub fn load(&self) -> u64 {
         let taken = self.progress.taken.load(Acquire);
-        let submitted = self.submitted.load(Acquire);
+        let submitted = self.submitted.count.load(Acquire);
         submitted.saturating_sub(taken) + self.progress.local_queued.load(Relaxed)
+    }
+
+    /// The local run queue length as last published.
+    pub(crate) fn local_queued(&self) -> u64 {
+        self.progress.local_queued.load(Relaxed)
+    }
+
+    /// Counts a task spawned onto this worker from a thread that is not a worker (on the
+    /// line the submission just wrote, so it costs no extra cache miss).
+    pub(crate) fn count_spawned_outside(&self) {
+        self.submitted.from_outside.fetch_add(1, Relaxed);
+    }
+
+    /// Tasks spawned onto this worker from non-worker threads.
+    pub(crate) fn spawned_outside(&self) -> u64 {
+        self.submitted.from_outside.load(Relaxed)
+    }
+
+    /// Whether the stall watchdog considers the worker stuck in one job.
+    #[inline]
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.progress.stalled.load(Relaxed)
+    }
+
+    /// Watchdog: marks the worker stalled or recovered.
+    pub(crate) fn set_stalled(&self, stalled: bool) {
+        self.progress.stalled.store(stalled, Relaxed);
+    }
+
+    /// Asks the worker for its section of a dump (answered in its next loop turn, or
+    /// here when it has exited).
+    pub(crate) fn post_dump(&self, request: Arc<DumpRequest>, index: usize) {
+        self.post_remote(RemoteOp::Dump(request, index));
     }
 
     /// Whether every injector and inbox job handed to this worker has run.
     pub(crate) fn all_jobs_taken(&self) -> bool {
         let taken = self.progress.taken.load(SeqCst);
-        self.submitted.load(SeqCst) == taken
+        self.submitted.count.load(SeqCst) == taken
     }
 
     /// Whether the injector and the inbox are empty and nothing is on its way into them.
@@ -278,6 +330,9 @@ pub(crate) struct ExecutorRegistry {
     pub(crate) terminated: AtomicBool,
     /// The blocking pool (`spawn_blocking`); closed and drained by `Runtime::shutdown`.
     pub(crate) blocking: crate::runtime::blocking::BlockingPool,
+    /// How many workers the stall watchdog considers stalled now (a fast "none" for
+    /// the stealing path).
+    pub(crate) stalled_workers: AtomicUsize,
 }
 
 /// One worker in `ExecutorRegistry::idle`.
@@ -307,6 +362,7 @@ impl ExecutorRegistry {
             host_data: AtomicPtr::new(std::ptr::null_mut()),
             idle: AtomicU64::new(0),
             terminated: AtomicBool::new(false),
+            stalled_workers: AtomicUsize::new(0),
         }
     }
 
@@ -405,11 +461,38 @@ impl ExecutorRegistry {
                 .map_or(0, |c| c.occupancy() as u64);
             self.workers[w].load() + sent
         };
+        // A stalled worker gets nothing: the other candidate, or any worker that is not
+        // stalled (the flags sit on the line `load` reads anyway).
+        match (self.workers[a].is_stalled(), self.workers[b].is_stalled()) {
+            (false, false) => {}
+            (true, false) => return b,
+            (false, true) => return a,
+            (true, true) => return self.unstalled_from(a),
+        }
         if load(b) < load(a) {
             b
         } else {
             a
         }
+    }
+
+    /// `start`, or the first worker after it that is not stalled (`start` when all are).
+    pub(crate) fn unstalled_from(&self, start: usize) -> usize {
+        let n = self.len();
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&w| !self.workers[w].is_stalled())
+            .unwrap_or(start)
+    }
+
+    /// A stalled worker other than `me` whose injector has work, if any.
+    pub(crate) fn stalled_peer(&self, me: usize) -> Option<usize> {
+        if self.stalled_workers.load(Relaxed) == 0 {
+            return None;
+        }
+        (0..self.len()).find(|&w| {
+            w != me && self.workers[w].is_stalled() && !self.workers[w].injector.is_empty()
+        })
     }
 }
 
