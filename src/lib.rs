@@ -29,7 +29,7 @@ pub mod time;
 pub use io::buffers::{BufferPoolConfig, PoolBuf, PoolStats};
 pub use runtime::{
     completion::{CompletionQueue, Cqe},
-    spawn, spawn_balanced, spawn_local, spawn_to, worker_index, yield_now, Handle, JoinError,
-    JoinHandle, LocalJoinHandle, OsError, Placement, RawTask, RawTaskFn, Runtime, RuntimeBuilder,
-    RuntimeContext, ShutdownError, SpawnError, SpawnErrorKind, WorkerStats,
+    consume_budget, spawn, spawn_balanced, spawn_local, spawn_to, worker_index, yield_now, Handle,
+    JoinError, JoinHandle, LocalJoinHandle, OsError, Placement, RawTask, RawTaskFn, Runtime,
+    RuntimeBuilder, RuntimeContext, ShutdownError, SpawnError, SpawnErrorKind, WorkerStats,
 };

@@ -2,6 +2,7 @@
 
 pub mod completion;
 mod context;
+pub mod coop;
 pub(crate) mod executor;
 mod job;
 mod join;
@@ -14,6 +15,7 @@ mod task;
 pub use context::{
     spawn, spawn_balanced, spawn_local, spawn_to, worker_index, yield_now, RuntimeContext,
 };
+pub use coop::consume_budget;
 pub use job::{RawTask, RawTaskFn};
 pub use join::{JoinError, JoinHandle, LocalJoinHandle};
 pub use runtime::{
