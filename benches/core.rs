@@ -12,6 +12,8 @@ mod harness;
 
 #[path = "core/common.rs"]
 mod common;
+#[path = "core/fairness.rs"]
+mod fairness;
 #[path = "core/memory.rs"]
 mod memory;
 #[path = "core/mesh.rs"]
@@ -32,11 +34,12 @@ static ALLOC: CountingAlloc = CountingAlloc;
 type Group = (&'static str, fn(&mut Bench));
 
 /// Scenario groups in run order.
-const GROUPS: [Group; 4] = [
+const GROUPS: [Group; 5] = [
     ("spawn", spawn::all),
     ("mesh", mesh::all),
     ("memory", memory::all),
     ("park", park::all),
+    ("fairness", fairness::all),
 ];
 
 fn main() {
