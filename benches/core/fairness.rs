@@ -45,6 +45,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use veloq::RuntimeBuilder;
 
 use crate::common::veloq_builder;
@@ -80,12 +81,13 @@ const KINDS: [(Kind, &str); 3] = [
     (Kind::Io, "I/O completion"),
 ];
 
-/// State shared by the flooder and the target; one run at a time uses it.
+/// State shared by the flooder and the target; one run at a time uses it. The two hot
+/// counters sit on cache lines of their own.
 struct Probe {
     /// Jobs started on the target (written by the target only).
-    ran: AtomicU64,
+    ran: CachePadded<AtomicU64>,
     /// Mesh jobs sent and not started yet.
-    outstanding: AtomicU64,
+    outstanding: CachePadded<AtomicU64>,
     /// A datagram is on its way (sent and not handled yet).
     datagram_in_flight: AtomicBool,
     /// The run is over: the local chain stops.
@@ -93,8 +95,8 @@ struct Probe {
 }
 
 static PROBE: Probe = Probe {
-    ran: AtomicU64::new(0),
-    outstanding: AtomicU64::new(0),
+    ran: CachePadded::new(AtomicU64::new(0)),
+    outstanding: CachePadded::new(AtomicU64::new(0)),
     datagram_in_flight: AtomicBool::new(false),
     stop: AtomicBool::new(false),
 };
@@ -434,10 +436,13 @@ pub fn all(bench: &mut Bench) {
                 ("veloq".to_owned(), v.figures[k][i]),
                 ("tokio".to_owned(), t.figures[k][i]),
             ];
-            if pct == "p99" {
-                let limit = if unit == "ns" { limit_ns } else { LIMIT_JOBS };
-                results.push(("limit".to_owned(), limit));
+            // The goal is on the job counts; the time limit is its conversion at
+            // veloq's cost per job, shown for scale (it moves with the machine's noise).
+            if pct == "p99" && unit == "jobs" {
+                results.push(("limit".to_owned(), LIMIT_JOBS));
                 scenario = scenario.goal(Goal::within("limit"));
+            } else if pct == "p99" {
+                results.push(("limit".to_owned(), limit_ns));
             }
             bench.record(scenario, results);
         }
