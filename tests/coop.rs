@@ -252,3 +252,24 @@ fn off_a_worker_the_budget_never_makes_a_future_wait() {
     assert_eq!(veloq::runtime::coop::budget_remaining(), None);
     rt.shutdown(Some(Duration::from_secs(30))).unwrap();
 }
+
+#[test]
+fn each_poll_of_a_task_starts_with_the_configured_budget_and_a_ready_join_spends_one() {
+    use veloq::runtime::coop::budget_remaining;
+    let rt = one_worker(7);
+    let (at_start, after_join, after_yield) = run_local(&rt, || async {
+        let at_start = budget_remaining();
+        let h = spawn_local(async {}).expect("spawn");
+        while !h.is_finished() {
+            veloq::yield_now().await;
+        }
+        let fresh = budget_remaining();
+        h.await.expect("joined");
+        let after_join = budget_remaining();
+        veloq::yield_now().await;
+        (at_start.zip(fresh), after_join, budget_remaining())
+    });
+    assert_eq!(at_start, Some((7, 7)));
+    assert_eq!(after_join, Some(6));
+    assert_eq!(after_yield, Some(7), "a new poll, a new budget");
+}
