@@ -15,6 +15,8 @@ mod harness;
 mod blocking;
 #[path = "core/common.rs"]
 mod common;
+#[path = "core/fairness.rs"]
+mod fairness;
 #[path = "core/introspect.rs"]
 mod introspect;
 #[path = "core/memory.rs"]
@@ -39,7 +41,7 @@ static ALLOC: CountingAlloc = CountingAlloc;
 type Group = (&'static str, fn(&mut Bench));
 
 /// Scenario groups in run order.
-const GROUPS: [Group; 7] = [
+const GROUPS: [Group; 8] = [
     ("spawn", spawn::all),
     ("mesh", mesh::all),
     ("memory", memory::all),
@@ -47,6 +49,7 @@ const GROUPS: [Group; 7] = [
     ("blocking", blocking::all),
     ("scope", scope::all),
     ("introspect", introspect::all),
+    ("fairness", fairness::all),
 ];
 
 fn main() {

@@ -28,21 +28,37 @@ const REPRODUCE_STEPS: &str = "runs `cargo bench --bench core`, the C API benchm
 
 /// What a result file's section says before its table, for benches whose method differs
 /// from the harness's default.
-const NOTES: [(&str, &str); 1] = [(
-    "io",
-    "TCP echo: every server is a fresh process per run with `--port P --workers 2` on \
-     127.0.0.1, driven by the one load generator `benches/io/loadgen.c` (one epoll thread on \
-     the same 2 cores; each connection sends 64-byte requests, one at a time or 16 in one \
-     write, and checks every echoed byte): 0.5 s warm-up, then 2 s measured; no untimed \
-     rounds. System calls per request come from a second, shorter pass on the same server \
-     (`perf stat -e raw_syscalls:sys_enter -p PID` over 1 s, every thread of the server, \
-     divided by that pass's requests/s), kept apart because the tracepoint slows each call. \
-     File reads: a 1 GiB file of random bytes in `target/bench`, read whole before each \
-     scenario; fio runs with `--ioengine=io_uring --rw=randread --bs=4k --iodepth=32 \
-     --norandommap --invalidate=0` and otherwise its defaults, the io-uring loop keeps 32 reads \
-     in flight with `submit_and_wait(1)`, each for 2 s. A row without a veloq figure waits for \
-     veloq's server or hook (see `benches/io.rs`).",
-)];
+const NOTES: [(&str, &str); 2] = [
+    (
+        "core",
+        "Fairness rows (`benches/core/fairness.rs`): veloq worker 1 is flooded by worker 0, \
+         which keeps 64 `spawn_to` tasks in flight to it, while it runs a chain of \
+         `spawn_local` tasks (each spawns the next) and a UDP receive loop fed one datagram at \
+         a time over loopback. Each job notes how long it waited from ready (spawned, or its \
+         datagram sent) to running, in ns and in jobs the worker ran in between (counted from \
+         the worker's own log of job start times: free of timing noise). One loop turn's worth of budget = budget (64) × the 2 sources this \
+         load keeps busy (local, mesh) = 128 jobs; the goal is p99 ≤ two turns' worth = 256 \
+         jobs, and in time 256 × veloq's measured cost per job. Peer: a 1-worker Tokio \
+         multi_thread runtime, flooded by `Handle::spawn` from a thread on the other core, \
+         with `tokio::spawn` for the chain and a Tokio `UdpSocket`. 300 ms per run, the first 5 % \
+         not measured; p50/p99 in ns are histogram buckets 3 % wide.",
+    ),
+    (
+        "io",
+        "TCP echo: every server is a fresh process per run with `--port P --workers 2` on \
+         127.0.0.1, driven by the one load generator `benches/io/loadgen.c` (one epoll thread on \
+         the same 2 cores; each connection sends 64-byte requests, one at a time or 16 in one \
+         write, and checks every echoed byte): 0.5 s warm-up, then 2 s measured; no untimed \
+         rounds. System calls per request come from a second, shorter pass on the same server \
+         (`perf stat -e raw_syscalls:sys_enter -p PID` over 1 s, every thread of the server, \
+         divided by that pass's requests/s), kept apart because the tracepoint slows each call. \
+         File reads: a 1 GiB file of random bytes in `target/bench`, read whole before each \
+         scenario; fio runs with `--ioengine=io_uring --rw=randread --bs=4k --iodepth=32 \
+         --norandommap --invalidate=0` and otherwise its defaults, the io-uring loop keeps 32 reads \
+         in flight with `submit_and_wait(1)`, each for 2 s. A row without a veloq figure waits for \
+         veloq's server or hook (see `benches/io.rs`).",
+    ),
+];
 
 /// One result file, read.
 struct ResultFile {
@@ -117,7 +133,7 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 16] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 17] = [
     (
         "veloq",
         "this crate, default settings, workers pinned",
@@ -162,6 +178,11 @@ const SYSTEMS: [(&str, &str, Option<&str>); 16] = [
         Some("veloq"),
     ),
     ("budget", "a fixed limit, not a system", None),
+    (
+        "limit",
+        "a fixed limit, not a system (fairness: two loop turns' worth of budget)",
+        None,
+    ),
     (
         "veloq-c",
         "veloq's C echo server through the C API (`build/examples/echo_server`)",

@@ -32,9 +32,9 @@ pub mod time;
 pub use io::buffers::{BufferPoolConfig, PoolBuf, PoolStats};
 pub use runtime::{
     completion::{CompletionQueue, Cqe},
-    spawn, spawn_balanced, spawn_blocking, spawn_local, spawn_to, worker_index, yield_now,
-    BlockingJoinHandle, BlockingStats, Handle, JoinError, JoinHandle, LocalJoinHandle, OsError,
-    Placement, RawTask, RawTaskFn, Runtime, RuntimeBuilder, RuntimeContext, ShutdownError,
+    consume_budget, spawn, spawn_balanced, spawn_blocking, spawn_local, spawn_to, worker_index,
+    yield_now, BlockingJoinHandle, BlockingStats, Handle, JoinError, JoinHandle, LocalJoinHandle,
+    OsError, Placement, RawTask, RawTaskFn, Runtime, RuntimeBuilder, RuntimeContext, ShutdownError,
     SpawnError, SpawnErrorKind, WorkerStats,
 };
 // Structured concurrency (issue #5).

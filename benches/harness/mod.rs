@@ -416,6 +416,20 @@ impl Bench {
         });
     }
 
+    /// Records `scenario` with values a bench measured itself (one run yielding several
+    /// figures, each already the median over rounds); veloq first.
+    pub fn record(&mut self, scenario: Scenario, results: Vec<(String, f64)>) {
+        assert_eq!(results[0].0, VELOQ, "veloq goes first");
+        self.rows.push(Row {
+            scenario: scenario.name,
+            unit: scenario.unit.to_owned(),
+            higher_is_better: scenario.higher_is_better,
+            results,
+            goals: scenario.goals,
+            quick: quick(),
+        });
+    }
+
     /// Prints the table and writes `target/bench/<name>.json`.
     pub fn finish(self) {
         println!("\n{}", text_table(&self.name, &self.rows));

@@ -20,7 +20,7 @@ use io_uring::squeue::Entry;
 
 use super::driver::Driver;
 use super::op_table::{OpId, OpResult, Target};
-use crate::runtime::RuntimeContext;
+use crate::runtime::{coop, RuntimeContext};
 
 /// The worker an operation was submitted on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -197,7 +197,9 @@ impl<T: Unpin + 'static> Future for Op<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         assert!(self.data.is_some(), "Op polled after completion");
-        match poll_result(self.id, self.owner, cx) {
+        // Out of budget: the result (if any) stays in the driver for the next poll.
+        let (id, owner) = (self.id, self.owner);
+        match coop::poll_leaf(cx, |cx| poll_result(id, owner, cx)) {
             Poll::Ready(r) => {
                 let data = self.data.take().expect("checked above");
                 let r = r.unwrap_or(OpResult {
@@ -277,7 +279,9 @@ impl<T: 'static> MultiOp<T> {
         if self.finished {
             return Poll::Ready(None);
         }
-        match poll_result(self.id, self.owner, cx) {
+        // Out of budget: every result stays queued in the driver, in order.
+        let (id, owner) = (self.id, self.owner);
+        match coop::poll_leaf(cx, |cx| poll_result(id, owner, cx)) {
             Poll::Ready(Some(r)) => {
                 if !io_uring::cqueue::more(r.flags) {
                     self.finished = true;

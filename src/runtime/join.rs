@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use crate::sync::{AtomicU32, AtomicU8, UnsafeCell};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 
+use super::coop;
 use super::executor::spawner::ExecutorRegistry;
 use super::task::TaskRef;
 use std::sync::Arc;
@@ -292,7 +293,9 @@ impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: as in `abort`.
-        unsafe { self.task.shared_join::<T>() }.poll_output(cx)
+        let join = unsafe { self.task.shared_join::<T>() };
+        // Out of budget: the output stays in the rendezvous for the next poll.
+        coop::poll_leaf(cx, |cx| join.poll_output(cx))
     }
 }
 
@@ -344,7 +347,9 @@ impl<T> Future for LocalJoinHandle<T> {
     type Output = Result<T, JoinError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: as in `is_finished`.
-        unsafe { self.task.local_join::<T>() }.poll_output(cx)
+        let join = unsafe { self.task.local_join::<T>() };
+        // Out of budget: the output stays in the rendezvous for the next poll.
+        coop::poll_leaf(cx, |cx| join.poll_output(cx))
     }
 }
 

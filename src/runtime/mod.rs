@@ -3,6 +3,7 @@
 mod blocking;
 pub mod completion;
 mod context;
+pub mod coop;
 pub(crate) mod executor;
 pub mod group;
 mod introspect;
@@ -21,6 +22,7 @@ pub use blocking::{spawn_blocking, BlockingJoinHandle, BlockingStats};
 pub use context::{
     spawn, spawn_balanced, spawn_local, spawn_to, worker_index, yield_now, RuntimeContext,
 };
+pub use coop::consume_budget;
 pub use group::TaskGroup;
 pub use introspect::{QueueDepths, RuntimeDump, TaskDump, TaskState, WorkerDump};
 pub use job::{RawTask, RawTaskFn};

@@ -159,6 +159,7 @@ pub struct RuntimeBuilder {
     pin_workers: bool,
     mesh_capacity: usize,
     budget: usize,
+    coop_budget: u32,
     ring_entries: u32,
     spin_before_park: Duration,
     buffer_pool: BufferPoolConfig,
@@ -174,6 +175,7 @@ impl Default for RuntimeBuilder {
             pin_workers: false,
             mesh_capacity: Self::DEFAULT_MESH_CAPACITY,
             budget: Self::DEFAULT_BUDGET,
+            coop_budget: super::coop::DEFAULT_COOP_BUDGET,
             ring_entries: Self::DEFAULT_RING_ENTRIES,
             spin_before_park: Self::DEFAULT_SPIN,
             buffer_pool: BufferPoolConfig::default(),
@@ -193,6 +195,8 @@ impl RuntimeBuilder {
     pub const MAX_MESH_CAPACITY: usize = 1 << 16;
     /// Tasks per source per loop turn unless set.
     pub const DEFAULT_BUDGET: usize = 64;
+    /// Units of cooperative budget per task poll unless set (see [`Self::coop_budget`]).
+    pub const DEFAULT_COOP_BUDGET: u32 = super::coop::DEFAULT_COOP_BUDGET;
     /// Largest budget.
     pub const MAX_BUDGET: usize = 1 << 16;
     /// io_uring submission queue entries unless set.
@@ -231,6 +235,15 @@ impl RuntimeBuilder {
     pub fn budget(mut self, tasks: usize) -> Self {
         let r = self.set_budget(tasks);
         self.record(r);
+        self
+    }
+
+    /// Units of cooperative budget each poll of a task may spend (default
+    /// [`Self::DEFAULT_COOP_BUDGET`], 0 turns it off): every
+    /// libveloq I/O operation or join handle that is ready spends one, and once they are
+    /// spent the task yields to its worker's loop (see [`crate::runtime::coop`]).
+    pub fn coop_budget(mut self, units: u32) -> Self {
+        self.coop_budget = units;
         self
     }
 
@@ -402,6 +415,7 @@ impl RuntimeBuilder {
             .collect::<io::Result<Vec<_>>>()?;
         let config = Config {
             budget: self.budget,
+            coop_budget: self.coop_budget,
             spin_before_park: self.spin_before_park,
             ring_entries: self.ring_entries,
             buffer_pool: self.buffer_pool,

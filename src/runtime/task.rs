@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use super::context::{self, RuntimeContext};
+use super::coop;
 use super::executor::spawner::WorkerShared;
 use super::introspect::{DumpRequest, TaskName, TaskState};
 use super::join::{JoinError, LocalJoin, Output, SharedJoin};
@@ -359,8 +360,11 @@ impl TaskRef {
             return true;
         }
         h.state.set(RUNNING);
-        // SAFETY: owner thread, task alive, not being polled elsewhere (state machine).
-        let finished = unsafe { (h.vtable.poll)(self) };
+        // Each poll starts with a fresh cooperative budget (see `coop`).
+        let finished = coop::with_budget(cx.registry.config.coop_budget, || {
+            // SAFETY: owner thread, task alive, not being polled elsewhere (state machine).
+            unsafe { (h.vtable.poll)(self) }
+        });
         if finished {
             h.state.set(COMPLETE);
             cx.task_finished(self);

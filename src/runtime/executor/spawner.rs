@@ -21,6 +21,8 @@ use crate::runtime::task::{RemoteOp, TaskRef};
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) budget: usize,
+    /// Cooperative budget of one task poll (0: off), see `runtime::coop`.
+    pub(crate) coop_budget: u32,
     pub(crate) spin_before_park: Duration,
     pub(crate) ring_entries: u32,
     pub(crate) buffer_pool: crate::io::buffers::BufferPoolConfig,
