@@ -1,6 +1,6 @@
 //! The C ABI. Every exported function checks its arguments, converts them, calls the
 //! Rust API and converts the result back; nothing else. Each body runs inside
-//! `ffi_boundary!` (in `ffi/error.rs`), so no panic ever unwinds into C.
+//! `ffi_boundary!` (defined below), so no panic ever unwinds into C.
 //!
 //! Conventions (the header repeats them): negative errno on failure, out-parameters
 //! written only on success, `_free(NULL)` is a no-op, bad input changes nothing.
