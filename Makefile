@@ -450,13 +450,16 @@ bench-io: bench-io-bins bench-io-veloq
 	$(CARGO) bench --bench io
 
 # make test builds the benches and runs them tiny, so they cannot rot between `make bench`
-# runs. The I/O one (a few connections, 200 ms passes, a 16 MiB file) takes ~15 s and
-# checks only that every server echoes correctly and every meter reads.
+# runs. The core one runs every group with counts divided by ten (~25 s); the I/O one (a few
+# connections, 200 ms passes, a 16 MiB file) takes ~15 s and checks only that every server
+# echoes correctly and every meter reads.
 bench-smoke: $(IN_TREE_LIB) bench-tools bench-io-bins
 	$(call banner,C API bench smoke run (tiny loads; not a measurement))
 	@$(SUBMAKE) build/bench/capi_bench
 	VELOQ_BENCH_RUNS=1 VELOQ_BENCH_CALLBACKS=20000 VELOQ_BENCH_ROUND_TRIPS=500 \
 		build/bench/capi_bench build/bench/smoke.json
+	$(call banner,core bench smoke run (tiny loads; not a measurement))
+	VELOQ_BENCH_QUICK=1 $(CARGO) bench --bench core -- --out build/bench/core-smoke.json
 	$(call banner,I/O bench smoke run (tiny loads; not a measurement))
 	VELOQ_BENCH_QUICK=1 $(CARGO) bench --bench io -- --out build/bench/io-smoke.json
 

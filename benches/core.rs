@@ -54,17 +54,26 @@ const GROUPS: [Group; 8] = [
 
 fn main() {
     // `cargo bench` passes `--bench`; anything else not starting with `-` is a filter.
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    // `--out PATH` writes the results there instead (the smoke run in `make test`).
+    let mut out = None;
+    let mut filters = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--out" {
+            out = args.next().map(std::path::PathBuf::from);
+        } else if !arg.starts_with('-') {
+            filters.push(arg);
+        }
+    }
     let mut bench = Bench::new("core");
     for (name, run) in GROUPS {
         if filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())) {
             run(&mut bench);
         }
     }
-    if filters.is_empty() {
+    if let Some(path) = out {
+        bench.finish_to(&path);
+    } else if filters.is_empty() {
         bench.finish();
     } else {
         bench.finish_without_saving();

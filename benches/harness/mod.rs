@@ -432,12 +432,17 @@ impl Bench {
 
     /// Prints the table and writes `target/bench/<name>.json`.
     pub fn finish(self) {
+        let path = results_dir().join(format!("{}.json", self.name));
+        self.finish_to(&path);
+    }
+
+    /// Prints the table and writes the rows as JSON to `path` (the smoke run's own file).
+    pub fn finish_to(self, path: &std::path::Path) {
         println!("\n{}", text_table(&self.name, &self.rows));
-        let dir = results_dir();
-        let path = dir.join(format!("{}.json", self.name));
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
         let json = Value::Array(self.rows.iter().map(Row::to_json).collect());
         std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()))
+            .and_then(|()| std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()))
             .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         println!("results written to {}", path.display());
     }
