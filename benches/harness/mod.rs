@@ -441,7 +441,7 @@ impl Bench {
         println!("\n{}", text_table(&self.name, &self.rows));
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         let json = Value::Array(self.rows.iter().map(Row::to_json).collect());
-        std::fs::create_dir_all(&dir)
+        std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()))
             .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         println!("results written to {}", path.display());
