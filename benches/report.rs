@@ -133,10 +133,16 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 17] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 18] = [
     (
         "veloq",
         "this crate, default settings, workers pinned",
+        Some("veloq"),
+    ),
+    (
+        "veloq-task",
+        "veloq's mesh ping-pong with a task on worker A awaiting each pong (the round trip \
+         plus a task wake and poll); the `veloq` row chains the callbacks as the ring does",
         Some("veloq"),
     ),
     (

@@ -6,8 +6,11 @@
 //! `RawTask` and running the same callback on arrival: the hardware limit for moving a
 //! message between the two cores.
 //!
-//! The ping-pong also runs veloq with `spin_before_park(Duration::ZERO)` ("veloq-park"),
-//! where B parks between pings: the worker-to-worker side of the park/wake trade-off.
+//! The ping-pong's "veloq" row chains the callbacks as the ring does (A's pong callback
+//! sends the next ping); "veloq-task" has a task on A await each pong instead (the round
+//! trip plus a task wake and poll). It also runs veloq with
+//! `spin_before_park(Duration::ZERO)` ("veloq-park", task-awaited), where B parks between
+//! pings: the worker-to-worker side of the park/wake trade-off.
 //!
 //! For the one-way stream both senders use the same flow control: at most one channel's
 //! worth of messages not yet arrived, read off the arrival counter the callback bumps
@@ -219,8 +222,9 @@ fn ping_pong(bench: &mut Bench) {
     bench.run(
         scenario,
         vec![
-            System::new("veloq", || veloq_ping_pong(None, n)),
+            System::new("veloq", || veloq_ping_pong_chained(n)),
             System::new("spsc-ring", || ring_ping_pong(n)),
+            System::new("veloq-task", || veloq_ping_pong(None, n)),
             System::new("veloq-park", || {
                 veloq_ping_pong(Some(Duration::ZERO), n_parked)
             }),
@@ -292,7 +296,86 @@ fn ping_job(replies: &Replies) -> RawTask {
     }
 }
 
-/// A task on worker A sends a ping to B and awaits the pong, `n` times.
+/// The state of a chained ping-pong: replies to go, and the replies the waiting task
+/// looks at once the last one is in.
+struct Chain {
+    left: AtomicU64,
+    replies: Replies,
+}
+
+/// The chained pong, run on A: counts the reply and, while round trips are left, sends
+/// the next ping straight from the callback (as the ring's pinger does).
+unsafe extern "C" fn chained_pong(cx: *mut RuntimeContext, arg: *mut c_void) -> i64 {
+    // SAFETY: `arg` is the `Chain` on worker A's stack, alive until the last reply; the
+    // runtime passes the context of the worker running the job.
+    let (chain, cx) = unsafe { (&*(arg as *const Chain), &*cx) };
+    if chain.left.fetch_sub(1, Release) > 1 {
+        send_chained_ping(cx, arg);
+    } else {
+        // SAFETY: `pong` takes the Replies, alive as long as the Chain.
+        unsafe {
+            pong(
+                ptr::null_mut(),
+                &chain.replies as *const Replies as *mut c_void,
+            )
+        };
+    }
+    0
+}
+
+/// The chained ping, run on B: sends the chained pong back to A.
+unsafe extern "C" fn chained_ping(cx: *mut RuntimeContext, arg: *mut c_void) -> i64 {
+    // SAFETY: the runtime passes the context of the worker running the job.
+    let cx = unsafe { &*cx };
+    let job = RawTask {
+        func: chained_pong,
+        arg,
+        cq: ptr::null(),
+        user_data: 0,
+    };
+    // SAFETY: `arg` is the Chain, alive until the last reply.
+    if unsafe { cx.spawn_raw(Placement::Worker(A), job) }.is_err() {
+        std::process::abort(); // cannot unwind out of an extern "C" callback
+    }
+    0
+}
+
+fn send_chained_ping(cx: &RuntimeContext, chain: *mut c_void) {
+    let job = RawTask {
+        func: chained_ping,
+        arg: chain,
+        cq: ptr::null(),
+        user_data: 0,
+    };
+    // SAFETY: `chain` is the Chain, alive until the last reply.
+    if unsafe { cx.spawn_raw(Placement::Worker(B), job) }.is_err() {
+        std::process::abort(); // cannot unwind out of an extern "C" callback
+    }
+}
+
+/// The mesh round trip itself, as the ring measures it: worker A sends a ping to B, B's
+/// callback sends a pong back, and A's pong callback sends the next ping; a task on A
+/// waits only for the last of `n` replies.
+fn veloq_ping_pong_chained(n: u64) -> f64 {
+    let rt = two_worker_runtime(None);
+    let root = rt
+        .spawn_local_to(A, move || async move {
+            let chain = Box::new(Chain {
+                left: AtomicU64::new(n),
+                replies: Replies::default(),
+            });
+            let arg = &*chain as *const Chain as *mut c_void;
+            let start = Instant::now();
+            RuntimeContext::with_current(|cx| send_chained_ping(cx.expect("on A"), arg));
+            chain.replies.reach(1).await;
+            ns_per_op(start, n as usize)
+        })
+        .expect("spawn root");
+    rt.block_on(root).expect("root task")
+}
+
+/// A task on worker A sends a ping to B and awaits the pong, `n` times ("veloq-task":
+/// the round trip plus waking and polling a task each time).
 fn veloq_ping_pong(spin: Option<Duration>, n: u64) -> f64 {
     let rt = two_worker_runtime(spin);
     let root = rt

@@ -43,17 +43,29 @@ pub(crate) struct LocalCounters {
     pub(crate) spawned: Cell<u64>,
     /// The worker's progress counter (see `WorkerWatch::progress`).
     progress: Cell<u64>,
-    /// `coarse_ms` at the start of the current loop turn: a task's age starts here.
+    /// `coarse_ms` as first read in the current loop turn (`TURN_MS_UNREAD` until a task
+    /// needed it): a task's age starts here. Read lazily so that turns which make no
+    /// task live (callbacks, re-polls) read no clock.
     turn_ms: Cell<u32>,
     /// Jobs at the front of `buffer` that came from the own injector (the rest were
     /// stolen): keeps the by-source counts exact.
     buffered_own: Cell<usize>,
 }
 
+/// `LocalCounters::turn_ms` before the turn read the clock. Should the clock itself read
+/// this value (one millisecond in 49 days), the turn merely reads it again.
+const TURN_MS_UNREAD: u32 = u32::MAX;
+
 impl LocalCounters {
-    /// `coarse_ms` as of the start of the current loop turn.
+    /// `coarse_ms` as of the current loop turn (read on the turn's first call).
     pub(crate) fn turn_ms(&self) -> u32 {
-        self.turn_ms.get()
+        let ms = self.turn_ms.get();
+        if ms != TURN_MS_UNREAD {
+            return ms;
+        }
+        let ms = coarse_ms();
+        self.turn_ms.set(ms);
+        ms
     }
 }
 
@@ -67,7 +79,7 @@ impl RuntimeContext {
                 self.leave_idle();
             }
             self.bump_progress();
-            self.stats.turn_ms.set(coarse_ms());
+            self.stats.turn_ms.set(TURN_MS_UNREAD);
             let mut ran = self.poll_io();
             if self.me().has_remote() {
                 ran += self.me().drain_remote(self);
