@@ -43,6 +43,13 @@
 // Buffers stay the caller's until the final completion. Host side, Runtime::submit_io
 // routes a veloq_sqe to a worker and posts the completion to a CompletionQueue.
 //
+// Blocking jobs, groups, names, stalls (issue #5). spawn_blocking takes a callable `f()`
+// with NO veloq_ctx (the blocking pool runs it off the workers and passes none); otherwise
+// it is boxed and guarded like spawn's. veloq::Group is an RAII task group (one completion
+// for all its members, cancel()). spawn_named names a task for dump() and stall reports.
+// Builder::on_stall boxes a StallHandler that runs on the watchdog thread; the Runtime owns
+// it and destroys it only after the runtime is freed. stats(w) returns a veloq_worker_stats.
+//
 // Threads. Spawning, Runtime::workers and every CompletionQueue member may be used from any
 // thread, workers included (a RuntimeRef made from the veloq_ctx passed to a callable spawns
 // from inside it). Runtime's destructor and shutdown must be called from a host thread: from
@@ -602,24 +609,133 @@ void io_trampoline(veloq_ctx *ctx, std::int64_t res, std::uint32_t flags, void *
 }
 } // namespace detail
 
+namespace detail {
+
+// A member's callable, type-erased.
+struct GroupMember {
+    virtual ~GroupMember() = default;
+    virtual std::int64_t run(veloq_ctx *ctx) = 0;
+};
+template <class Fn>
+struct GroupMemberOf final : GroupMember {
+    template <class F>
+    explicit GroupMemberOf(F &&f) : fn(std::forward<F>(f)) {}
+    std::int64_t run(veloq_ctx *ctx) override { return call(fn, ctx); }
+    Fn fn;
+};
+
+struct GroupState;
+// One accepted (or being accepted) member. Lives inside GroupState, so the trampoline may
+// look at `claimed` even after the Group object reclaimed the callable.
+struct GroupSlot {
+    GroupSlot(GroupState *s, GroupMember *m) noexcept : state(s), member(m) {}
+    std::atomic<bool> claimed{false}; // whoever sets it first runs or destroys `member`
+    GroupState *state;
+    GroupMember *member;
+};
+
+// Shared by a Group object and its members' trampolines: freed by the last reference
+// (the Group holds one, every accepted member one until its trampoline returned).
+struct GroupState {
+    std::atomic<std::size_t> refs{1};
+    std::mutex lock;
+    std::deque<GroupSlot> slots; // deque: addresses stay put on emplace_back
+
+    void release() noexcept {
+        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1)
+            delete this;
+    }
+    ~GroupState() {
+        for (GroupSlot &s : slots)
+            if (!s.claimed.load(std::memory_order_relaxed))
+                delete s.member;
+    }
+};
+
+inline std::int64_t group_trampoline(veloq_ctx *ctx, void *arg) noexcept {
+    GroupSlot *slot = static_cast<GroupSlot *>(arg);
+    GroupState *state = slot->state;
+    std::int64_t res = -ECANCELED; // reclaimed by a cancelled Group's destructor
+    if (!slot->claimed.exchange(true, std::memory_order_acq_rel)) {
+        std::unique_ptr<GroupMember> member(slot->member);
+        try {
+            res = member->run(ctx);
+        } catch (const Error &e) {
+            res = e.code();
+        } catch (...) {
+            res = VELOQ_EPANIC;
+        }
+    }
+    state->release();
+    return res;
+}
+
+// Cancelled groups' states that members skipped by the cancel still hold references to:
+// no trampoline runs for a skipped member, but the C API does not say when that is known.
+// The owning Runtime frees them once veloq_runtime_free returned (no callback can run any
+// more); states whose members all returned are freed earlier, whenever another is added.
+struct GroupGraveyard {
+    std::mutex lock;
+    bool runtime_freed = false;
+    std::vector<GroupState *> states;
+
+    // Takes over one reference to `s` (the destroyed Group's).
+    void bury(GroupState *s) noexcept {
+        std::unique_lock<std::mutex> hold(lock);
+        if (runtime_freed) {
+            hold.unlock();
+            delete s; // nothing can run any more
+            return;
+        }
+        for (std::size_t i = 0; i < states.size();) {
+            if (states[i]->refs.load(std::memory_order_acquire) == 1) { // only ours
+                delete states[i];
+                states[i] = states.back();
+                states.pop_back();
+            } else {
+                i++;
+            }
+        }
+        try {
+            states.push_back(s);
+        } catch (...) {
+            s->release(); // out of memory: leave it to its members (as without a graveyard)
+        }
+    }
+    // After veloq_runtime_free: every callback has returned or will never run.
+    void runtime_gone() noexcept {
+        std::lock_guard<std::mutex> hold(lock);
+        runtime_freed = true;
+        for (GroupState *s : states)
+            delete s;
+        states.clear();
+    }
+};
+
+} // namespace detail
+
 /// Owns a veloq_runtime. Move-only. The destructor shuts the runtime down without a limit.
 class Runtime : public detail::Spawner<Runtime> {
 public:
     class Builder;
 
     /// A runtime with every default (veloq_runtime_new). Throws Error.
-    Runtime() { detail::check(::veloq_runtime_new(&rt_), "veloq_runtime_new"); }
+    Runtime() : graveyard_(std::make_shared<detail::GroupGraveyard>()) {
+        detail::check(::veloq_runtime_new(&rt_), "veloq_runtime_new");
+    }
 
     /// Takes ownership of a runtime made through the C API.
     explicit Runtime(veloq_runtime *owned) noexcept : rt_(owned) {}
 
     Runtime(Runtime &&other) noexcept
-        : rt_(std::exchange(other.rt_, nullptr)), on_stall_(std::move(other.on_stall_)) {}
+        : rt_(std::exchange(other.rt_, nullptr)), on_stall_(std::move(other.on_stall_)),
+          graveyard_(std::move(other.graveyard_)) {}
     Runtime &operator=(Runtime &&other) noexcept {
         if (this != &other) {
             reset();
             rt_ = std::exchange(other.rt_, nullptr);
             on_stall_ = std::move(other.on_stall_);
+            graveyard_ = std::move(other.graveyard_);
         }
         return *this;
     }
@@ -654,17 +770,26 @@ public:
 
 private:
     friend class Builder;
-    Runtime(veloq_runtime *owned, std::unique_ptr<StallHandler> on_stall) noexcept
-        : rt_(owned), on_stall_(std::move(on_stall)) {}
+    friend class Group;
+    Runtime(veloq_runtime *owned, std::unique_ptr<StallHandler> on_stall,
+            std::shared_ptr<detail::GroupGraveyard> graveyard) noexcept
+        : rt_(owned), on_stall_(std::move(on_stall)), graveyard_(std::move(graveyard)) {}
 
     // The stall handler is freed only after the runtime (and its watchdog thread) is.
+    // (After release() the runtime may still run: the graveyard then keeps its states.)
     void reset() noexcept {
+        bool freed = rt_ != nullptr;
         if (rt_)
             ::veloq_runtime_free(std::exchange(rt_, nullptr));
         on_stall_.reset();
+        if (freed && graveyard_)
+            graveyard_->runtime_gone();
+        graveyard_.reset();
     }
     veloq_runtime *rt_ = nullptr;
     std::unique_ptr<StallHandler> on_stall_; // boxed by Builder::on_stall; see reset()
+    // Cancelled Groups' leftover states (made from this object); see reset().
+    std::shared_ptr<detail::GroupGraveyard> graveyard_;
 };
 
 /// Runtime options (veloq_builder_*). Each setter throws Error(-EINVAL) for a value out of
@@ -765,10 +890,11 @@ public:
     /// it); throws Error when the runtime cannot start. The stall handler (if any) moves
     /// into the Runtime.
     Runtime build() {
+        auto graveyard = std::make_shared<detail::GroupGraveyard>();
         veloq_runtime *rt = nullptr;
         detail::check(::veloq_runtime_build(std::exchange(b_, nullptr), &rt),
                       "veloq_runtime_build");
-        return Runtime(rt, std::move(on_stall_));
+        return Runtime(rt, std::move(on_stall_), std::move(graveyard));
     }
 
 private:
@@ -875,69 +1001,6 @@ private:
     veloq_cq *cq_ = nullptr;
 };
 
-namespace detail {
-
-// A member's callable, type-erased.
-struct GroupMember {
-    virtual ~GroupMember() = default;
-    virtual std::int64_t run(veloq_ctx *ctx) = 0;
-};
-template <class Fn>
-struct GroupMemberOf final : GroupMember {
-    template <class F>
-    explicit GroupMemberOf(F &&f) : fn(std::forward<F>(f)) {}
-    std::int64_t run(veloq_ctx *ctx) override { return call(fn, ctx); }
-    Fn fn;
-};
-
-struct GroupState;
-// One accepted (or being accepted) member. Lives inside GroupState, so the trampoline may
-// look at `claimed` even after the Group object reclaimed the callable.
-struct GroupSlot {
-    GroupSlot(GroupState *s, GroupMember *m) noexcept : state(s), member(m) {}
-    std::atomic<bool> claimed{false}; // whoever sets it first runs or destroys `member`
-    GroupState *state;
-    GroupMember *member;
-};
-
-// Shared by a Group object and its members' trampolines: freed by the last reference
-// (the Group holds one, every accepted member one until its trampoline returned).
-struct GroupState {
-    std::atomic<std::size_t> refs{1};
-    std::mutex lock;
-    std::deque<GroupSlot> slots; // deque: addresses stay put on emplace_back
-
-    void release() noexcept {
-        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1)
-            delete this;
-    }
-    ~GroupState() {
-        for (GroupSlot &s : slots)
-            if (!s.claimed.load(std::memory_order_relaxed))
-                delete s.member;
-    }
-};
-
-inline std::int64_t group_trampoline(veloq_ctx *ctx, void *arg) noexcept {
-    GroupSlot *slot = static_cast<GroupSlot *>(arg);
-    GroupState *state = slot->state;
-    std::int64_t res = -ECANCELED; // reclaimed by a cancelled Group's destructor
-    if (!slot->claimed.exchange(true, std::memory_order_acq_rel)) {
-        std::unique_ptr<GroupMember> member(slot->member);
-        try {
-            res = member->run(ctx);
-        } catch (const Error &e) {
-            res = e.code();
-        } catch (...) {
-            res = VELOQ_EPANIC;
-        }
-    }
-    state->release();
-    return res;
-}
-
-} // namespace detail
-
 /// Owns a veloq_group: callback tasks (members), and the worker-side I/O they start with
 /// their ctx, cancelled as a whole and reported by ONE completion {user_data, res} on the
 /// queue given at construction once the group is closed and every member and operation
@@ -950,9 +1013,11 @@ inline std::int64_t group_trampoline(veloq_ctx *ctx, void *arg) noexcept {
 /// each is boxed and destroyed after it ran, on its worker. The destructor closes the group
 /// (veloq_group_free) without waiting: accepted members still run and the completion still
 /// comes, also after the runtime object is gone. After cancel(), a member that never ran
-/// has its callable destroyed by the Group's destructor (on the destroying thread); its
-/// small bookkeeping record (not the callable) is then kept until process exit, because
-/// the C API does not say when a skipped member is done.
+/// has its callable destroyed by the Group's destructor (on the destroying thread). The
+/// C API does not say when a skipped member is done, so the group's small bookkeeping
+/// record (not the callables) then stays allocated: for a Group made from a Runtime, until
+/// that Runtime object frees the runtime; for one made from a RuntimeRef, for good (a
+/// few dozen bytes per member; cancel groups made from a Runtime to avoid it).
 class Group {
 public:
     /// veloq_group_new on `rt`; the completion goes to `cq` (none when nullptr). Throws
@@ -960,22 +1025,23 @@ public:
     template <class R, class = std::enable_if_t<std::is_same_v<R, Runtime> ||
                                                 std::is_same_v<R, RuntimeRef>>>
     explicit Group(const R &rt, veloq_cq *cq = nullptr, std::uint64_t user_data = 0) {
-        init(rt.get(), cq, user_data);
+        init(rt, cq, user_data);
     }
     template <class R, class = std::enable_if_t<std::is_same_v<R, Runtime> ||
                                                 std::is_same_v<R, RuntimeRef>>>
     Group(const R &rt, const CompletionQueue &cq, std::uint64_t user_data) {
-        init(rt.get(), cq.get(), user_data);
+        init(rt, cq.get(), user_data);
     }
 
     Group(Group &&other) noexcept
         : g_(std::exchange(other.g_, nullptr)), state_(std::exchange(other.state_, nullptr)),
-          cancelled_(other.cancelled_.load()) {}
+          graveyard_(std::move(other.graveyard_)), cancelled_(other.cancelled_.load()) {}
     Group &operator=(Group &&other) noexcept {
         if (this != &other) {
             reset();
             g_ = std::exchange(other.g_, nullptr);
             state_ = std::exchange(other.state_, nullptr);
+            graveyard_ = std::move(other.graveyard_);
             cancelled_ = other.cancelled_.load();
         }
         return *this;
@@ -1040,6 +1106,13 @@ public:
     explicit operator bool() const noexcept { return g_ != nullptr; }
 
 private:
+    void init(const Runtime &rt, veloq_cq *cq, std::uint64_t user_data) {
+        graveyard_ = rt.graveyard_;
+        init(rt.get(), cq, user_data);
+    }
+    void init(const RuntimeRef &rt, veloq_cq *cq, std::uint64_t user_data) {
+        init(rt.get(), cq, user_data);
+    }
     void init(veloq_runtime *rt, veloq_cq *cq, std::uint64_t user_data) {
         auto state = std::make_unique<detail::GroupState>();
         detail::check(::veloq_group_new(rt, cq, user_data, &g_), "veloq_group_new");
@@ -1049,18 +1122,29 @@ private:
         if (!g_)
             return;
         ::veloq_group_free(std::exchange(g_, nullptr));
-        if (cancelled_) {
+        detail::GroupState *state = std::exchange(state_, nullptr);
+        if (!cancelled_) {
+            state->release(); // every accepted member runs and drops its reference
+            return;
+        }
+        {
             // Members that have not started never will: destroy their callables now.
             // One that has started (or is about to) claimed its slot first.
-            std::lock_guard<std::mutex> hold(state_->lock);
-            for (detail::GroupSlot &s : state_->slots)
+            std::lock_guard<std::mutex> hold(state->lock);
+            for (detail::GroupSlot &s : state->slots)
                 if (!s.claimed.exchange(true, std::memory_order_acq_rel))
                     delete s.member;
         }
-        std::exchange(state_, nullptr)->release();
+        // Skipped members never drop their references: the runtime's graveyard frees the
+        // state after the runtime (see GroupGraveyard).
+        if (graveyard_)
+            std::exchange(graveyard_, nullptr)->bury(state);
+        else
+            state->release();
     }
     veloq_group *g_ = nullptr;
     detail::GroupState *state_ = nullptr;
+    std::shared_ptr<detail::GroupGraveyard> graveyard_; // only when made from a Runtime
     std::atomic<bool> cancelled_{false}; // cancel() may run on a worker
 };
 

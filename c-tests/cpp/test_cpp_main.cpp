@@ -550,6 +550,34 @@ static void cancelled_group_completes_with_ecanceled(void) {
     }
     CHECK_EQ(ran.load(), 1); // never the refused ones
     CHECK_EQ(tracked_live(), 0);
+
+    // Members queued behind a busy worker when the group is cancelled never run; the
+    // Group's destructor destroys their callables (the Runtime frees the rest later).
+    std::atomic<bool> busy{false}, release{false};
+    rt.spawn_to(0, [&] {
+        busy = true;
+        auto give_up = std::chrono::steady_clock::now() + 5s;
+        while (!release.load() && std::chrono::steady_clock::now() < give_up)
+            std::this_thread::yield();
+    });
+    while (!busy.load())
+        std::this_thread::yield();
+    {
+        veloq::Group g(rt, cq, 51);
+        Tracked t;
+        for (int i = 0; i < 4; i++)
+            g.spawn([t, &ran] { ran += 100; }, 0);
+        CHECK_EQ(tracked_live(), 5);
+        g.cancel();
+        g.close();
+        release = true;
+        auto got = reap(cq, 1);
+        REQUIRE(got.size() == 1);
+        CHECK_EQ(got[0].user_data, 51);
+        CHECK_EQ(got[0].res, -ECANCELED);
+    }
+    CHECK_EQ(ran.load(), 1); // skipped, not run
+    CHECK_EQ(tracked_live(), 0);
 }
 
 // Reads back everything written to `fd` (a memfd).
