@@ -43,6 +43,13 @@
 // Buffers stay the caller's until the final completion. Host side, Runtime::submit_io
 // routes a veloq_sqe to a worker and posts the completion to a CompletionQueue.
 //
+// Blocking jobs, groups, names, stalls (issue #5). spawn_blocking takes a callable `f()`
+// with NO veloq_ctx (the blocking pool runs it off the workers and passes none); otherwise
+// it is boxed and guarded like spawn's. veloq::Group is an RAII task group (one completion
+// for all its members, cancel()). spawn_named names a task for dump() and stall reports.
+// Builder::on_stall boxes a StallHandler that runs on the watchdog thread; the Runtime owns
+// it and destroys it only after the runtime is freed. stats(w) returns a veloq_worker_stats.
+//
 // Threads. Spawning, Runtime::workers and every CompletionQueue member may be used from any
 // thread, workers included (a RuntimeRef made from the veloq_ctx passed to a callable spawns
 // from inside it). Runtime's destructor and shutdown must be called from a host thread: from
@@ -63,9 +70,13 @@
 
 #include <veloq.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
+#include <deque>
+#include <functional>
+#include <mutex>
 #include <sys/socket.h>
 #include <cstdint>
 #include <memory>
@@ -98,6 +109,16 @@ private:
 
 /// Wait without a time limit.
 inline constexpr std::chrono::nanoseconds no_timeout{-1};
+
+/// spawn_named worker: an injector, stealable (as spawn). VELOQ_WORKER_ANY.
+inline constexpr std::int32_t worker_any = VELOQ_WORKER_ANY;
+/// spawn_named worker: the less loaded of two workers (as spawn_balanced).
+/// VELOQ_WORKER_BALANCED.
+inline constexpr std::int32_t worker_balanced = VELOQ_WORKER_BALANCED;
+
+/// A stall callback (Runtime::Builder::on_stall). `report` (and its task_name) is valid
+/// only during the call.
+using StallHandler = std::function<void(const veloq_stall_report &report)>;
 
 /// veloq_strerror as a std::string.
 inline std::string strerror(int code) {
@@ -200,6 +221,72 @@ int submit(veloq_runtime *rt, Kind kind, std::uint32_t worker, F &&f, veloq_cq *
     return rc;         // refused: the box is freed here, the callable never ran
 }
 
+template <class Fn>
+constexpr bool is_blocking_callable() {
+    if constexpr (std::is_invocable_v<Fn &>) {
+        using R = std::invoke_result_t<Fn &>;
+        return std::is_void_v<R> || std::is_convertible_v<R, std::int64_t>;
+    } else {
+        return false;
+    }
+}
+
+// The blocking pool calls fn(NULL, arg): the callable takes no context. Runs it once and
+// frees the box; noexcept like trampoline.
+template <class Fn>
+std::int64_t blocking_trampoline(veloq_ctx *, void *arg) noexcept {
+    std::unique_ptr<Fn> box(static_cast<Fn *>(arg));
+    try {
+        if constexpr (std::is_void_v<std::invoke_result_t<Fn &>>) {
+            (*box)();
+            return 0;
+        } else {
+            return static_cast<std::int64_t>((*box)());
+        }
+    } catch (const Error &e) {
+        return e.code();
+    } catch (...) {
+        return VELOQ_EPANIC;
+    }
+}
+
+// Boxes `f` and hands `tramp` and the box to `c_call` (a C spawn call); frees the box
+// when the call refused (the callable never runs).
+template <class Fn, class F, class Call>
+int submit_boxed(F &&f, veloq_task_fn tramp, Call &&c_call) {
+    auto box = std::make_unique<Fn>(std::forward<F>(f));
+    int rc = c_call(tramp, static_cast<void *>(box.get()));
+    if (rc == 0)
+        box.release(); // the trampoline owns it now
+    return rc;
+}
+
+template <class F>
+int submit_blocking(veloq_runtime *rt, F &&f, veloq_cq *cq, std::uint64_t user_data) {
+    using Fn = std::decay_t<F>;
+    static_assert(is_blocking_callable<Fn>(),
+                  "a blocking job is a callable f() (no veloq_ctx: it runs on a pool "
+                  "thread) returning a value convertible to int64_t, or void");
+    return submit_boxed<Fn>(std::forward<F>(f), &blocking_trampoline<Fn>,
+                            [&](veloq_task_fn fn, void *arg) {
+                                return ::veloq_spawn_blocking(rt, fn, arg, cq, user_data);
+                            });
+}
+
+template <class F>
+int submit_named(veloq_runtime *rt, const char *name, std::int32_t worker, F &&f,
+                 veloq_cq *cq, std::uint64_t user_data) {
+    using Fn = std::decay_t<F>;
+    static_assert(is_task_callable<Fn>(),
+                  "a veloq task is a callable f(veloq_ctx*) or f() returning a value "
+                  "convertible to int64_t, or void");
+    return submit_boxed<Fn>(std::forward<F>(f), &trampoline<Fn>,
+                            [&](veloq_task_fn fn, void *arg) {
+                                return ::veloq_spawn_named(rt, name, worker, fn, arg, cq,
+                                                           user_data);
+                            });
+}
+
 // The spawning members shared by Runtime (owner) and RuntimeRef (view).
 template <class Self>
 class Spawner {
@@ -259,6 +346,72 @@ public:
                      std::uint64_t user_data = 0) const {
         return submit(self(), Kind::worker, worker, std::forward<F>(f), cq, user_data);
     }
+
+    /// veloq_spawn_blocking: runs `f()` once on a thread of the runtime's blocking pool,
+    /// never on a worker (for blocking system calls and long computations). `f` takes no
+    /// veloq_ctx (the pool passes none): to spawn from inside, capture a RuntimeRef. It
+    /// returns something convertible to int64_t, or void (completes with 0); exceptions
+    /// are caught as for spawn. With a queue, exactly one completion {user_data, res,
+    /// flags 0, worker UINT32_MAX} is posted to it. Throws Error when refused (-ESHUTDOWN,
+    /// -EAGAIN when no pool thread could start; the callable is destroyed, never run).
+    /// The box is destroyed on the pool thread after the call. Callable from any thread.
+    template <class F>
+    void spawn_blocking(F &&f) const {
+        spawn_blocking(std::forward<F>(f), static_cast<veloq_cq *>(nullptr), 0);
+    }
+    template <class F>
+    void spawn_blocking(F &&f, const CompletionQueue &cq, std::uint64_t user_data) const;
+    template <class F>
+    void spawn_blocking(F &&f, veloq_cq *cq, std::uint64_t user_data) const {
+        check(submit_blocking(self(), std::forward<F>(f), cq, user_data),
+              "veloq_spawn_blocking");
+    }
+    /// Like spawn_blocking, returning the errno (0: accepted) instead of throwing it.
+    template <class F>
+    int try_spawn_blocking(F &&f, veloq_cq *cq = nullptr, std::uint64_t user_data = 0) const {
+        return submit_blocking(self(), std::forward<F>(f), cq, user_data);
+    }
+
+    /// veloq_spawn_named: as spawn (worker_any), spawn_balanced (worker_balanced) or
+    /// spawn_to (a worker index), with a name that dump() and stall reports show. `name`
+    /// is copied by the library (nullptr: unnamed). Callables, completions and errors as
+    /// for spawn (-EINVAL for a worker below -2 or out of range). Any thread.
+    template <class F>
+    void spawn_named(const char *name, std::int32_t worker, F &&f) const {
+        spawn_named(name, worker, std::forward<F>(f), static_cast<veloq_cq *>(nullptr), 0);
+    }
+    template <class F>
+    void spawn_named(const char *name, std::int32_t worker, F &&f, const CompletionQueue &cq,
+                     std::uint64_t user_data) const;
+    template <class F>
+    void spawn_named(const char *name, std::int32_t worker, F &&f, veloq_cq *cq,
+                     std::uint64_t user_data) const {
+        check(submit_named(self(), name, worker, std::forward<F>(f), cq, user_data),
+              "veloq_spawn_named");
+    }
+    /// Like spawn_named, returning the errno (0: accepted) instead of throwing it.
+    template <class F>
+    int try_spawn_named(const char *name, std::int32_t worker, F &&f, veloq_cq *cq = nullptr,
+                        std::uint64_t user_data = 0) const {
+        return submit_named(self(), name, worker, std::forward<F>(f), cq, user_data);
+    }
+
+    /// veloq_runtime_stats: worker `worker`'s counters (size set to sizeof(veloq_worker_stats)
+    /// before the call; on return it holds the bytes the library wrote, fields beyond are 0).
+    /// Throws Error(-EINVAL) for a worker out of range or an empty handle. Any thread.
+    veloq_worker_stats stats(std::uint32_t worker) const {
+        veloq_worker_stats out{};
+        out.size = static_cast<std::uint32_t>(sizeof(veloq_worker_stats));
+        check(::veloq_runtime_stats(self(), worker, &out), "veloq_runtime_stats");
+        return out;
+    }
+
+    /// veloq_runtime_dump: writes a text dump of the runtime (workers, what they run,
+    /// queue depths, live tasks with their names) to `fd`, which stays the caller's. Waits
+    /// at most about 200 ms for a worker that does not answer. Throws Error (-EINVAL, or a
+    /// failed write's errno: the dump may then be partly written). Any thread; from a
+    /// callback it blocks that worker up to the bound.
+    void dump(int fd) const { check(::veloq_runtime_dump(self(), fd), "veloq_runtime_dump"); }
 
     /// Number of workers (0 for an empty handle).
     std::uint32_t workers() const noexcept { return ::veloq_runtime_workers(self()); }
@@ -456,22 +609,133 @@ void io_trampoline(veloq_ctx *ctx, std::int64_t res, std::uint32_t flags, void *
 }
 } // namespace detail
 
+namespace detail {
+
+// A member's callable, type-erased.
+struct GroupMember {
+    virtual ~GroupMember() = default;
+    virtual std::int64_t run(veloq_ctx *ctx) = 0;
+};
+template <class Fn>
+struct GroupMemberOf final : GroupMember {
+    template <class F>
+    explicit GroupMemberOf(F &&f) : fn(std::forward<F>(f)) {}
+    std::int64_t run(veloq_ctx *ctx) override { return call(fn, ctx); }
+    Fn fn;
+};
+
+struct GroupState;
+// One accepted (or being accepted) member. Lives inside GroupState, so the trampoline may
+// look at `claimed` even after the Group object reclaimed the callable.
+struct GroupSlot {
+    GroupSlot(GroupState *s, GroupMember *m) noexcept : state(s), member(m) {}
+    std::atomic<bool> claimed{false}; // whoever sets it first runs or destroys `member`
+    GroupState *state;
+    GroupMember *member;
+};
+
+// Shared by a Group object and its members' trampolines: freed by the last reference
+// (the Group holds one, every accepted member one until its trampoline returned).
+struct GroupState {
+    std::atomic<std::size_t> refs{1};
+    std::mutex lock;
+    std::deque<GroupSlot> slots; // deque: addresses stay put on emplace_back
+
+    void release() noexcept {
+        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1)
+            delete this;
+    }
+    ~GroupState() {
+        for (GroupSlot &s : slots)
+            if (!s.claimed.load(std::memory_order_relaxed))
+                delete s.member;
+    }
+};
+
+inline std::int64_t group_trampoline(veloq_ctx *ctx, void *arg) noexcept {
+    GroupSlot *slot = static_cast<GroupSlot *>(arg);
+    GroupState *state = slot->state;
+    std::int64_t res = -ECANCELED; // reclaimed by a cancelled Group's destructor
+    if (!slot->claimed.exchange(true, std::memory_order_acq_rel)) {
+        std::unique_ptr<GroupMember> member(slot->member);
+        try {
+            res = member->run(ctx);
+        } catch (const Error &e) {
+            res = e.code();
+        } catch (...) {
+            res = VELOQ_EPANIC;
+        }
+    }
+    state->release();
+    return res;
+}
+
+// Cancelled groups' states that members skipped by the cancel still hold references to:
+// no trampoline runs for a skipped member, but the C API does not say when that is known.
+// The owning Runtime frees them once veloq_runtime_free returned (no callback can run any
+// more); states whose members all returned are freed earlier, whenever another is added.
+struct GroupGraveyard {
+    std::mutex lock;
+    bool runtime_freed = false;
+    std::vector<GroupState *> states;
+
+    // Takes over one reference to `s` (the destroyed Group's).
+    void bury(GroupState *s) noexcept {
+        std::unique_lock<std::mutex> hold(lock);
+        if (runtime_freed) {
+            hold.unlock();
+            delete s; // nothing can run any more
+            return;
+        }
+        for (std::size_t i = 0; i < states.size();) {
+            if (states[i]->refs.load(std::memory_order_acquire) == 1) { // only ours
+                delete states[i];
+                states[i] = states.back();
+                states.pop_back();
+            } else {
+                i++;
+            }
+        }
+        try {
+            states.push_back(s);
+        } catch (...) {
+            s->release(); // out of memory: leave it to its members (as without a graveyard)
+        }
+    }
+    // After veloq_runtime_free: every callback has returned or will never run.
+    void runtime_gone() noexcept {
+        std::lock_guard<std::mutex> hold(lock);
+        runtime_freed = true;
+        for (GroupState *s : states)
+            delete s;
+        states.clear();
+    }
+};
+
+} // namespace detail
+
 /// Owns a veloq_runtime. Move-only. The destructor shuts the runtime down without a limit.
 class Runtime : public detail::Spawner<Runtime> {
 public:
     class Builder;
 
     /// A runtime with every default (veloq_runtime_new). Throws Error.
-    Runtime() { detail::check(::veloq_runtime_new(&rt_), "veloq_runtime_new"); }
+    Runtime() : graveyard_(std::make_shared<detail::GroupGraveyard>()) {
+        detail::check(::veloq_runtime_new(&rt_), "veloq_runtime_new");
+    }
 
     /// Takes ownership of a runtime made through the C API.
     explicit Runtime(veloq_runtime *owned) noexcept : rt_(owned) {}
 
-    Runtime(Runtime &&other) noexcept : rt_(std::exchange(other.rt_, nullptr)) {}
+    Runtime(Runtime &&other) noexcept
+        : rt_(std::exchange(other.rt_, nullptr)), on_stall_(std::move(other.on_stall_)),
+          graveyard_(std::move(other.graveyard_)) {}
     Runtime &operator=(Runtime &&other) noexcept {
         if (this != &other) {
             reset();
             rt_ = std::exchange(other.rt_, nullptr);
+            on_stall_ = std::move(other.on_stall_);
+            graveyard_ = std::move(other.graveyard_);
         }
         return *this;
     }
@@ -496,18 +760,36 @@ public:
 
     /// The C handle (still owned by this object).
     veloq_runtime *get() const noexcept { return rt_; }
-    /// Gives up ownership: the caller frees the handle with veloq_runtime_free.
+    /// Gives up ownership: the caller frees the handle with veloq_runtime_free. A stall
+    /// handler set through the builder stays owned by this object (the watchdog may still
+    /// call it): keep this object alive until the released runtime was freed.
     veloq_runtime *release() noexcept { return std::exchange(rt_, nullptr); }
     /// A non-owning handle to this runtime.
     RuntimeRef ref() const noexcept { return RuntimeRef(rt_); }
     explicit operator bool() const noexcept { return rt_ != nullptr; }
 
 private:
+    friend class Builder;
+    friend class Group;
+    Runtime(veloq_runtime *owned, std::unique_ptr<StallHandler> on_stall,
+            std::shared_ptr<detail::GroupGraveyard> graveyard) noexcept
+        : rt_(owned), on_stall_(std::move(on_stall)), graveyard_(std::move(graveyard)) {}
+
+    // The stall handler is freed only after the runtime (and its watchdog thread) is.
+    // (After release() the runtime may still run: the graveyard then keeps its states.)
     void reset() noexcept {
+        bool freed = rt_ != nullptr;
         if (rt_)
             ::veloq_runtime_free(std::exchange(rt_, nullptr));
+        on_stall_.reset();
+        if (freed && graveyard_)
+            graveyard_->runtime_gone();
+        graveyard_.reset();
     }
     veloq_runtime *rt_ = nullptr;
+    std::unique_ptr<StallHandler> on_stall_; // boxed by Builder::on_stall; see reset()
+    // Cancelled Groups' leftover states (made from this object); see reset().
+    std::shared_ptr<detail::GroupGraveyard> graveyard_;
 };
 
 /// Runtime options (veloq_builder_*). Each setter throws Error(-EINVAL) for a value out of
@@ -518,11 +800,13 @@ public:
         if (!b_)
             throw std::bad_alloc();
     }
-    Builder(Builder &&other) noexcept : b_(std::exchange(other.b_, nullptr)) {}
+    Builder(Builder &&other) noexcept
+        : b_(std::exchange(other.b_, nullptr)), on_stall_(std::move(other.on_stall_)) {}
     Builder &operator=(Builder &&other) noexcept {
         if (this != &other) {
             ::veloq_builder_free(b_);
             b_ = std::exchange(other.b_, nullptr);
+            on_stall_ = std::move(other.on_stall_);
         }
         return *this;
     }
@@ -556,17 +840,74 @@ public:
         return *this;
     }
 
+    /// Blocking pool size (spawn_blocking): at least `min` threads kept once started, at
+    /// most `max` at once (defaults 0 and 64). Throws Error(-EINVAL) for `max` 0 or above
+    /// 4096, or `min` above `max`.
+    Builder &blocking_threads(std::uint32_t min, std::uint32_t max) {
+        detail::check(::veloq_builder_blocking_threads(b_, min, max),
+                      "veloq_builder_blocking_threads");
+        return *this;
+    }
+    /// How long a blocking-pool thread beyond the minimum waits for work before it exits
+    /// (default 10 s; zero or negative: at once).
+    Builder &blocking_idle_timeout(std::chrono::nanoseconds idle) {
+        auto ns = static_cast<std::uint64_t>(idle.count() < 0 ? 0 : idle.count());
+        detail::check(::veloq_builder_blocking_idle_timeout(b_, ns),
+                      "veloq_builder_blocking_idle_timeout");
+        return *this;
+    }
+    /// How long a worker may stay in one callback before the watchdog reports it stalled
+    /// (default 100 ms; zero or negative turns the watchdog and its thread off).
+    Builder &stall_threshold(std::chrono::nanoseconds threshold) {
+        auto ns = static_cast<std::uint64_t>(threshold.count() < 0 ? 0 : threshold.count());
+        detail::check(::veloq_builder_stall_threshold(b_, ns), "veloq_builder_stall_threshold");
+        return *this;
+    }
+    /// Whether each stall and its end is logged as a line on stderr (default true).
+    Builder &stall_log(bool log) {
+        detail::check(::veloq_builder_stall_log(b_, log), "veloq_builder_stall_log");
+        return *this;
+    }
+    /// Calls `handler(report)` when a stall is noticed (report.ended == 0) and again when it
+    /// ends (1). It runs on the runtime's watchdog thread (never a worker), one call at a
+    /// time, and should return quickly; it may spawn, read stats or dump. An exception
+    /// escaping it is caught and dropped (nothing unwinds into C). The handler is moved
+    /// into a box that the builder, then the built Runtime, owns; the Runtime destroys it
+    /// after freeing the runtime (so never while the watchdog may call it). A later call
+    /// replaces the handler. Throws Error(-EINVAL) for an empty std::function (the builder
+    /// is unchanged), std::bad_alloc.
+    Builder &on_stall(StallHandler handler) {
+        if (!handler)
+            throw Error(-EINVAL, "veloq_builder_on_stall");
+        auto box = std::make_unique<StallHandler>(std::move(handler));
+        detail::check(::veloq_builder_on_stall(b_, &stall_trampoline, box.get()),
+                      "veloq_builder_on_stall");
+        on_stall_ = std::move(box); // the old handler (if any) is no longer referenced
+        return *this;
+    }
+
     /// Starts the runtime. The builder is used up either way (veloq_runtime_build consumes
-    /// it); throws Error when the runtime cannot start.
+    /// it); throws Error when the runtime cannot start. The stall handler (if any) moves
+    /// into the Runtime.
     Runtime build() {
+        auto graveyard = std::make_shared<detail::GroupGraveyard>();
         veloq_runtime *rt = nullptr;
         detail::check(::veloq_runtime_build(std::exchange(b_, nullptr), &rt),
                       "veloq_runtime_build");
-        return Runtime(rt);
+        return Runtime(rt, std::move(on_stall_), std::move(graveyard));
     }
 
 private:
+    static void stall_trampoline(const veloq_stall_report *report, void *user_data) noexcept {
+        try {
+            (*static_cast<StallHandler *>(user_data))(*report);
+        } catch (...) {
+            // Dropped: nothing unwinds into C.
+        }
+    }
+
     veloq_builder *b_;
+    std::unique_ptr<StallHandler> on_stall_;
 };
 
 inline Runtime::Builder Runtime::builder() { return Builder(); }
@@ -660,6 +1001,153 @@ private:
     veloq_cq *cq_ = nullptr;
 };
 
+/// Owns a veloq_group: callback tasks (members), and the worker-side I/O they start with
+/// their ctx, cancelled as a whole and reported by ONE completion {user_data, res} on the
+/// queue given at construction once the group is closed and every member and operation
+/// is done: res is the first negative value a member returned (or threw as veloq::Error;
+/// VELOQ_EPANIC for another exception), else -ECANCELED if cancel() was called, else 0.
+/// Move-only; a moved-from Group holds nothing. Every member may be called from any
+/// thread, worker callbacks included, but not concurrently with the destructor or a move.
+///
+/// Members are callables like spawn's (f(veloq_ctx *) or f(), int64_t-convertible or void);
+/// each is boxed and destroyed after it ran, on its worker. The destructor closes the group
+/// (veloq_group_free) without waiting: accepted members still run and the completion still
+/// comes, also after the runtime object is gone. After cancel(), a member that never ran
+/// has its callable destroyed by the Group's destructor (on the destroying thread). The
+/// C API does not say when a skipped member is done, so the group's small bookkeeping
+/// record (not the callables) then stays allocated: for a Group made from a Runtime, until
+/// that Runtime object frees the runtime; for one made from a RuntimeRef, for good (a
+/// few dozen bytes per member; cancel groups made from a Runtime to avoid it).
+class Group {
+public:
+    /// veloq_group_new on `rt`; the completion goes to `cq` (none when nullptr). Throws
+    /// Error (-ESHUTDOWN once `rt` shuts down), std::bad_alloc.
+    template <class R, class = std::enable_if_t<std::is_same_v<R, Runtime> ||
+                                                std::is_same_v<R, RuntimeRef>>>
+    explicit Group(const R &rt, veloq_cq *cq = nullptr, std::uint64_t user_data = 0) {
+        init(rt, cq, user_data);
+    }
+    template <class R, class = std::enable_if_t<std::is_same_v<R, Runtime> ||
+                                                std::is_same_v<R, RuntimeRef>>>
+    Group(const R &rt, const CompletionQueue &cq, std::uint64_t user_data) {
+        init(rt, cq.get(), user_data);
+    }
+
+    Group(Group &&other) noexcept
+        : g_(std::exchange(other.g_, nullptr)), state_(std::exchange(other.state_, nullptr)),
+          graveyard_(std::move(other.graveyard_)), cancelled_(other.cancelled_.load()) {}
+    Group &operator=(Group &&other) noexcept {
+        if (this != &other) {
+            reset();
+            g_ = std::exchange(other.g_, nullptr);
+            state_ = std::exchange(other.state_, nullptr);
+            graveyard_ = std::move(other.graveyard_);
+            cancelled_ = other.cancelled_.load();
+        }
+        return *this;
+    }
+    Group(const Group &) = delete;
+    Group &operator=(const Group &) = delete;
+
+    /// Closes the group if still open and releases the handle (see the class comment).
+    ~Group() { reset(); }
+
+    /// veloq_group_spawn: adds a member on worker `worker` (never stolen), or -1 (the
+    /// default) on the less loaded of two. Throws Error when refused: -EINVAL (bad worker,
+    /// group closed), -ECANCELED (cancelled), -ESHUTDOWN; the callable is then destroyed,
+    /// never run. std::bad_alloc (or the callable's move/copy exception) before anything.
+    template <class F>
+    void spawn(F &&f, std::int32_t worker = -1) {
+        detail::check(try_spawn(std::forward<F>(f), worker), "veloq_group_spawn");
+    }
+    /// Like spawn, returning the errno (0: accepted) instead of throwing it.
+    template <class F>
+    int try_spawn(F &&f, std::int32_t worker = -1) {
+        using Fn = std::decay_t<F>;
+        static_assert(detail::is_task_callable<Fn>(),
+                      "a veloq task is a callable f(veloq_ctx*) or f() returning a value "
+                      "convertible to int64_t, or void");
+        if (!g_)
+            return -EINVAL;
+        auto member = std::make_unique<detail::GroupMemberOf<Fn>>(std::forward<F>(f));
+        detail::GroupSlot *slot;
+        {
+            std::lock_guard<std::mutex> hold(state_->lock);
+            slot = &state_->slots.emplace_back(state_, member.get());
+        }
+        state_->refs.fetch_add(1, std::memory_order_relaxed);
+        int rc = ::veloq_group_spawn(g_, worker, &detail::group_trampoline, slot);
+        if (rc == 0) {
+            member.release(); // the trampoline (or a cancelled destructor) owns it now
+        } else {
+            slot->claimed.store(true, std::memory_order_relaxed); // never runs
+            state_->release();
+        }
+        return rc;
+    }
+
+    /// veloq_group_cancel: members not started yet never run (they count as -ECANCELED),
+    /// the group's I/O in flight completes -ECANCELED, later spawns are refused. Running
+    /// members are not interrupted; the completion still comes only once closed. Throws
+    /// Error(-EINVAL) on an empty Group. Cancel through this object (not veloq_group_cancel
+    /// on get()), so the destructor knows to destroy the callables of skipped members.
+    void cancel() {
+        detail::check(::veloq_group_cancel(g_), "veloq_group_cancel");
+        cancelled_ = true;
+    }
+
+    /// veloq_group_close: no more members; the completion is posted once everything is
+    /// done (from inside this call when nothing is left). Throws Error(-EINVAL) when
+    /// already closed or empty.
+    void close() { detail::check(::veloq_group_close(g_), "veloq_group_close"); }
+
+    /// The C handle (still owned by this object).
+    veloq_group *get() const noexcept { return g_; }
+    explicit operator bool() const noexcept { return g_ != nullptr; }
+
+private:
+    void init(const Runtime &rt, veloq_cq *cq, std::uint64_t user_data) {
+        graveyard_ = rt.graveyard_;
+        init(rt.get(), cq, user_data);
+    }
+    void init(const RuntimeRef &rt, veloq_cq *cq, std::uint64_t user_data) {
+        init(rt.get(), cq, user_data);
+    }
+    void init(veloq_runtime *rt, veloq_cq *cq, std::uint64_t user_data) {
+        auto state = std::make_unique<detail::GroupState>();
+        detail::check(::veloq_group_new(rt, cq, user_data, &g_), "veloq_group_new");
+        state_ = state.release();
+    }
+    void reset() noexcept {
+        if (!g_)
+            return;
+        ::veloq_group_free(std::exchange(g_, nullptr));
+        detail::GroupState *state = std::exchange(state_, nullptr);
+        if (!cancelled_) {
+            state->release(); // every accepted member runs and drops its reference
+            return;
+        }
+        {
+            // Members that have not started never will: destroy their callables now.
+            // One that has started (or is about to) claimed its slot first.
+            std::lock_guard<std::mutex> hold(state->lock);
+            for (detail::GroupSlot &s : state->slots)
+                if (!s.claimed.exchange(true, std::memory_order_acq_rel))
+                    delete s.member;
+        }
+        // Skipped members never drop their references: the runtime's graveyard frees the
+        // state after the runtime (see GroupGraveyard).
+        if (graveyard_)
+            std::exchange(graveyard_, nullptr)->bury(state);
+        else
+            state->release();
+    }
+    veloq_group *g_ = nullptr;
+    detail::GroupState *state_ = nullptr;
+    std::shared_ptr<detail::GroupGraveyard> graveyard_; // only when made from a Runtime
+    std::atomic<bool> cancelled_{false}; // cancel() may run on a worker
+};
+
 namespace detail {
 template <class Self>
 void Spawner<Self>::submit_io(const veloq_sqe &sqe, const CompletionQueue &cq,
@@ -682,6 +1170,18 @@ template <class F>
 void Spawner<Self>::spawn_to(std::uint32_t worker, F &&f, const CompletionQueue &cq,
                              std::uint64_t user_data) const {
     spawn_to(worker, std::forward<F>(f), cq.get(), user_data);
+}
+template <class Self>
+template <class F>
+void Spawner<Self>::spawn_blocking(F &&f, const CompletionQueue &cq,
+                                   std::uint64_t user_data) const {
+    spawn_blocking(std::forward<F>(f), cq.get(), user_data);
+}
+template <class Self>
+template <class F>
+void Spawner<Self>::spawn_named(const char *name, std::int32_t worker, F &&f,
+                                const CompletionQueue &cq, std::uint64_t user_data) const {
+    spawn_named(name, worker, std::forward<F>(f), cq.get(), user_data);
 }
 } // namespace detail
 

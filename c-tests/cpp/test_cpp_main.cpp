@@ -5,9 +5,15 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <thread>
 #include <functional>
 #include <memory>
 #include <stdexcept>
@@ -401,6 +407,296 @@ static void host_submit_io_posts_to_the_queue_or_throws(void) {
     CHECK_EQ(rt.try_submit_io(sqe, cq.get(), 12), -EINVAL);
 }
 
+// ---- issue #5: blocking pool, groups, names, stalls, stats, dump ----
+
+// A blocking lambda takes no veloq_ctx (the pool passes none), runs off the workers, and
+// its result reaches the queue exactly once; its box is freed after it ran.
+static void blocking_lambda_result_reaches_the_queue_once(void) {
+    {
+        veloq::Runtime rt = veloq::Runtime::builder()
+                                .workers(2)
+                                .blocking_threads(1, 4)
+                                .blocking_idle_timeout(100ms)
+                                .build();
+        veloq::CompletionQueue cq(rt, 16);
+        veloq::RuntimeRef ref = rt.ref();
+        Tracked t;
+        rt.spawn_blocking([t, ref, raw = cq.get()] {
+            // Spawning from a pool thread is allowed: capture the runtime.
+            ref.spawn_to(1, [] { return std::int64_t(3); }, raw, 31);
+            return std::int64_t(77);
+        }, cq, 30);
+        rt.spawn_blocking([] {}, cq, 32);                              // void: 0
+        rt.spawn_blocking([]() -> int { throw veloq::Error(-EIO); }, cq, 33);
+        CHECK_EQ(rt.try_spawn_blocking([] { return 1; }, cq.get(), 34), 0);
+        auto got = reap(cq, 5);
+        REQUIRE(got.size() == 5);
+        int seen[5] = {0, 0, 0, 0, 0};
+        for (const veloq_cqe &e : got) {
+            REQUIRE(e.user_data >= 30 && e.user_data <= 34);
+            seen[e.user_data - 30]++;
+            if (e.user_data == 30) {
+                CHECK_EQ(e.res, 77);
+                CHECK_EQ(e.worker, UINT32_MAX); // not a worker
+            }
+            if (e.user_data == 31)
+                CHECK_EQ(e.res, 3);
+            if (e.user_data == 32)
+                CHECK_EQ(e.res, 0);
+            if (e.user_data == 33)
+                CHECK_EQ(e.res, -EIO);
+            if (e.user_data == 34)
+                CHECK_EQ(e.res, 1);
+        }
+        for (int n : seen)
+            CHECK_EQ(n, 1);
+        CHECK(cq.wait(8, 1, 50ms).empty()); // nothing more
+        CHECK_EQ(tracked_live(), 1);        // only `t` itself: the box is gone
+
+        // After shutdown the pool refuses: the callable is destroyed, never run.
+        rt.shutdown();
+        CHECK_EQ(rt.try_spawn_blocking([t] { return 1; }), -ESHUTDOWN);
+        try {
+            rt.spawn_blocking([t] { return 1; });
+            CHECK(!"spawn_blocking after shutdown did not throw");
+        } catch (const veloq::Error &e) {
+            CHECK_EQ(e.code(), -ESHUTDOWN);
+        }
+        CHECK_EQ(tracked_live(), 1);
+    }
+    CHECK_EQ(tracked_live(), 0);
+    try {
+        veloq::Runtime::builder().blocking_threads(5, 4);
+        CHECK(!"blocking_threads(min > max) did not throw");
+    } catch (const veloq::Error &e) {
+        CHECK_EQ(e.code(), -EINVAL);
+    }
+}
+
+// A group of lambdas completes once, with the first negative member result; members run
+// once each and their boxes are freed. A moved group keeps its handle.
+static void group_of_lambdas_completes_once_with_the_first_error(void) {
+    std::atomic<int> ran{0};
+    {
+        veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+        veloq::CompletionQueue cq(rt, 16);
+        {
+            veloq::Group g(rt, cq, 40);
+            Tracked t;
+            for (int i = 0; i < 16; i++)
+                g.spawn([t, &ran](veloq_ctx *ctx) {
+                    ran++;
+                    return std::int64_t(veloq_ctx_worker(ctx) < 2 ? 0 : -EFAULT); // 0
+                }, i % 2);
+            g.spawn([&ran] { ran++; return -EIO; });
+            veloq::Group moved(std::move(g));
+            CHECK(!g);
+            CHECK_EQ(g.try_spawn([] {}), -EINVAL); // moved-from: refused, not a crash
+            moved.close();
+            auto got = reap(cq, 1);
+            REQUIRE(got.size() == 1);
+            CHECK_EQ(got[0].user_data, 40);
+            CHECK_EQ(got[0].res, -EIO);
+            CHECK_EQ(ran.load(), 17);
+            CHECK(cq.wait(8, 1, 50ms).empty()); // exactly one completion
+            try {
+                moved.close();
+                CHECK(!"closing twice did not throw");
+            } catch (const veloq::Error &e) {
+                CHECK_EQ(e.code(), -EINVAL);
+            }
+        }
+        CHECK_EQ(tracked_live(), 0);
+
+        // A group left open is closed by its destructor: the completion still comes (0).
+        {
+            veloq::Group g(rt, cq, 41);
+            g.spawn([] {}, 0);
+        }
+        auto got = reap(cq, 1);
+        REQUIRE(got.size() == 1);
+        CHECK_EQ(got[0].user_data, 41);
+        CHECK_EQ(got[0].res, 0);
+    }
+}
+
+// cancel(): the group completes -ECANCELED, later spawns are refused with -ECANCELED and
+// their callables destroyed unrun.
+static void cancelled_group_completes_with_ecanceled(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    veloq::CompletionQueue cq(rt, 16);
+    std::atomic<int> ran{0};
+    {
+        veloq::Group g(rt, cq, 50);
+        g.spawn([&ran] { ran++; });
+        while (ran.load() == 0) // started before the cancel: no member is skipped here
+            std::this_thread::yield();
+        g.cancel();
+        g.cancel(); // again: still fine
+        Tracked t;
+        CHECK_EQ(g.try_spawn([t, &ran] { ran += 100; }), -ECANCELED);
+        try {
+            g.spawn([t, &ran] { ran += 100; });
+            CHECK(!"spawn into a cancelled group did not throw");
+        } catch (const veloq::Error &e) {
+            CHECK_EQ(e.code(), -ECANCELED);
+        }
+        CHECK_EQ(tracked_live(), 1);
+        g.close();
+        auto got = reap(cq, 1);
+        REQUIRE(got.size() == 1);
+        CHECK_EQ(got[0].user_data, 50);
+        CHECK_EQ(got[0].res, -ECANCELED);
+    }
+    CHECK_EQ(ran.load(), 1); // never the refused ones
+    CHECK_EQ(tracked_live(), 0);
+
+    // Members queued behind a busy worker when the group is cancelled never run; the
+    // Group's destructor destroys their callables (the Runtime frees the rest later).
+    std::atomic<bool> busy{false}, release{false};
+    rt.spawn_to(0, [&] {
+        busy = true;
+        auto give_up = std::chrono::steady_clock::now() + 5s;
+        while (!release.load() && std::chrono::steady_clock::now() < give_up)
+            std::this_thread::yield();
+    });
+    while (!busy.load())
+        std::this_thread::yield();
+    {
+        veloq::Group g(rt, cq, 51);
+        Tracked t;
+        for (int i = 0; i < 4; i++)
+            g.spawn([t, &ran] { ran += 100; }, 0);
+        CHECK_EQ(tracked_live(), 5);
+        g.cancel();
+        g.close();
+        release = true;
+        auto got = reap(cq, 1);
+        REQUIRE(got.size() == 1);
+        CHECK_EQ(got[0].user_data, 51);
+        CHECK_EQ(got[0].res, -ECANCELED);
+    }
+    CHECK_EQ(ran.load(), 1); // skipped, not run
+    CHECK_EQ(tracked_live(), 0);
+}
+
+// Reads back everything written to `fd` (a memfd).
+static std::string read_back(int fd) {
+    std::string text;
+    char buf[4096];
+    if (lseek(fd, 0, SEEK_SET) != 0)
+        return text;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n <= 0)
+            break;
+        text.append(buf, static_cast<std::size_t>(n));
+    }
+    return text;
+}
+
+// A task spawned with a name shows under it in the dump while it runs.
+static void named_spawn_shows_in_the_dump(void) {
+    std::atomic<bool> release{false};
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).stall_log(false).build();
+    veloq::CompletionQueue cq(rt, 16);
+    std::atomic<bool> started{false};
+    rt.spawn_named("cpp-named-holder", 1, [&] {
+        started = true;
+        auto give_up = std::chrono::steady_clock::now() + 5s;
+        while (!release.load() && std::chrono::steady_clock::now() < give_up)
+            std::this_thread::yield();
+        return std::int64_t(9);
+    }, cq, 60);
+    rt.spawn_named(nullptr, veloq::worker_any, [] { return 1; }, cq, 61); // unnamed
+    rt.spawn_named("b", veloq::worker_balanced, [] { return 2; }, cq, 62);
+    CHECK_EQ(rt.try_spawn_named("bad", 2, [] {}), -EINVAL); // no worker 2
+    CHECK_EQ(rt.try_spawn_named("bad", -3, [] {}), -EINVAL);
+    while (!started.load())
+        std::this_thread::yield();
+
+    int fd = memfd_create("veloq-cpp-dump", 0);
+    REQUIRE(fd >= 0);
+    rt.dump(fd);
+    std::string text = read_back(fd);
+    CHECK(text.find("cpp-named-holder") != std::string::npos);
+    close(fd);
+    try {
+        rt.dump(-1);
+        CHECK(!"dump(-1) did not throw");
+    } catch (const veloq::Error &e) {
+        CHECK_EQ(e.code(), -EINVAL);
+    }
+
+    release = true;
+    auto got = reap(cq, 3);
+    REQUIRE(got.size() == 3);
+    for (const veloq_cqe &e : got) {
+        if (e.user_data == 60)
+            CHECK_EQ(e.res, 9);
+        else
+            CHECK_EQ(e.res, static_cast<std::int64_t>(e.user_data - 60));
+    }
+}
+
+// The stall lambda runs on the watchdog thread for a worker spinning past a low threshold,
+// with the task's name, and again when the stall ends. The Runtime (moved once) owns it.
+static void stall_lambda_fires_for_a_spinning_worker(void) {
+    std::atomic<int> noticed{0}, ended{0};
+    std::atomic<std::uint32_t> stalled_worker{UINT32_MAX};
+    std::mutex m;
+    std::string name;
+    veloq::Runtime moved;
+    {
+        veloq::Runtime rt = veloq::Runtime::builder()
+                                .workers(2)
+                                .stall_threshold(20ms)
+                                .stall_log(false)
+                                .on_stall([](const veloq_stall_report &) {}) // replaced below
+                                .on_stall([&](const veloq_stall_report &r) {
+                                    if (r.ended) {
+                                        ended++;
+                                        return;
+                                    }
+                                    {
+                                        std::lock_guard<std::mutex> hold(m);
+                                        name = r.task_name ? r.task_name : "(null)";
+                                    }
+                                    stalled_worker = r.worker;
+                                    noticed++;
+                                    throw std::runtime_error("dropped, never reaches C");
+                                })
+                                .build();
+        moved = std::move(rt); // the handler moves with the runtime
+    }
+    veloq::CompletionQueue cq(moved, 4);
+    moved.spawn_named("cpp-spinner", 0, [&noticed] {
+        auto give_up = std::chrono::steady_clock::now() + 5s;
+        while (noticed.load() == 0 && std::chrono::steady_clock::now() < give_up)
+            std::this_thread::yield();
+        return std::int64_t(noticed.load());
+    }, cq, 70);
+    auto got = reap(cq, 1);
+    REQUIRE(got.size() == 1);
+    CHECK_GE(got[0].res, 1); // the spinner saw the callback
+    CHECK_GE(noticed.load(), 1);
+    CHECK_EQ(stalled_worker.load(), 0u);
+    {
+        std::lock_guard<std::mutex> hold(m);
+        CHECK(name == "cpp-spinner");
+    }
+    auto give_up = std::chrono::steady_clock::now() + 5s;
+    while (ended.load() == 0 && std::chrono::steady_clock::now() < give_up)
+        std::this_thread::sleep_for(1ms);
+    CHECK_GE(ended.load(), 1);
+    try {
+        veloq::Runtime::builder().on_stall(veloq::StallHandler());
+        CHECK(!"an empty stall handler was accepted");
+    } catch (const veloq::Error &e) {
+        CHECK_EQ(e.code(), -EINVAL);
+    }
+}
+
 int main() {
     check_init("test_cpp", 120);
     RUN_CASE(runtime_destructor_runs_every_accepted_task);
@@ -418,6 +714,11 @@ int main() {
     RUN_CASE(io_exceptions_never_cross_and_refusals_free_the_callable);
     RUN_CASE(io_multishot_accept_runs_per_connection_then_frees);
     RUN_CASE(host_submit_io_posts_to_the_queue_or_throws);
+    RUN_CASE(blocking_lambda_result_reaches_the_queue_once);
+    RUN_CASE(group_of_lambdas_completes_once_with_the_first_error);
+    RUN_CASE(cancelled_group_completes_with_ecanceled);
+    RUN_CASE(named_spawn_shows_in_the_dump);
+    RUN_CASE(stall_lambda_fires_for_a_spinning_worker);
     run_other_tu_cases();
     return check_summary();
 }

@@ -64,8 +64,51 @@ static void builder_rejects_bad_options_with_error(void) {
     CHECK_EQ(rt.workers(), 1);
 }
 
+// Once every spawned task has run (shutdown finished), the tasks started by source add
+// up to the tasks spawned, over all workers; stats() sets size to the whole struct.
+static void stats_tasks_started_add_up_to_tasks_spawned(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    const std::uint64_t rounds = 50;
+    {
+        veloq::CompletionQueue cq(rt, 512);
+        for (std::uint64_t i = 0; i < rounds; i++) {
+            rt.spawn([] {}, cq, 0);
+            rt.spawn_balanced([] {}, cq, 0);
+            rt.spawn_to(static_cast<std::uint32_t>(i % 2), [] {}, cq, 0);
+            rt.spawn_named("stats", veloq::worker_any, [] {}, cq, 0);
+            rt.spawn_named("stats", static_cast<std::int32_t>(i % 2), [](veloq_ctx *ctx) {
+                veloq::RuntimeRef(ctx).spawn_balanced([] {}); // from a worker
+            }, cq, 0);
+        }
+        std::size_t seen = 0;
+        while (seen < rounds * 5) {
+            auto got = cq.wait(256, 1, std::chrono::seconds(60));
+            REQUIRE(!got.empty());
+            seen += got.size();
+        }
+    }
+    REQUIRE(rt.shutdown());
+    std::uint64_t spawned = 0, started = 0;
+    for (std::uint32_t w = 0; w < rt.workers(); w++) {
+        veloq_worker_stats s = rt.stats(w);
+        CHECK_EQ(s.size, sizeof(veloq_worker_stats));
+        spawned += s.tasks_spawned;
+        started += s.tasks_local + s.tasks_mesh + s.tasks_inbox + s.tasks_injector +
+                   s.tasks_stolen;
+    }
+    CHECK_EQ(spawned, rounds * 6);
+    CHECK_EQ(started, spawned);
+    try {
+        (void)rt.stats(rt.workers());
+        CHECK(!"stats of a worker out of range did not throw");
+    } catch (const veloq::Error &e) {
+        CHECK_EQ(e.code(), -EINVAL);
+    }
+}
+
 void run_other_tu_cases() {
     RUN_CASE(move_only_callable_is_boxed_and_run);
     RUN_CASE(runtime_ref_from_ctx_spawns_from_inside_a_callback);
     RUN_CASE(builder_rejects_bad_options_with_error);
+    RUN_CASE(stats_tasks_started_add_up_to_tasks_spawned);
 }
