@@ -99,7 +99,8 @@ pub(crate) struct DriverStats {
     pub(crate) stale: u64,
     /// Operations waiting in the backlog now.
     pub(crate) backlog: u64,
-    /// io_uring_enter calls made to submit or reap (parking not counted).
+    /// io_uring_enter calls made to submit or reap (a park counted only when it handed
+    /// over queued submissions).
     pub(crate) enters: u64,
 }
 
@@ -447,14 +448,21 @@ impl Driver {
         }
     }
 
-    /// Whether a turn must visit the driver: something to submit, or completions the
-    /// kernel holds or has posted. Costs no system call.
-    pub(crate) fn needs_attention(&mut self) -> bool {
+    /// Whether the submission queue holds entries the kernel has not seen yet. They go in
+    /// with the next [`flush`](Self::flush) or [`park`](Self::park), whichever comes first.
+    pub(crate) fn has_queued(&mut self) -> bool {
+        !self.ring.submission().is_empty()
+    }
+
+    /// Whether anything but queued submissions needs the driver: completions posted or
+    /// pending in the kernel, synthetic completions, or a backlog to push. Costs no
+    /// system call.
+    pub(crate) fn has_completions(&mut self) -> bool {
         if !self.synthetic.is_empty() || !self.backlog.is_empty() {
             return true;
         }
         let sq = self.ring.submission();
-        if !sq.is_empty() || (!self.flags_stale && (sq.taskrun() || sq.cq_overflow())) {
+        if !self.flags_stale && (sq.taskrun() || sq.cq_overflow()) {
             return true;
         }
         drop(sq);
@@ -474,8 +482,16 @@ impl Driver {
         let queued = !sq.is_empty();
         let flagged = !self.flags_stale && (sq.taskrun() || sq.cq_overflow());
         drop(sq);
-        if queued || flagged {
+        // Completions already posted are reaped first: the kernel's "work pending" flag
+        // alone is worth an enter only when there is nothing to reap. Reaping usually
+        // queues submissions, and the enter that hands them over runs the pending work
+        // as well (the flag makes it carry GETEVENTS).
+        let reapable = flagged && !queued && !self.ring.completion().is_empty();
+        if queued || (flagged && !reapable) {
             self.enter(0);
+        }
+        if reapable {
+            return;
         }
         if flagged && !queued && self.ring.completion().is_empty() {
             // Entered for the kernel's "work pending" flags alone and got nothing: if
@@ -727,6 +743,10 @@ impl Driver {
         if self.park_in_poll {
             self.park_in_poll();
             return;
+        }
+        // A park handing over queued submissions is also an enter that submits.
+        if !self.ring.submission().is_empty() {
+            self.stats.enters += 1;
         }
         if !self.wake_armed {
             let read = opcode::Read::new(

@@ -507,7 +507,8 @@ pub struct WorkerStats {
     pub io_stale: u64,
     /// Operations waiting for room in the submission queue.
     pub io_backlog: u64,
-    /// `io_uring_enter` calls made to submit or reap (parking not counted).
+    /// `io_uring_enter` calls made to submit or reap (a park counted only when it also
+    /// handed queued submissions to the kernel).
     pub io_enters: u64,
 }
 
