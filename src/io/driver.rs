@@ -46,6 +46,10 @@ const INTERNAL_TOKEN: u64 = INTERNAL_BIT | 1;
 const RESERVED_CQES: usize = 8;
 /// Completions turned into deliveries per call of [`Driver::reap`].
 const REAP_BATCH: usize = 256;
+/// Most worker turns in a row that may hold queued submissions back while completions
+/// or tasks are still waiting (see [`Driver::flush_unless_busy`]): bounds how late a
+/// submission can reach the kernel on a worker that never runs out of work.
+const HOLD_TURNS: u32 = 4;
 
 /// `flags` bit of a C completion: more completions follow for this operation
 /// (multishot). The last one comes without it.
@@ -99,7 +103,8 @@ pub(crate) struct DriverStats {
     pub(crate) stale: u64,
     /// Operations waiting in the backlog now.
     pub(crate) backlog: u64,
-    /// io_uring_enter calls made to submit or reap (parking not counted).
+    /// io_uring_enter calls made to submit or reap (a park counted only when it handed
+    /// over queued submissions).
     pub(crate) enters: u64,
 }
 
@@ -131,6 +136,8 @@ pub(crate) struct Driver {
     /// The ring's TASKRUN / CQ_OVERFLOW flags stayed up after an enter that had nothing
     /// for us; they are ignored until the next completion, submission or park.
     flags_stale: bool,
+    /// Turns in a row that held queued submissions back (see [`Driver::flush_unless_busy`]).
+    held: u32,
     stats: DriverStats,
     /// The worker this driver belongs to (stamped on completion-queue entries).
     worker: u32,
@@ -183,6 +190,7 @@ impl Driver {
             },
             closed: false,
             flags_stale: false,
+            held: 0,
             stats: DriverStats::default(),
             worker,
         })
@@ -447,14 +455,21 @@ impl Driver {
         }
     }
 
-    /// Whether a turn must visit the driver: something to submit, or completions the
-    /// kernel holds or has posted. Costs no system call.
-    pub(crate) fn needs_attention(&mut self) -> bool {
+    /// Whether the submission queue holds entries the kernel has not seen yet. They go in
+    /// with the next [`flush`](Self::flush) or [`park`](Self::park), whichever comes first.
+    pub(crate) fn has_queued(&mut self) -> bool {
+        !self.ring.submission().is_empty()
+    }
+
+    /// Whether anything but queued submissions needs the driver: completions posted or
+    /// pending in the kernel, synthetic completions, or a backlog to push. Costs no
+    /// system call.
+    pub(crate) fn has_completions(&mut self) -> bool {
         if !self.synthetic.is_empty() || !self.backlog.is_empty() {
             return true;
         }
         let sq = self.ring.submission();
-        if !sq.is_empty() || (!self.flags_stale && (sq.taskrun() || sq.cq_overflow())) {
+        if !self.flags_stale && (sq.taskrun() || sq.cq_overflow()) {
             return true;
         }
         drop(sq);
@@ -474,8 +489,16 @@ impl Driver {
         let queued = !sq.is_empty();
         let flagged = !self.flags_stale && (sq.taskrun() || sq.cq_overflow());
         drop(sq);
-        if queued || flagged {
+        // Completions already posted are reaped first: the kernel's "work pending" flag
+        // alone is worth an enter only when there is nothing to reap. Reaping usually
+        // queues submissions, and the enter that hands them over runs the pending work
+        // as well (the flag makes it carry GETEVENTS).
+        let reapable = flagged && !queued && !self.ring.completion().is_empty();
+        if queued || (flagged && !reapable) {
             self.enter(0);
+        }
+        if reapable {
+            return;
         }
         if flagged && !queued && self.ring.completion().is_empty() {
             // Entered for the kernel's "work pending" flags alone and got nothing: if
@@ -485,6 +508,19 @@ impl Driver {
             let sq = self.ring.submission();
             self.flags_stale = sq.taskrun() || sq.cq_overflow();
         }
+    }
+
+    /// Like [`flush`](Self::flush), but holds queued submissions back while completions
+    /// already posted wait to be reaped, or while the worker is `busy` (tasks to run), so
+    /// that one enter hands over what the whole batch queues. Held for at most
+    /// [`HOLD_TURNS`] calls in a row; a full submission queue or a park submits anyway.
+    pub(crate) fn flush_unless_busy(&mut self, busy: bool) {
+        let posted = !self.synthetic.is_empty() || !self.ring.completion().is_empty();
+        if (posted || busy) && self.held < HOLD_TURNS && self.backlog.is_empty() {
+            self.held += 1;
+            return;
+        }
+        self.flush();
     }
 
     /// Hands the entries already in the submission queue to the kernel, when there
@@ -497,6 +533,7 @@ impl Driver {
 
     fn enter(&mut self, want: usize) {
         self.stats.enters += 1;
+        self.held = 0;
         // Errors are not failures here. EINTR: try again next turn. EBUSY/EAGAIN: the
         // completion queue is overflowing or the kernel is short of memory; reaping
         // makes progress.
@@ -727,6 +764,11 @@ impl Driver {
         if self.park_in_poll {
             self.park_in_poll();
             return;
+        }
+        self.held = 0;
+        // A park handing over queued submissions is also an enter that submits.
+        if !self.ring.submission().is_empty() {
+            self.stats.enters += 1;
         }
         if !self.wake_armed {
             let read = opcode::Read::new(

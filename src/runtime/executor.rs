@@ -123,11 +123,18 @@ impl RuntimeContext {
         let mut deliveries = self.io_deliveries.take();
         let handled = {
             let mut driver = self.driver.borrow_mut();
-            if !driver.needs_attention() {
-                self.io_deliveries.replace(deliveries);
-                return 0;
+            if !driver.has_completions() {
+                // Submissions alone, with nothing else for this worker to do, wait for the
+                // park that follows: one enter hands them over and sleeps (see `idle`).
+                if !driver.has_queued() || self.may_defer_submissions() {
+                    self.io_deliveries.replace(deliveries);
+                    return 0;
+                }
             }
-            driver.flush();
+            // While completions or local tasks remain, what they queue waits (a few turns
+            // at most) to go in with one enter.
+            let busy = !self.local.borrow().is_empty() && !self.registry.closed.load(Relaxed);
+            driver.flush_unless_busy(busy);
             driver.reap(&mut deliveries)
         };
         for delivery in deliveries.drain(..) {
@@ -415,7 +422,26 @@ impl RuntimeContext {
         })
     }
 
-    /// Whether any source of this worker has work.
+    /// Whether queued submissions may wait for this worker's park rather than cost an
+    /// enter of their own now: nothing else to run here (so the turn ends idle and parks),
+    /// and no shutdown under way (shutdown takes the plain path).
+    fn may_defer_submissions(&self) -> bool {
+        !self.registry.closed.load(Relaxed) && !self.has_task_work()
+    }
+
+    /// Whether a queue of this worker holds a job (its driver not looked at).
+    fn has_task_work(&self) -> bool {
+        let me = self.me();
+        !self.local.borrow().is_empty()
+            || !self.buffer.is_empty()
+            || me.has_remote()
+            || !me.inbox.is_empty()
+            || !me.injector.is_empty()
+            || self.mesh_has_work()
+    }
+
+    /// Whether any source of this worker has work. Submissions merely queued in the ring
+    /// do not count: parking hands them to the kernel.
     fn has_work(&self) -> bool {
         let me = self.me();
         if !self.local.borrow().is_empty()
@@ -429,7 +455,7 @@ impl RuntimeContext {
         if self
             .driver
             .try_borrow_mut()
-            .is_ok_and(|mut d| d.needs_attention())
+            .is_ok_and(|mut d| d.has_completions())
         {
             return true;
         }
@@ -439,7 +465,13 @@ impl RuntimeContext {
     /// Nothing to do: spin for the configured time, then park in the ring.
     fn idle(&self, cancelled: bool) {
         let spin = self.registry.config.spin_before_park;
-        if !spin.is_zero() {
+        // Submissions waiting for the park go in now rather than after a spin: the park's
+        // enter submits them and sleeps in one system call.
+        let queued = self
+            .driver
+            .try_borrow_mut()
+            .is_ok_and(|mut d| d.has_queued());
+        if !spin.is_zero() && !queued {
             let start = Instant::now();
             let mut rounds = 0u32;
             loop {

@@ -255,7 +255,9 @@ impl RuntimeBuilder {
     }
 
     /// How long an idle worker keeps polling its queues before it parks. Longer costs
-    /// idle CPU and saves the 50–60 µs a parked worker takes to wake.
+    /// idle CPU and saves the 50–60 µs a parked worker takes to wake. A worker that goes
+    /// idle with I/O submissions queued does not spin: it parks at once, handing them to
+    /// the kernel in the same system call.
     pub fn spin_before_park(mut self, spin: Duration) -> Self {
         self.spin_before_park = spin;
         self
@@ -582,7 +584,8 @@ pub struct WorkerStats {
     pub io_stale: u64,
     /// Operations waiting for room in the submission queue.
     pub io_backlog: u64,
-    /// `io_uring_enter` calls made to submit or reap (parking not counted).
+    /// `io_uring_enter` calls made to submit or reap (a park counted only when it also
+    /// handed queued submissions to the kernel).
     pub io_enters: u64,
     /// Stalls the watchdog noticed (see [`RuntimeBuilder::stall_threshold`]).
     pub stalls: u64,
