@@ -46,10 +46,6 @@ const INTERNAL_TOKEN: u64 = INTERNAL_BIT | 1;
 const RESERVED_CQES: usize = 8;
 /// Completions turned into deliveries per call of [`Driver::reap`].
 const REAP_BATCH: usize = 256;
-/// Most worker turns in a row that may hold queued submissions back while completions
-/// or tasks are still waiting (see [`Driver::flush_unless_busy`]): bounds how late a
-/// submission can reach the kernel on a worker that never runs out of work.
-const HOLD_TURNS: u32 = 4;
 
 /// `flags` bit of a C completion: more completions follow for this operation
 /// (multishot). The last one comes without it.
@@ -136,8 +132,6 @@ pub(crate) struct Driver {
     /// The ring's TASKRUN / CQ_OVERFLOW flags stayed up after an enter that had nothing
     /// for us; they are ignored until the next completion, submission or park.
     flags_stale: bool,
-    /// Turns in a row that held queued submissions back (see [`Driver::flush_unless_busy`]).
-    held: u32,
     stats: DriverStats,
     /// The worker this driver belongs to (stamped on completion-queue entries).
     worker: u32,
@@ -190,7 +184,6 @@ impl Driver {
             },
             closed: false,
             flags_stale: false,
-            held: 0,
             stats: DriverStats::default(),
             worker,
         })
@@ -510,19 +503,6 @@ impl Driver {
         }
     }
 
-    /// Like [`flush`](Self::flush), but holds queued submissions back while completions
-    /// already posted wait to be reaped, or while the worker is `busy` (tasks to run), so
-    /// that one enter hands over what the whole batch queues. Held for at most
-    /// [`HOLD_TURNS`] calls in a row; a full submission queue or a park submits anyway.
-    pub(crate) fn flush_unless_busy(&mut self, busy: bool) {
-        let posted = !self.synthetic.is_empty() || !self.ring.completion().is_empty();
-        if (posted || busy) && self.held < HOLD_TURNS && self.backlog.is_empty() {
-            self.held += 1;
-            return;
-        }
-        self.flush();
-    }
-
     /// Hands the entries already in the submission queue to the kernel, when there
     /// are any (before a descriptor they name is closed: see `IoFd`).
     pub(crate) fn flush_queued(&mut self) {
@@ -533,7 +513,6 @@ impl Driver {
 
     fn enter(&mut self, want: usize) {
         self.stats.enters += 1;
-        self.held = 0;
         // Errors are not failures here. EINTR: try again next turn. EBUSY/EAGAIN: the
         // completion queue is overflowing or the kernel is short of memory; reaping
         // makes progress.
@@ -765,7 +744,6 @@ impl Driver {
             self.park_in_poll();
             return;
         }
-        self.held = 0;
         // A park handing over queued submissions is also an enter that submits.
         if !self.ring.submission().is_empty() {
             self.stats.enters += 1;

@@ -131,10 +131,7 @@ impl RuntimeContext {
                     return 0;
                 }
             }
-            // While completions or local tasks remain, what they queue waits (a few turns
-            // at most) to go in with one enter.
-            let busy = !self.local.borrow().is_empty() && !self.registry.closed.load(Relaxed);
-            driver.flush_unless_busy(busy);
+            driver.flush();
             driver.reap(&mut deliveries)
         };
         for delivery in deliveries.drain(..) {
