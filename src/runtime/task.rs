@@ -57,6 +57,9 @@ pub(crate) struct Header {
     cancel_requested: Cell<bool>,
     /// Polled (or cancelled) at least once: tells a task's start from a re-poll.
     started: Cell<bool>,
+    /// Whether the task carries a name (see `TaskCell::name`): a flag read before
+    /// reaching for it through the vtable. Fills what was padding.
+    named: bool,
     refs: Cell<u32>,
     /// Foreign `clone` / `wake_by_ref` operations queued but not applied yet.
     foreign_pending: AtomicU32,
@@ -69,8 +72,6 @@ pub(crate) struct Header {
     /// Links of the owner's list of unfinished tasks.
     live_prev: Cell<*const Header>,
     live_next: Cell<*const Header>,
-    /// The name given at spawn; set before the task is shared, never changed.
-    name: Option<Arc<TaskName>>,
 }
 
 /// Operations that depend on the task's future and output types.
@@ -87,6 +88,8 @@ struct Vtable {
     release_shared_ref: unsafe fn(TaskRef),
     /// Frees the allocation.
     dealloc: unsafe fn(TaskRef),
+    /// The name given at spawn, kept after the future (see `TaskCell::name`).
+    name: unsafe fn(TaskRef) -> Option<*const Arc<TaskName>>,
 }
 
 /// A counted-by-hand pointer to a task. Copying it does not add a reference: every
@@ -99,12 +102,35 @@ pub(crate) struct TaskRef(NonNull<Header>);
 unsafe impl Send for TaskRef {}
 
 /// The full allocation. `repr(C)` keeps `join` at an offset that does not depend on `F`,
-/// so join handles can reach it knowing only the output type.
+/// so join handles can reach it knowing only the output type, and makes a
+/// `TaskCell<F, J, ()>` a prefix of every `TaskCell<F, J, N>`: code that does not touch
+/// the name uses the prefix.
 #[repr(C)]
-struct TaskCell<F: Future, J> {
+struct TaskCell<F: Future, J, N = ()> {
     header: Header,
     join: J,
     future: UnsafeCell<Option<F>>,
+    /// The name given at spawn: `()` for an unnamed task (no byte), an
+    /// `Arc<TaskName>` for a named one. Last, so naming costs unnamed tasks nothing;
+    /// set before the task is shared, never changed.
+    name: N,
+}
+
+/// What a task may carry as its name.
+trait NameSlot: 'static {
+    fn get(&self) -> Option<&Arc<TaskName>>;
+}
+
+impl NameSlot for () {
+    fn get(&self) -> Option<&Arc<TaskName>> {
+        None
+    }
+}
+
+impl NameSlot for Arc<TaskName> {
+    fn get(&self) -> Option<&Arc<TaskName>> {
+        Some(self)
+    }
 }
 
 /// The prefix of every `TaskCell` with join type `J`.
@@ -233,22 +259,35 @@ impl TaskRef {
         refs: u32,
         name: Option<Arc<TaskName>>,
     ) -> TaskRef {
-        let cell = Box::new(TaskCell::<F, J> {
+        match name {
+            None => Self::allocate_with::<F, J, ()>(future, owner, refs, ()),
+            Some(name) => Self::allocate_with::<F, J, Arc<TaskName>>(future, owner, refs, name),
+        }
+    }
+
+    fn allocate_with<F: Future + 'static, J: Join<F::Output> + 'static, N: NameSlot>(
+        future: F,
+        owner: *mut WorkerShared,
+        refs: u32,
+        name: N,
+    ) -> TaskRef {
+        let cell = Box::new(TaskCell::<F, J, N> {
             header: Header {
-                vtable: vtable::<F, J>(),
+                vtable: vtable::<F, J, N>(),
                 state: Cell::new(SCHEDULED),
                 cancel_requested: Cell::new(false),
                 started: Cell::new(false),
+                named: name.get().is_some(),
                 refs: Cell::new(refs),
                 foreign_pending: AtomicU32::new(0),
                 spawned_ms: Cell::new(0),
                 owner: AtomicPtr::new(owner),
                 live_prev: Cell::new(ptr::null()),
                 live_next: Cell::new(ptr::null()),
-                name,
             },
             join: J::new(),
             future: UnsafeCell::new(Some(future)),
+            name,
         });
         // SAFETY: Box::into_raw is never null.
         TaskRef(unsafe { NonNull::new_unchecked(Box::into_raw(cell) as *mut Header) })
@@ -441,7 +480,12 @@ impl TaskRef {
 
     /// The name given at spawn.
     pub(crate) fn name(&self) -> Option<&Arc<TaskName>> {
-        self.header().name.as_ref()
+        if !self.header().named {
+            return None;
+        }
+        // SAFETY: the vtable matches the allocation; the name lives as long as the task
+        // memory, which the caller's reference keeps alive.
+        unsafe { (self.header().vtable.name)(*self) }.map(|p| unsafe { &*p })
     }
 
     /// When it became live on its owner (`coarse_ms`).
@@ -572,21 +616,22 @@ impl TaskRef {
     }
 }
 
-fn vtable<F: Future + 'static, J: Join<F::Output> + 'static>() -> &'static Vtable {
+fn vtable<F: Future + 'static, J: Join<F::Output> + 'static, N: NameSlot>() -> &'static Vtable {
     trait HasVtable {
         const VTABLE: Vtable;
     }
-    impl<F: Future + 'static, J: Join<F::Output> + 'static> HasVtable for (F, J) {
+    impl<F: Future + 'static, J: Join<F::Output> + 'static, N: NameSlot> HasVtable for (F, J, N) {
         const VTABLE: Vtable = Vtable {
             poll: poll_task::<F, J>,
             cancel: cancel_task::<F, J>,
             shared_cancel_requested: shared_cancel_requested::<F, J>,
-            release_task_side: release_task_side::<F, J>,
-            release_shared_ref: release_shared_ref::<F, J>,
-            dealloc: dealloc::<F, J>,
+            release_task_side: release_task_side::<F, J, N>,
+            release_shared_ref: release_shared_ref::<F, J, N>,
+            dealloc: dealloc::<F, J, N>,
+            name: name_of::<F, J, N>,
         };
     }
-    &<(F, J) as HasVtable>::VTABLE
+    &<(F, J, N) as HasVtable>::VTABLE
 }
 
 /// A future made on first poll (see `TaskRef::new_shared_lazy`).
@@ -614,7 +659,7 @@ impl<M: FnOnce() -> F, F: Future> Future for LazyLocal<M, F> {
 }
 
 /// # Safety
-/// `task` is a `TaskCell<F, J>`.
+/// `task` is a `TaskCell<F, J, N>` for some `N` (of which `TaskCell<F, J>` is a prefix).
 unsafe fn cell<'a, F: Future, J>(task: TaskRef) -> &'a TaskCell<F, J> {
     // SAFETY: caller's promise.
     unsafe { &*(task.0.as_ptr() as *const TaskCell<F, J>) }
@@ -669,27 +714,34 @@ unsafe fn shared_cancel_requested<F: Future, J: Join<F::Output>>(task: TaskRef) 
     J::SHARED && unsafe { cell::<F, J>(task) }.join.cancel_requested()
 }
 
-unsafe fn dealloc<F: Future, J>(task: TaskRef) {
-    // SAFETY: created by Box::new in `allocate`; freed once, by the last owner.
-    drop(unsafe { Box::from_raw(task.0.as_ptr() as *mut TaskCell<F, J>) });
+unsafe fn dealloc<F: Future, J, N>(task: TaskRef) {
+    // SAFETY: created by Box::new in `allocate_with` with these types; freed once, by
+    // the last owner.
+    drop(unsafe { Box::from_raw(task.0.as_ptr() as *mut TaskCell<F, J, N>) });
 }
 
-unsafe fn release_task_side<F: Future, J: Join<F::Output>>(task: TaskRef) {
+unsafe fn name_of<F: Future, J, N: NameSlot>(task: TaskRef) -> Option<*const Arc<TaskName>> {
+    // SAFETY: vtable of a TaskCell<F, J, N>; the name is never written after allocation.
+    let cell = unsafe { &*(task.0.as_ptr() as *const TaskCell<F, J, N>) };
+    cell.name.get().map(|n| n as *const Arc<TaskName>)
+}
+
+unsafe fn release_task_side<F: Future, J: Join<F::Output>, N>(task: TaskRef) {
     if J::SHARED {
         // SAFETY: the task side holds one shared reference.
-        unsafe { release_shared_ref::<F, J>(task) }
+        unsafe { release_shared_ref::<F, J, N>(task) }
     } else {
         // SAFETY: a local task's only owners are owner-side references: none is left.
-        unsafe { dealloc::<F, J>(task) }
+        unsafe { dealloc::<F, J, N>(task) }
     }
 }
 
-unsafe fn release_shared_ref<F: Future, J: Join<F::Output>>(task: TaskRef) {
+unsafe fn release_shared_ref<F: Future, J: Join<F::Output>, N>(task: TaskRef) {
     // SAFETY: only called for shared tasks, whose join is a SharedJoin<F::Output>.
     let join = unsafe { task.shared_join::<F::Output>() };
     if join.release() {
         // SAFETY: last reference.
-        unsafe { dealloc::<F, J>(task) }
+        unsafe { dealloc::<F, J, N>(task) }
     }
 }
 
