@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::common::{human, tokio_multi_thread, veloq_builder};
+use crate::common::{human, veloq_builder};
 use crate::harness::{count, ns_per_op, Bench, Goal, Scenario, System};
+use crate::spawn::tokio_multi_thread_spawn;
 
 pub fn all(bench: &mut Bench) {
     spawn_with_watchdog(bench);
@@ -45,7 +46,7 @@ fn spawn_with_watchdog(bench: &mut Bench) {
                 veloq_spawn(n, Duration::ZERO, None)
             }),
             System::new("veloq-named", || veloq_spawn(n, WATCHING, Some("bench"))),
-            System::new("tokio", || tokio_spawn(n)),
+            System::new("tokio", || tokio_multi_thread_spawn(n)),
         ],
     );
 }
@@ -82,23 +83,6 @@ fn veloq_spawn(n: usize, threshold: Duration, name: Option<&'static str>) -> f64
             ns_per_op(start, n)
         })
         .expect("spawn root");
-    rt.block_on(root).expect("root task")
-}
-
-/// `tokio::spawn` from a task on a 2-worker multi_thread runtime.
-fn tokio_spawn(n: usize) -> f64 {
-    let rt = tokio_multi_thread(2);
-    let root = rt.spawn(async move {
-        let mut handles = Vec::with_capacity(n);
-        let start = Instant::now();
-        for _ in 0..n {
-            handles.push(tokio::spawn(async {}));
-        }
-        for handle in handles {
-            handle.await.expect("task completed");
-        }
-        ns_per_op(start, n)
-    });
     rt.block_on(root).expect("root task")
 }
 

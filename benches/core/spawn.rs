@@ -149,7 +149,7 @@ fn veloq_spawn_balanced(n: usize) -> f64 {
 
 /// `tokio::spawn` from a task on a 2-worker multi_thread runtime (work stealing
 /// spreads the tasks).
-fn tokio_multi_thread_spawn(n: usize) -> f64 {
+pub fn tokio_multi_thread_spawn(n: usize) -> f64 {
     let rt = tokio_multi_thread(2);
     let root = rt.spawn(async move {
         let mut handles = Vec::with_capacity(n);
