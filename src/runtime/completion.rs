@@ -221,9 +221,37 @@ impl CompletionQueue {
     /// Makes a system call only when the queue was empty (to make the eventfd readable) or a
     /// thread is registered in [`wait`](Self::wait) (to wake it). Callable from any thread.
     pub fn post(&self, cqe: Cqe) {
+        // This thread's earlier completions still gathered in its worker's batch go first.
+        flush_own_batch();
+        self.post_unbatched(cqe);
+    }
+
+    fn post_unbatched(&self, cqe: Cqe) {
         // Rule 1 (no overtaking): once anything is in the overflow, go behind it.
         if self.flags.overflow_len.load(Acquire) != 0 || !self.ring_push(cqe) {
             self.overflow_push(cqe);
+        }
+        self.announce();
+    }
+
+    /// Appends `cqe(0..n)` in order, as `n` posts by this thread would, but claims
+    /// the ring positions for the whole run with one CAS and makes the eventfd readable
+    /// and wakes waiters once for all of them (at most one system call of each kind).
+    fn post_many(&self, n: usize, cqe: impl Fn(usize) -> Cqe) {
+        // Rule 1 (no overtaking) for the whole run: what does not fit in the ring goes
+        // to the overflow behind what did, and nothing of it before what is already there.
+        let mut pushed = 0;
+        if self.flags.overflow_len.load(Acquire) == 0 {
+            while pushed < n {
+                let k = self.ring_push_many(n - pushed, |i| cqe(pushed + i));
+                if k == 0 {
+                    break;
+                }
+                pushed += k;
+            }
+        }
+        if pushed < n {
+            self.overflow_push_many((pushed..n).map(cqe));
         }
         self.announce();
     }
@@ -238,6 +266,10 @@ impl CompletionQueue {
     /// thread, concurrently with other consumers: each entry goes to exactly one of them.
     pub fn poll(&self, out: &mut [Cqe]) -> usize {
         let mut n = self.ring_take(out);
+        if n == 0 && flush_own_batch() {
+            // A worker callback polling for completions its own worker still gathers.
+            n = self.ring_take(out);
+        }
         if n < out.len() && self.flags.overflow_len.load(Acquire) != 0 {
             n += self.overflow_take(&mut out[n..]);
         }
@@ -297,6 +329,8 @@ impl CompletionQueue {
             // Register, then look once more, then sleep unless the futex word moved. Pairs
             // with `announce`: either the post's fence comes first and our look sees its entry,
             // or ours does and the post sees `waiters != 0` and bumps the word after its push.
+            // Never sleep on completions this thread's worker still gathers.
+            flush_own_batch();
             self.flags.waiters.fetch_add(1, Relaxed);
             fence(SeqCst);
             let seen = self.wake.load();
@@ -340,7 +374,32 @@ impl CompletionQueue {
     pub fn post_reserved(&self, cqe: Cqe) {
         self.settled
             .fetch_add(Settled::SETTLE_ONE + Settled::POSTING_ONE, SeqCst);
-        self.post(cqe);
+        self.post_unbatched(cqe);
+        self.settled.fetch_sub(Settled::POSTING_ONE, Release);
+    }
+
+    /// Records that `n` completions are owed (one [`reserve`](Self::reserve) for each, in
+    /// one RMW). Callable from any thread.
+    pub fn reserve_many(&self, n: u64) {
+        self.reserved.fetch_add(n, Relaxed);
+    }
+
+    /// Releases `n` reservations and posts the entries `cqe(0..n)` in order, like as many
+    /// [`post_reserved`](Self::post_reserved) calls, with the queue's atomics touched once
+    /// for the whole run (one settle, one ring claim while there is room, one announce).
+    /// Callable from any thread.
+    ///
+    /// Transition *settle and start posting* for the run: as in `post_reserved`, every
+    /// reservation of the run is settled before any of its entries becomes visible.
+    pub fn post_reserved_many(&self, n: usize, cqe: impl Fn(usize) -> Cqe) {
+        if n == 0 {
+            return;
+        }
+        // Fits: the settle count occupies the high 40 bits and wraps modulo them.
+        let settle = (n as u64).wrapping_mul(Settled::SETTLE_ONE);
+        self.settled
+            .fetch_add(settle + Settled::POSTING_ONE, SeqCst);
+        self.post_many(n, cqe);
         self.settled.fetch_sub(Settled::POSTING_ONE, Release);
     }
 
@@ -448,6 +507,55 @@ impl CompletionQueue {
         }
     }
 
+    /// Claims the longest run of free positions at `tail` (up to `n`) with one CAS and
+    /// publishes the first entries of `cqe(0..n)` there, in order; returns how many (0
+    /// when the ring is full).
+    #[inline]
+    fn ring_push_many(&self, n: usize, cqe: impl Fn(usize) -> Cqe) -> usize {
+        let mut pos = self.tail.load(Relaxed);
+        'claim: loop {
+            let mut free = 0;
+            while free < n {
+                let p = pos.wrapping_add(free);
+                let seq = self.slot(p).seq.load(Acquire);
+                match seq.wrapping_sub(p) as isize {
+                    0 => free += 1,
+                    // Another poster took `pos` already; catch up.
+                    d if d > 0 && free == 0 => {
+                        spin_hint();
+                        pos = self.tail.load(Relaxed);
+                        continue 'claim;
+                    }
+                    // Full at `p` (or `p` taken meanwhile: the CAS below then fails).
+                    _ => break,
+                }
+            }
+            if free == 0 {
+                return 0;
+            }
+            match self
+                .tail
+                .compare_exchange_weak(pos, pos.wrapping_add(free), Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    for i in 0..free {
+                        let p = pos.wrapping_add(i);
+                        let entry = cqe(i);
+                        let slot = self.slot(p);
+                        // SAFETY: as in `ring_push`, for each position of the run: our CAS
+                        // moved `tail` past all of them while each slot's `seq` read `p`
+                        // (Acquire, pairing with the consumer's Release that freed it), so
+                        // only we may write these slots until we publish them.
+                        slot.cqe.with_mut(|ptr| unsafe { ptr.write(entry) });
+                        slot.seq.store(p.wrapping_add(1), Release);
+                    }
+                    return free;
+                }
+                Err(now) => pos = now,
+            }
+        }
+    }
+
     /// Claims the longest published run at `head` (up to `out.len()`) with one CAS, copies
     /// it into `out` and frees its slots. Returns 0 when the slot at `head` is not published.
     #[inline]
@@ -523,6 +631,14 @@ impl CompletionQueue {
     fn overflow_push(&self, cqe: Cqe) {
         self.with_overflow(|list| {
             list.push_back(cqe);
+            self.flags.overflow_len.store(list.len(), Release);
+        });
+    }
+
+    #[cold]
+    fn overflow_push_many(&self, cqes: impl Iterator<Item = Cqe>) {
+        self.with_overflow(|list| {
+            list.extend(cqes);
             self.flags.overflow_len.store(list.len(), Release);
         });
     }
@@ -640,6 +756,17 @@ impl fmt::Debug for CompletionQueue {
             .field("fd", &self.fd())
             .finish()
     }
+}
+
+/// Posts what the worker running on this thread has gathered (see
+/// `RuntimeContext::defer_completion`); true when it posted anything. Nothing on other
+/// threads, and nothing under loom (no workers there).
+#[inline]
+fn flush_own_batch() -> bool {
+    #[cfg(not(veloq_loom))]
+    return crate::runtime::context::flush_own_completions();
+    #[cfg(veloq_loom)]
+    return false;
 }
 
 /// The kernel objects behind the smallest interface the protocol needs: real syscalls

@@ -59,6 +59,8 @@ pub struct RuntimeContext {
     /// The task group whose member or operation callback is running, or null: I/O
     /// submitted meanwhile belongs to it (see `group.rs`).
     pub(crate) group: Cell<*const super::group::GroupInner>,
+    /// Completions of the callbacks run here, not posted yet.
+    pub(crate) completions: super::job::CompletionBatch,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -91,6 +93,7 @@ impl RuntimeContext {
             buffers,
             stats: Default::default(),
             group: Cell::new(ptr::null()),
+            completions: super::job::CompletionBatch::new(),
             registry,
             _not_send: PhantomData,
         })
@@ -367,6 +370,12 @@ pub(crate) fn with_current<R>(f: impl FnOnce(Option<&RuntimeContext>) -> R) -> R
     // SAFETY: CURRENT is set only while the context lives on this thread's stack
     // (see `enter`).
     f(unsafe { cx.as_ref() })
+}
+
+/// Posts the completions this thread's worker has gathered, if this is a worker thread;
+/// true when there were any (see `CompletionBatch`).
+pub(crate) fn flush_own_completions() -> bool {
+    with_current(|cx| cx.is_some_and(|cx| cx.completions.flush()))
 }
 
 /// The shared state of the worker this thread is, or null.

@@ -103,6 +103,7 @@ impl RuntimeContext {
                         self.registry.enter_idle();
                     }
                     if self.registry.try_terminate() {
+                        self.completions.flush();
                         return;
                     }
                 }
@@ -375,6 +376,7 @@ impl RuntimeContext {
 
     /// Publishes counts and wakes a sleeping peer if our injector has work to steal.
     fn end_turn(&self) {
+        self.completions.flush();
         let me = self.me();
         me.count_taken(self.taken.replace(0));
         me.publish_local_queued(self.local.borrow().len());

@@ -1,5 +1,6 @@
 //! What travels between threads: a task that has not started yet, or a C-style callback.
 
+use std::cell::Cell;
 use std::ffi::c_void;
 
 use super::completion::{CompletionQueue, Cqe};
@@ -39,14 +40,18 @@ impl RawTask {
         let ctx_ptr = ctx as *const RuntimeContext as *mut RuntimeContext;
         // SAFETY: guaranteed by the caller (see above); ctx outlives the call.
         let res = unsafe { (self.func)(ctx_ptr, self.arg) };
-        // SAFETY: a non-null cq holds a reservation for this task, so it is still alive.
-        if let Some(cq) = unsafe { self.cq.as_ref() } {
-            cq.post_reserved(Cqe {
-                user_data: self.user_data,
-                res,
-                flags: 0,
-                worker: ctx.worker_index() as u32,
-            });
+        if !self.cq.is_null() {
+            // Gathered with the worker's other completions, posted at the latest when its
+            // loop turn ends (see `CompletionBatch`).
+            ctx.completions.push(
+                self.cq,
+                Cqe {
+                    user_data: self.user_data,
+                    res,
+                    flags: 0,
+                    worker: ctx.worker_index() as u32,
+                },
+            );
         }
         res
     }
@@ -65,6 +70,67 @@ impl RawTask {
         if let Some(cq) = unsafe { self.cq.as_ref() } {
             cq.release_reservation();
         }
+    }
+}
+
+/// The completions of callbacks a worker ran, gathered so that posting them costs the
+/// queue's shared lines (its settle count, its tail, its readiness flags) one visit per
+/// run instead of one per entry, and a consumer asleep in `wait` one wake-up per run.
+///
+/// Entries go to one queue at a time, in the order the callbacks finished: a completion
+/// for another queue first posts what was gathered. The worker posts the run when it
+/// reaches `CompletionBatch::MAX` entries and at the end of every loop turn (before it
+/// steals, spins or parks); a thread of the worker that polls or waits on a queue and
+/// finds nothing, or posts to one itself, posts the run first (see `completion.rs`), so
+/// a callback never waits for its own worker's completions. Touched only by the worker's
+/// own thread.
+pub(crate) struct CompletionBatch {
+    /// The queue the gathered entries go to (meaningless while `len` is 0).
+    cq: Cell<*const CompletionQueue>,
+    len: Cell<usize>,
+    entries: [Cell<Cqe>; CompletionBatch::MAX],
+}
+
+impl CompletionBatch {
+    /// Entries gathered before they are posted without waiting for the turn's end: the
+    /// longest a finished callback's completion waits for the ones after it.
+    pub(crate) const MAX: usize = 32;
+
+    pub(crate) fn new() -> Self {
+        CompletionBatch {
+            cq: Cell::new(std::ptr::null()),
+            len: Cell::new(0),
+            entries: std::array::from_fn(|_| Cell::new(Cqe::default())),
+        }
+    }
+
+    /// Gathers `cqe` for `cq`, which holds a reservation for it.
+    #[inline]
+    pub(crate) fn push(&self, cq: *const CompletionQueue, cqe: Cqe) {
+        if cq != self.cq.get() {
+            self.flush();
+            self.cq.set(cq);
+        }
+        let len = self.len.get();
+        self.entries[len].set(cqe);
+        self.len.set(len + 1);
+        if len + 1 == Self::MAX {
+            self.flush();
+        }
+    }
+
+    /// Posts the gathered entries; true when there were any.
+    #[inline]
+    pub(crate) fn flush(&self) -> bool {
+        let len = self.len.replace(0);
+        if len == 0 {
+            return false;
+        }
+        // SAFETY: every gathered entry holds a reservation on this queue, so it is alive
+        // until the post below settles them.
+        let cq = unsafe { &*self.cq.get() };
+        cq.post_reserved_many(len, |i| self.entries[i].get());
+        true
     }
 }
 
