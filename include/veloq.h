@@ -27,6 +27,11 @@
 #define VELOQ_EPANIC -4097
 
 /**
+ * The most jobs one `veloq_spawn_batch` / `veloq_spawn_balanced_batch` call takes.
+ */
+#define VELOQ_SPAWN_BATCH_MAX (1 << 20)
+
+/**
  * Major version: changes only when the C API breaks.
  */
 #define VELOQ_VERSION_MAJOR 0
@@ -244,6 +249,26 @@ typedef struct veloq_cqe {
  * spawn; its return value becomes the completion's `res`.
  */
 typedef int64_t (*veloq_task_fn)(struct veloq_ctx *ctx, void *arg);
+
+/**
+ * One callback of a batch submission: `fn(ctx, arg)` runs once on a worker, and its
+ * completion carries `user_data`. A plain description, read only during the submitting
+ * call; `arg` stays the caller's, as with `veloq_spawn`.
+ */
+typedef struct veloq_job {
+    /**
+     * The callback; must not be NULL.
+     */
+    veloq_task_fn fn;
+    /**
+     * Passed to `fn` unchanged.
+     */
+    void *arg;
+    /**
+     * Copied into the job's completion.
+     */
+    uint64_t user_data;
+} veloq_job;
 
 /**
  * What a stall callback receives. Valid only during the call.
@@ -678,6 +703,44 @@ int veloq_spawn_to(struct veloq_runtime *rt,
                    void *arg,
                    struct veloq_cq *cq,
                    uint64_t user_data);
+
+/**
+ * Submits the `n` callbacks `jobs[0..n)` at once, spread over the workers in
+ * contiguous chunks (about one per worker, at least 16 jobs each) dealt out round
+ * robin; each job then behaves as if given to `veloq_spawn` with the same `cq`: it
+ * runs exactly once, and when `cq` is not NULL exactly one completion `{user_data,
+ * res = fn's return value, worker}` is posted to it. A chunk's jobs run in order on
+ * the worker that received it and are never stolen; no order holds between chunks.
+ * Costs each receiving worker one admission, one queue push and one wake-up check per
+ * call, not per job.
+ *
+ * Returns how many jobs were accepted, k >= 1: always the prefix `jobs[0..k)`. k == n
+ * unless shutdown started (or memory ran out) during the call; then the jobs from k
+ * on were refused: their `fn` never runs, nothing is posted for them, and they stay
+ * the caller's to submit elsewhere or drop. Errors, with nothing accepted: -EINVAL
+ * (NULL `rt` or `jobs`, `n` == 0 or above `VELOQ_SPAWN_BATCH_MAX`, a NULL `fn` in any
+ * element); -ESHUTDOWN (shutdown has started); -ENOMEM (no memory to carry the jobs).
+ *
+ * `jobs` is read during the call only and stays the caller's. Each `arg`, and `cq`,
+ * must stay valid until the accepted jobs ran and their completions were posted.
+ * Callable from any thread, including worker callbacks.
+ */
+int veloq_spawn_batch(struct veloq_runtime *rt,
+                      const struct veloq_job *jobs,
+                      uint32_t n,
+                      struct veloq_cq *cq);
+
+/**
+ * Like `veloq_spawn_batch`, with the chunks going to the least loaded workers: the
+ * loads are read once per call (as `veloq_spawn_balanced` reads two), each chunk goes
+ * to the worker with the least work counting what this call already gave it, and a
+ * worker the stall watchdog considers stuck gets nothing while another is not. Same
+ * returns, partial acceptance rule, ownership and threads.
+ */
+int veloq_spawn_balanced_batch(struct veloq_runtime *rt,
+                               const struct veloq_job *jobs,
+                               uint32_t n,
+                               struct veloq_cq *cq);
 
 /**
  * The index (0..workers) of the worker running the callback that received `ctx`;

@@ -49,6 +49,7 @@ pub(crate) fn spawn_errno(kind: SpawnErrorKind) -> c_int {
         SpawnErrorKind::Shutdown => -libc::ESHUTDOWN,
         SpawnErrorKind::InvalidWorker | SpawnErrorKind::NoRuntime => -libc::EINVAL,
         SpawnErrorKind::NoThread => -libc::EAGAIN,
+        SpawnErrorKind::NoMemory => -libc::ENOMEM,
     }
 }
 
@@ -132,6 +133,103 @@ pub extern "C" fn veloq_spawn_to(
         cq,
         user_data,
     )
+}
+
+/// The most jobs one `veloq_spawn_batch` / `veloq_spawn_balanced_batch` call takes.
+pub const VELOQ_SPAWN_BATCH_MAX: u32 = 1 << 20;
+
+/// One callback of a batch submission: `fn(ctx, arg)` runs once on a worker, and its
+/// completion carries `user_data`. A plain description, read only during the submitting
+/// call; `arg` stays the caller's, as with `veloq_spawn`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct veloq_job {
+    /// The callback; must not be NULL.
+    pub r#fn: veloq_task_fn,
+    /// Passed to `fn` unchanged.
+    pub arg: *mut c_void,
+    /// Copied into the job's completion.
+    pub user_data: u64,
+}
+
+fn spawn_batch(
+    rt: *mut veloq_runtime,
+    placement: Placement,
+    jobs: *const veloq_job,
+    n: u32,
+    cq: *mut veloq_cq,
+) -> c_int {
+    ffi_boundary!(VELOQ_EPANIC, {
+        // SAFETY: a non-null runtime is live (caller's promise).
+        let Ok(rt) = (unsafe { handle(rt) }) else {
+            return -libc::EINVAL;
+        };
+        if jobs.is_null() || n == 0 || n > VELOQ_SPAWN_BATCH_MAX {
+            return -libc::EINVAL;
+        }
+        // SAFETY: `jobs` points to `n` readable elements (caller's promise); the slice
+        // lives only during this call.
+        let jobs = unsafe { std::slice::from_raw_parts(jobs, n as usize) };
+        if jobs.iter().any(|j| j.r#fn.is_none()) {
+            return -libc::EINVAL;
+        }
+        let task = |i: usize| {
+            let job = &jobs[i];
+            let func = job.r#fn.expect("checked above");
+            raw_task(func, job.arg, cq, job.user_data)
+        };
+        // SAFETY: the C contract, for every element: `arg` stays valid until its callback
+        // ran, `cq` until its completion was delivered (veloq_cq_free refuses meanwhile).
+        match unsafe { rt.inner.spawn_raw_batch_with(placement, jobs.len(), task) } {
+            // At most VELOQ_SPAWN_BATCH_MAX: fits.
+            Ok(accepted) => accepted as c_int,
+            Err(kind) => spawn_errno(kind),
+        }
+    })
+}
+
+/// Submits the `n` callbacks `jobs[0..n)` at once, spread over the workers in
+/// contiguous chunks (about one per worker, at least 16 jobs each) dealt out round
+/// robin; each job then behaves as if given to `veloq_spawn` with the same `cq`: it
+/// runs exactly once, and when `cq` is not NULL exactly one completion `{user_data,
+/// res = fn's return value, worker}` is posted to it. A chunk's jobs run in order on
+/// the worker that received it and are never stolen; no order holds between chunks.
+/// Costs each receiving worker one admission, one queue push and one wake-up check per
+/// call, not per job.
+///
+/// Returns how many jobs were accepted, k >= 1: always the prefix `jobs[0..k)`. k == n
+/// unless shutdown started (or memory ran out) during the call; then the jobs from k
+/// on were refused: their `fn` never runs, nothing is posted for them, and they stay
+/// the caller's to submit elsewhere or drop. Errors, with nothing accepted: -EINVAL
+/// (NULL `rt` or `jobs`, `n` == 0 or above `VELOQ_SPAWN_BATCH_MAX`, a NULL `fn` in any
+/// element); -ESHUTDOWN (shutdown has started); -ENOMEM (no memory to carry the jobs).
+///
+/// `jobs` is read during the call only and stays the caller's. Each `arg`, and `cq`,
+/// must stay valid until the accepted jobs ran and their completions were posted.
+/// Callable from any thread, including worker callbacks.
+#[no_mangle]
+pub extern "C" fn veloq_spawn_batch(
+    rt: *mut veloq_runtime,
+    jobs: *const veloq_job,
+    n: u32,
+    cq: *mut veloq_cq,
+) -> c_int {
+    spawn_batch(rt, Placement::Any, jobs, n, cq)
+}
+
+/// Like `veloq_spawn_batch`, with the chunks going to the least loaded workers: the
+/// loads are read once per call (as `veloq_spawn_balanced` reads two), each chunk goes
+/// to the worker with the least work counting what this call already gave it, and a
+/// worker the stall watchdog considers stuck gets nothing while another is not. Same
+/// returns, partial acceptance rule, ownership and threads.
+#[no_mangle]
+pub extern "C" fn veloq_spawn_balanced_batch(
+    rt: *mut veloq_runtime,
+    jobs: *const veloq_job,
+    n: u32,
+    cq: *mut veloq_cq,
+) -> c_int {
+    spawn_batch(rt, Placement::Balanced, jobs, n, cq)
 }
 
 /// The index (0..workers) of the worker running the callback that received `ctx`;

@@ -276,6 +276,7 @@ impl RuntimeContext {
                     self.push_local_task(task);
                 }
                 JobParts::Raw(raw) => self.local.borrow_mut().push_back(Job::Raw(raw)),
+                JobParts::Batch(tasks) => self.local.borrow_mut().push_back(Job::Batch(tasks)),
             }
             return Ok(());
         }

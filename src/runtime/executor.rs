@@ -224,8 +224,10 @@ impl RuntimeContext {
             let Some(job) = self.me().inbox.steal().success() else {
                 break;
             };
+            // A batch counts as its callbacks, in the budget as in the taken count.
+            let weight = job.weight() as usize;
             self.run_job(job, Source::Inbox);
-            n += 1;
+            n += weight;
         }
         self.taken.set(self.taken.get() + n as u64);
         n
@@ -313,6 +315,21 @@ impl RuntimeContext {
                 // SAFETY: promised by the spawn call that accepted the job.
                 unsafe { raw.run(self) };
             }
+            JobParts::Batch(tasks) => {
+                // Each callback is a job of its own for the watchdog, the statistics and
+                // the peers it hands work to (the first one's progress is bumped above,
+                // the last one's count and notifications below).
+                let (first, rest) = tasks.split_first().expect("a batch is never empty");
+                // SAFETY: promised by the batch spawn call that accepted the job.
+                unsafe { first.run(self) };
+                for raw in rest {
+                    self.flush_notifications();
+                    self.bump_progress();
+                    // SAFETY: as above.
+                    unsafe { raw.run(self) };
+                }
+                self.count_n(source, rest.len() as u64);
+            }
             JobParts::Task(task) => {
                 if !task.take_first_run() {
                     // A woken task polled again: not a start.
@@ -364,6 +381,10 @@ impl RuntimeContext {
     }
 
     fn count(&self, source: Source) {
+        self.count_n(source, 1);
+    }
+
+    fn count_n(&self, source: Source, n: u64) {
         let c = match source {
             Source::Local => &self.stats.local,
             Source::Mesh => &self.stats.mesh,
@@ -371,7 +392,7 @@ impl RuntimeContext {
             Source::Injector => &self.stats.injector,
             Source::Stolen => &self.stats.stolen,
         };
-        c.set(c.get() + 1);
+        c.set(c.get() + n);
     }
 
     /// Publishes counts and wakes a sleeping peer if our injector has work to steal.

@@ -140,6 +140,10 @@ pub(crate) enum Job {
     Task(TaskRef),
     /// A callback.
     Raw(RawTask),
+    /// Callbacks submitted together (`Handle::spawn_raw_batch`), run in order on the
+    /// worker whose inbox they were put in; never stolen, never sent over the mesh. Counts
+    /// as `len` jobs in the worker's submitted and taken counts (see `weight`).
+    Batch(Box<[RawTask]>),
 }
 
 impl Drop for Job {
@@ -153,12 +157,23 @@ impl Drop for Job {
 }
 
 impl Job {
+    /// How many jobs this counts as in a worker's submitted and taken counts.
+    #[inline]
+    pub(crate) fn weight(&self) -> u64 {
+        match self {
+            Job::Batch(tasks) => tasks.len() as u64,
+            _ => 1,
+        }
+    }
+
     /// Consumes the job without running its drop hook (the task was adopted or run).
     pub(crate) fn into_parts(self) -> JobParts {
-        let this = std::mem::ManuallyDrop::new(self);
-        match &*this {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        match &mut *this {
             Job::Task(t) => JobParts::Task(*t),
             Job::Raw(r) => JobParts::Raw(*r),
+            // The box is moved out and the husk is never dropped.
+            Job::Batch(tasks) => JobParts::Batch(std::mem::take(tasks)),
         }
     }
 }
@@ -167,4 +182,5 @@ impl Job {
 pub(crate) enum JobParts {
     Task(TaskRef),
     Raw(RawTask),
+    Batch(Box<[RawTask]>),
 }

@@ -48,6 +48,8 @@ pub enum SpawnErrorKind {
     NoRuntime,
     /// `spawn_blocking`: the blocking pool has no thread and the OS refused to start one.
     NoThread,
+    /// `Handle::spawn_raw_batch`: the memory to carry the jobs could not be allocated.
+    NoMemory,
 }
 
 /// A refused spawn; gives back what was to be spawned.
@@ -87,6 +89,7 @@ impl<T> fmt::Display for SpawnError<T> {
             SpawnErrorKind::InvalidWorker => "spawn refused: no such worker",
             SpawnErrorKind::NoRuntime => "spawn refused: not on a runtime",
             SpawnErrorKind::NoThread => "spawn refused: no blocking thread could be started",
+            SpawnErrorKind::NoMemory => "spawn refused: out of memory",
         })
     }
 }
@@ -743,6 +746,119 @@ impl Handle {
             })
     }
 
+    /// Queues many callback jobs at once, spread over the workers in contiguous chunks:
+    /// each chunk costs its worker one admission (one count and one shutdown check), one
+    /// push into its pinned inbox and one wake-up check, whatever its length, and its
+    /// callbacks run in order on that worker (never stolen). `Placement::Balanced` gives
+    /// the chunks to the least loaded workers (loads read once per call);
+    /// `Placement::Any` deals them out round robin; `Placement::Worker(w)` makes one
+    /// chunk for `w`. Callable from any thread, a worker's callbacks and tasks included.
+    ///
+    /// Returns how many jobs were accepted, always a prefix of `tasks`: all of them,
+    /// unless shutdown started (or memory ran out) during the call, in which case the
+    /// chunks admitted before stay accepted and the rest are refused. Errors (nothing
+    /// accepted): `InvalidWorker` for an out-of-range `Placement::Worker`, `Shutdown`,
+    /// `NoMemory` when the first chunk's memory could not be allocated. An empty `tasks`
+    /// accepts 0. Every accepted job runs exactly once and posts exactly one completion
+    /// to its `cq` when that is not null; a refused one never runs and owes nothing.
+    ///
+    /// # Safety
+    /// As for [`spawn_raw`](Self::spawn_raw), for every element of `tasks`.
+    pub unsafe fn spawn_raw_batch(
+        &self,
+        placement: Placement,
+        tasks: &[RawTask],
+    ) -> Result<usize, SpawnErrorKind> {
+        // SAFETY: forwarded promise.
+        unsafe { self.spawn_raw_batch_with(placement, tasks.len(), |i| tasks[i]) }
+    }
+
+    /// [`spawn_raw_batch`](Self::spawn_raw_batch) of the `n` tasks `task(0..n)`, each
+    /// made once, as its chunk is copied (so a C array is read only once).
+    ///
+    /// # Safety
+    /// As for `spawn_raw_batch`, for every task `task` returns.
+    pub(crate) unsafe fn spawn_raw_batch_with(
+        &self,
+        placement: Placement,
+        n: usize,
+        task: impl Fn(usize) -> RawTask,
+    ) -> Result<usize, SpawnErrorKind> {
+        let registry = &*self.registry;
+        let workers = registry.len();
+        if let Placement::Worker(w) = placement {
+            if w >= workers {
+                return Err(SpawnErrorKind::InvalidWorker);
+            }
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        // Chunks of about an equal share per worker, not smaller than `MIN_CHUNK` so a
+        // small batch stays on few workers.
+        const MIN_CHUNK: usize = 16;
+        let chunk = match placement {
+            Placement::Worker(_) => n,
+            _ => n.div_ceil(workers).max(MIN_CHUNK),
+        };
+        // Balanced: each worker's load as read now, plus what this call gave it.
+        let mut loads: Vec<u64> = match placement {
+            Placement::Balanced => registry
+                .workers
+                .iter()
+                .map(|w| {
+                    if w.is_stalled() {
+                        u64::MAX / 2
+                    } else {
+                        w.load()
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut accepted = 0;
+        while accepted < n {
+            let len = chunk.min(n - accepted);
+            let target = match placement {
+                Placement::Worker(w) => w,
+                Placement::Any => {
+                    let next = OUTSIDE_CURSOR.with(|c| next_outside(c, workers));
+                    registry.unstalled_from(next)
+                }
+                Placement::Balanced => {
+                    let (w, _) = loads
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|&(_, &l)| l)
+                        .expect("at least one worker");
+                    loads[w] = loads[w].saturating_add(len as u64);
+                    w
+                }
+            };
+            let mut part = Vec::new();
+            if part.try_reserve_exact(len).is_err() {
+                break;
+            }
+            part.extend((accepted..accepted + len).map(&task));
+            reserve_completions(&part);
+            let worker = registry.worker(target);
+            if !registry.admit_n(worker, len as u64) {
+                release_completions(&part);
+                break;
+            }
+            worker.inbox.push(Job::Batch(part.into_boxed_slice()));
+            worker.notify();
+            accepted += len;
+        }
+        if accepted > 0 {
+            Ok(accepted)
+        } else if registry.closed.load(SeqCst) {
+            Err(SpawnErrorKind::Shutdown)
+        } else {
+            Err(SpawnErrorKind::NoMemory)
+        }
+    }
+
     /// Runs `f` with the current worker's context if this thread is one of ours.
     fn on_own_worker<R>(&self, f: impl FnOnce(&RuntimeContext) -> R) -> Option<R> {
         context::with_current(|cx| {
@@ -800,6 +916,32 @@ impl Handle {
     /// and are not listed (see the queue depths).
     pub fn dump(&self) -> RuntimeDump {
         introspect::dump(&self.registry, RuntimeDump::WAIT)
+    }
+}
+
+/// Takes the completion reservations of `tasks`, one RMW per run of tasks naming the
+/// same queue.
+fn reserve_completions(tasks: &[RawTask]) {
+    for_each_cq_run(tasks, |cq, n| cq.reserve_many(n));
+}
+
+/// Gives back what `reserve_completions(tasks)` took.
+fn release_completions(tasks: &[RawTask]) {
+    for_each_cq_run(tasks, |cq, n| (0..n).for_each(|_| cq.release_reservation()));
+}
+
+/// Calls `f(cq, n)` for each maximal run of `n` consecutive tasks naming the same
+/// non-null queue.
+fn for_each_cq_run(tasks: &[RawTask], mut f: impl FnMut(&super::completion::CompletionQueue, u64)) {
+    let mut i = 0;
+    while i < tasks.len() {
+        let cq = tasks[i].cq;
+        let run = tasks[i..].iter().take_while(|t| t.cq == cq).count();
+        // SAFETY: the batch spawn caller promised every non-null `cq` is alive.
+        if let Some(cq) = unsafe { cq.as_ref() } {
+            f(cq, run as u64);
+        }
+        i += run;
     }
 }
 

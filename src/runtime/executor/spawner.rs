@@ -431,9 +431,14 @@ impl ExecutorRegistry {
     /// counts (all SeqCst): a submission is either refused here or waited for by its
     /// worker, never lost.
     pub(crate) fn admit(&self, target: &WorkerShared) -> bool {
-        target.count_submitted(1);
+        self.admit_n(target, 1)
+    }
+
+    /// `admit` for `n` jobs handed over together (one count, one check).
+    pub(crate) fn admit_n(&self, target: &WorkerShared, n: u64) -> bool {
+        target.count_submitted(n);
         if self.closed.load(SeqCst) {
-            target.uncount_submitted(1);
+            target.uncount_submitted(n);
             // Shutdown may have waited on this count: let the target look again.
             target.notify();
             false
