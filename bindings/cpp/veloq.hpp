@@ -15,6 +15,10 @@
 // documented where they occur: CompletionQueue::wait returns an empty result on -ETIMEDOUT,
 // and the try_spawn* functions return the errno instead of throwing it.
 //
+// Batches. spawn_batch / spawn_balanced_batch pass an array of plain C jobs (veloq_job:
+// a veloq_task_fn, its arg, its user_data) straight to the C calls: no boxing, the jobs are
+// C callbacks; they return how many were accepted (a prefix) and throw when none was.
+//
 // Spawning callables. spawn / spawn_balanced / spawn_to accept any callable `f` that can be
 // called as `f(veloq_ctx *)` or as `f()` and returns something convertible to int64_t (or
 // void, which completes with 0). The callable is moved (or copied) into a heap box; a
@@ -394,6 +398,23 @@ public:
     int try_spawn_named(const char *name, std::int32_t worker, F &&f, veloq_cq *cq = nullptr,
                         std::uint64_t user_data = 0) const {
         return submit_named(self(), name, worker, std::forward<F>(f), cq, user_data);
+    }
+
+    /// veloq_spawn_batch: submits the plain C jobs jobs[0..n) ({fn, arg, user_data}: C
+    /// callbacks, not boxed callables, so nothing is allocated here) with their completions
+    /// going to `cq` (nullptr: none), in chunks dealt out to the workers. Returns how many
+    /// were accepted, k >= 1: always the prefix jobs[0..k), and k < n only when shutdown
+    /// began during the call (the rest never run and stay the caller's). Throws Error when
+    /// none was accepted (-EINVAL for bad input, -ESHUTDOWN, -ENOMEM). Any thread.
+    std::uint32_t spawn_batch(const veloq_job *jobs, std::uint32_t n, veloq_cq *cq) const {
+        return static_cast<std::uint32_t>(
+            check(::veloq_spawn_batch(self(), jobs, n, cq), "veloq_spawn_batch"));
+    }
+    /// veloq_spawn_balanced_batch: as spawn_batch, the chunks to the least loaded workers.
+    std::uint32_t spawn_balanced_batch(const veloq_job *jobs, std::uint32_t n,
+                                       veloq_cq *cq) const {
+        return static_cast<std::uint32_t>(check(::veloq_spawn_balanced_batch(self(), jobs, n, cq),
+                                                "veloq_spawn_balanced_batch"));
     }
 
     /// veloq_runtime_stats: worker `worker`'s counters (size set to sizeof(veloq_worker_stats)

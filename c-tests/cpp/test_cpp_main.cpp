@@ -194,6 +194,41 @@ static void refused_spawn_throws_or_returns_the_errno_and_frees_the_callable(voi
     CHECK_EQ(tracked_live(), 0);
 }
 
+static std::int64_t c_job_return_arg(veloq_ctx *, void *arg) {
+    return static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(arg));
+}
+
+static void batches_of_c_jobs_complete_once_or_throw(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    veloq::CompletionQueue cq(rt, 16);
+    std::vector<veloq_job> jobs(40);
+    for (std::uint32_t i = 0; i < 40; i++)
+        jobs[i] = veloq_job{c_job_return_arg, reinterpret_cast<void *>(std::uintptr_t{i}), i};
+    CHECK_EQ(rt.spawn_batch(jobs.data(), 20, cq.get()), 20u);
+    CHECK_EQ(rt.spawn_balanced_batch(jobs.data() + 20, 20, cq.get()), 20u);
+    std::vector<int> seen(40, 0);
+    for (const veloq_cqe &e : reap(cq, 40)) {
+        CHECK_EQ(e.res, static_cast<std::int64_t>(e.user_data));
+        if (e.user_data < 40)
+            seen[e.user_data]++;
+    }
+    for (int n : seen)
+        CHECK_EQ(n, 1);
+    try {
+        rt.spawn_batch(jobs.data(), 0, cq.get());
+        CHECK(!"an empty batch did not throw");
+    } catch (const veloq::Error &e) {
+        CHECK_EQ(e.code(), -EINVAL);
+    }
+    CHECK(rt.shutdown());
+    try {
+        rt.spawn_balanced_batch(jobs.data(), 40, cq.get());
+        CHECK(!"a batch after shutdown did not throw");
+    } catch (const veloq::Error &e) {
+        CHECK_EQ(e.code(), -ESHUTDOWN);
+    }
+}
+
 static void completion_queue_poll_wait_fd_post_close(void) {
     veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
     veloq::CompletionQueue cq(rt, 4);
@@ -705,6 +740,7 @@ int main() {
     RUN_CASE(boxed_callables_are_freed_after_they_run);
     RUN_CASE(throwing_callable_completes_with_an_error_code);
     RUN_CASE(refused_spawn_throws_or_returns_the_errno_and_frees_the_callable);
+    RUN_CASE(batches_of_c_jobs_complete_once_or_throw);
     RUN_CASE(completion_queue_poll_wait_fd_post_close);
     RUN_CASE(queue_destructor_waits_for_owed_completions);
     RUN_CASE(shutdown_with_a_limit_reports_timeout);
