@@ -880,7 +880,16 @@ impl Handle {
                 // Not onto a stalled worker's injector (nobody may be idle to steal it).
                 (registry.unstalled_from(next), false)
             }
-            Placement::Balanced => (OUTSIDE_RNG.with(|rng| registry.p2c(rng, None)), false),
+            Placement::Balanced => (
+                OUTSIDE_RNG.with(|rng| {
+                    if rng.get() == 0 {
+                        // First balanced spawn of this thread (xorshift never reaches 0).
+                        rng.set(super::executor::spawner::random_seed());
+                    }
+                    registry.p2c(rng, None)
+                }),
+                false,
+            ),
             Placement::Worker(w) if w < registry.len() => (w, true),
             Placement::Worker(_) => return Err(SpawnErrorKind::InvalidWorker),
         };
@@ -954,7 +963,9 @@ fn next_outside(cursor: &Cell<usize>, workers: usize) -> usize {
 
 thread_local! {
     static OUTSIDE_CURSOR: Cell<usize> = Cell::new(super::executor::spawner::random_seed() as usize);
-    static OUTSIDE_RNG: Cell<u64> = Cell::new(super::executor::spawner::random_seed());
+    /// P2C's generator state on a thread that is not a worker; 0 until its first use
+    /// seeds it (a const initializer: no lazy-init check on every balanced spawn).
+    static OUTSIDE_RNG: Cell<u64> = const { Cell::new(0) };
     static ENTERED: RefCell<Option<Handle>> = const { RefCell::new(None) };
 }
 

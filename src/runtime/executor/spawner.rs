@@ -449,6 +449,7 @@ impl ExecutorRegistry {
 
     /// Power of two choices: the less loaded of two workers drawn at random. `from` is
     /// the worker asking, whose unconsumed mesh messages to each candidate count too.
+    #[inline]
     pub(crate) fn p2c(&self, rng: &Cell<u64>, from: Option<usize>) -> usize {
         let n = self.len();
         if n == 1 {
