@@ -674,6 +674,15 @@ void veloq_runtime_free(struct veloq_runtime *rt);
  * started (then `fn` never runs and nothing is posted). `arg` and `cq` stay the
  * caller's and must stay valid until the callback ran and its completion was posted.
  * Callable from any thread, including worker callbacks.
+ *
+ * When completions are posted (every spawn function): a worker gathers the completions
+ * of the callbacks it runs and posts them to their queue together, at the latest when
+ * its loop turn ends (before it looks for more work or sleeps), after at most 32
+ * callbacks, or when one of its callbacks calls `veloq_cq_post`, or polls or waits on a
+ * queue and finds nothing (so a callback never waits for its own worker). So a callback that blocks holds back the completions of callbacks its
+ * worker ran just before it in the same turn: a callback must never block waiting for
+ * the host to react to another completion (blocking work belongs in
+ * `veloq_spawn_blocking`).
  */
 int veloq_spawn(struct veloq_runtime *rt,
                 veloq_task_fn fn,

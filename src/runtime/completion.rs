@@ -1270,6 +1270,55 @@ mod loom_tests {
         });
     }
 
+    /// A run posted in one go (a worker's completion batch) into a ring too small for it,
+    /// while another producer posts and the consumer takes: the run's tail goes to the
+    /// overflow, nothing is lost, each producer's entries arrive in order, nothing stays
+    /// owed and readiness matches.
+    #[test]
+    fn a_batched_run_crossing_into_the_overflow_keeps_order() {
+        model(2, || {
+            let q = Arc::new(CompletionQueue::new(2).unwrap());
+            q.reserve_many(3);
+            let gate = Gate::new();
+            let batcher = {
+                let q = q.clone();
+                gate.spawn(move || q.post_reserved_many(3, |i| cqe(0, i as u64)))
+            };
+            let single = poster(&gate, &q, 1, 1);
+            gate.pass();
+            let mut got = Vec::new();
+            poll_once(&q, 2, &mut got);
+            batcher.join().unwrap();
+            single.join().unwrap();
+            drain(&q, &mut got);
+            assert_complete_and_in_order(&got, &[3, 1]);
+            assert_eq!(q.owed(), 0);
+            assert!(q.quiesce());
+            assert_readiness_matches(&q);
+        });
+    }
+
+    /// A waiter needing two entries is woken by a run that brings both (one announce for
+    /// the run): never left asleep.
+    #[test]
+    fn wait_is_woken_by_a_batched_run() {
+        model(3, || {
+            let q = Arc::new(CompletionQueue::new(4).unwrap());
+            q.reserve_many(2);
+            let gate = Gate::new();
+            let batcher = {
+                let q = q.clone();
+                gate.spawn(move || q.post_reserved_many(2, |i| cqe(0, i as u64)))
+            };
+            gate.pass();
+            let mut buf = [Cqe::default(); 2];
+            assert_eq!(q.wait(&mut buf, 2, None).unwrap(), 2);
+            assert_complete_and_in_order(&buf, &[2]);
+            batcher.join().unwrap();
+            assert_readiness_matches(&q);
+        });
+    }
+
     /// Two consumers race to drain (and to clear the flag) while a producer posts.
     #[test]
     fn signaled_flag_never_left_clear_with_entries_waiting() {

@@ -375,6 +375,7 @@ pub(crate) fn with_current<R>(f: impl FnOnce(Option<&RuntimeContext>) -> R) -> R
 
 /// Posts the completions this thread's worker has gathered, if this is a worker thread;
 /// true when there were any (see `CompletionBatch`).
+#[cfg_attr(veloq_loom, allow(dead_code))]
 pub(crate) fn flush_own_completions() -> bool {
     with_current(|cx| cx.is_some_and(|cx| cx.completions.flush()))
 }
