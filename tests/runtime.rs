@@ -837,3 +837,108 @@ fn shutdown_after_a_burst_of_stealable_outside_work_finishes() {
         assert_eq!(ran.load(SeqCst), 20_000);
     }
 }
+
+unsafe extern "C" fn raw_return_id(_ctx: *mut RuntimeContext, arg: *mut c_void) -> i64 {
+    arg as usize as i64
+}
+
+#[test]
+fn a_batch_runs_every_callback_once_and_posts_every_completion_once() {
+    let rt = runtime(2);
+    let cq = veloq::CompletionQueue::new(8).unwrap();
+    const N: usize = 10_000;
+    let tasks: Vec<RawTask> = (0..N)
+        .map(|i| RawTask {
+            func: raw_return_id,
+            arg: i as *mut c_void,
+            cq: &cq,
+            user_data: i as u64,
+        })
+        .collect();
+    for (k, chunk) in tasks.chunks(100).enumerate() {
+        let placement = match k % 3 {
+            0 => Placement::Balanced,
+            1 => Placement::Any,
+            _ => Placement::Worker(k % 2),
+        };
+        // SAFETY: raw_return_id touches nothing; `cq` outlives every completion.
+        assert_eq!(unsafe { rt.spawn_raw_batch(placement, chunk) }, Ok(100));
+    }
+    let mut seen = vec![0u8; N];
+    let mut buf = [veloq::Cqe::default(); 64];
+    let mut got = 0;
+    while got < N {
+        let n = cq
+            .wait(&mut buf, 1, Some(Duration::from_secs(60)))
+            .expect("completions lost");
+        for e in &buf[..n] {
+            assert_eq!(e.res, e.user_data as i64);
+            seen[e.user_data as usize] += 1;
+        }
+        got += n;
+    }
+    assert!(seen.iter().all(|&s| s == 1));
+    assert_eq!(cq.owed(), 0);
+    // An empty batch accepts nothing; a worker out of range is refused whole.
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { rt.spawn_raw_batch(Placement::Balanced, &[]) },
+        Ok(0)
+    );
+    assert_eq!(
+        unsafe { rt.spawn_raw_batch(Placement::Worker(2), &tasks[..10]) },
+        Err(SpawnErrorKind::InvalidWorker)
+    );
+    rt.shutdown(None).unwrap();
+    assert_eq!(
+        unsafe { rt.spawn_raw_batch(Placement::Balanced, &tasks[..10]) },
+        Err(SpawnErrorKind::Shutdown)
+    );
+    assert_eq!(cq.owed(), 0, "a refused batch owes nothing");
+}
+
+#[test]
+fn a_callback_waiting_on_its_own_workers_completion_is_not_left_waiting() {
+    // Worker 0 runs `first` (completion gathered, not yet posted), then `waiter` in the
+    // same turn, which waits for that completion: the wait posts the gathered run first.
+    unsafe extern "C" fn waiter(_ctx: *mut RuntimeContext, arg: *mut c_void) -> i64 {
+        // SAFETY: arg is the test's queue, alive until the runtime shut down.
+        let cq = unsafe { &*(arg as *const veloq::CompletionQueue) };
+        let mut buf = [veloq::Cqe::default(); 1];
+        match cq.wait(&mut buf, 1, Some(Duration::from_secs(60))) {
+            Ok(1) => buf[0].user_data as i64,
+            _ => -1,
+        }
+    }
+    let rt = runtime(2);
+    let inner = veloq::CompletionQueue::new(8).unwrap();
+    let outer = veloq::CompletionQueue::new(8).unwrap();
+    let tasks = [
+        RawTask {
+            func: raw_return_id,
+            arg: std::ptr::null_mut(),
+            cq: &inner,
+            user_data: 7,
+        },
+        RawTask {
+            func: waiter,
+            arg: &inner as *const veloq::CompletionQueue as *mut c_void,
+            cq: &outer,
+            user_data: 8,
+        },
+    ];
+    // SAFETY: both queues outlive the runtime's shutdown below.
+    assert_eq!(
+        unsafe { rt.spawn_raw_batch(Placement::Worker(0), &tasks) },
+        Ok(2)
+    );
+    let mut buf = [veloq::Cqe::default(); 1];
+    assert_eq!(
+        outer
+            .wait(&mut buf, 1, Some(Duration::from_secs(60)))
+            .unwrap(),
+        1
+    );
+    assert_eq!((buf[0].user_data, buf[0].res), (8, 7));
+    rt.shutdown(None).unwrap();
+}
