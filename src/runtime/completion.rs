@@ -1095,6 +1095,34 @@ mod tests {
     }
 
     #[test]
+    fn a_posted_run_signals_once_and_wakes_its_waiter_once() {
+        let q = Arc::new(CompletionQueue::new(8).unwrap());
+        q.reserve_many(40);
+        let waiter = {
+            let q = q.clone();
+            thread::spawn(move || {
+                let mut buf = [Cqe::default(); 40];
+                let n = q.wait(&mut buf, 40, None).unwrap();
+                buf[..n].to_vec()
+            })
+        };
+        while q.flags.waiters.load(Relaxed) == 0 {
+            thread::yield_now();
+        }
+        // 8 entries fit in the ring, the other 32 go to the overflow behind them.
+        q.post_reserved_many(40, |i| cqe(0, i as u64));
+        let got = waiter.join().unwrap();
+        assert_eq!(got, (0..40).map(|i| cqe(0, i)).collect::<Vec<_>>());
+        assert_eq!(q.owed(), 0);
+        let calls = q.syscalls();
+        assert_eq!(
+            (calls.eventfd_writes, calls.futex_wakes),
+            (1, 1),
+            "{calls:?}"
+        );
+    }
+
+    #[test]
     fn posts_wake_only_when_a_waiter_is_registered() {
         let q = Arc::new(CompletionQueue::new(8).unwrap());
         let waiter = {
