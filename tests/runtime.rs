@@ -879,6 +879,24 @@ fn a_batch_runs_every_callback_once_and_posts_every_completion_once() {
     }
     assert!(seen.iter().all(|&s| s == 1));
     assert_eq!(cq.owed(), 0);
+    // Each callback counts as one task spawned and one started (published per turn).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = rt.stats();
+        let spawned: u64 = stats.iter().map(|s| s.tasks_spawned).sum();
+        let started: u64 = stats
+            .iter()
+            .map(|s| {
+                s.tasks_local + s.tasks_mesh + s.tasks_inbox + s.tasks_injector + s.tasks_stolen
+            })
+            .sum();
+        assert_eq!(spawned, N as u64);
+        if started == N as u64 || std::time::Instant::now() > deadline {
+            assert_eq!(started, N as u64);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // An empty batch accepts nothing; a worker out of range is refused whole.
     // SAFETY: as above.
     assert_eq!(

@@ -816,6 +816,7 @@ impl Handle {
                 .collect(),
             _ => Vec::new(),
         };
+        let on_worker = self.on_own_worker(|_| ()).is_some();
         let mut accepted = 0;
         while accepted < n {
             let len = chunk.min(n - accepted);
@@ -846,9 +847,20 @@ impl Handle {
                 release_completions(&part);
                 break;
             }
+            // Statistics: spawned by the worker whose job is running here, or from outside.
+            if !on_worker {
+                worker.count_spawned_outside_n(len as u64);
+            }
             worker.inbox.push(Job::Batch(part.into_boxed_slice()));
             worker.notify();
             accepted += len;
+        }
+        if on_worker {
+            self.on_own_worker(|cx| {
+                cx.stats
+                    .spawned
+                    .set(cx.stats.spawned.get() + accepted as u64)
+            });
         }
         if accepted > 0 {
             Ok(accepted)

@@ -196,7 +196,12 @@ impl WorkerShared {
     /// Counts a task spawned onto this worker from a thread that is not a worker (on the
     /// line the submission just wrote, so it costs no extra cache miss).
     pub(crate) fn count_spawned_outside(&self) {
-        self.submitted.from_outside.fetch_add(1, Relaxed);
+        self.count_spawned_outside_n(1);
+    }
+
+    /// `count_spawned_outside` for `n` tasks at once.
+    pub(crate) fn count_spawned_outside_n(&self, n: u64) {
+        self.submitted.from_outside.fetch_add(n, Relaxed);
     }
 
     /// Tasks spawned onto this worker from non-worker threads.
