@@ -198,13 +198,12 @@ fn spawn_batch(
 }
 
 /// Submits the `n` callbacks `jobs[0..n)` at once, spread over the workers in
-/// contiguous chunks (about one per worker, at least 16 jobs each) dealt out round
-/// robin; each job then behaves as if given to `veloq_spawn` with the same `cq`: it
+/// contiguous chunks (about one per worker, at least 16 jobs each and at most a loop
+/// turn's budget, `veloq_builder_budget`, 64 by default) dealt out round robin; each job then behaves as if given to `veloq_spawn` with the same `cq`: it
 /// runs exactly once, and when `cq` is not NULL exactly one completion `{user_data,
 /// res = fn's return value, worker}` is posted to it. A chunk's jobs run in order on
 /// the worker that received it and are never stolen; no order holds between chunks.
-/// Costs each receiving worker one admission, one queue push and one wake-up check per
-/// call, not per job.
+/// Costs one admission, one queue push and one wake-up check per chunk, not per job.
 ///
 /// Returns how many jobs were accepted, k >= 1: always the prefix `jobs[0..k)`. k == n
 /// unless shutdown started (or memory ran out) during the call; then the jobs from k

@@ -746,13 +746,14 @@ impl Handle {
             })
     }
 
-    /// Queues many callback jobs at once, spread over the workers in contiguous chunks:
+    /// Queues many callback jobs at once, spread over the workers in contiguous chunks
+    /// (about one per worker, at least 16 and at most a loop turn's budget of jobs each):
     /// each chunk costs its worker one admission (one count and one shutdown check), one
     /// push into its pinned inbox and one wake-up check, whatever its length, and its
     /// callbacks run in order on that worker (never stolen). `Placement::Balanced` gives
     /// the chunks to the least loaded workers (loads read once per call);
-    /// `Placement::Any` deals them out round robin; `Placement::Worker(w)` makes one
-    /// chunk for `w`. Callable from any thread, a worker's callbacks and tasks included.
+    /// `Placement::Any` deals them out round robin; `Placement::Worker(w)` gives them all
+    /// to `w`. Callable from any thread, a worker's callbacks and tasks included.
     ///
     /// Returns how many jobs were accepted, always a prefix of `tasks`: all of them,
     /// unless shutdown started (or memory ran out) during the call, in which case the
@@ -795,11 +796,14 @@ impl Handle {
             return Ok(0);
         }
         // Chunks of about an equal share per worker, not smaller than `MIN_CHUNK` so a
-        // small batch stays on few workers.
+        // small batch stays on few workers, and not larger than a loop turn's budget so a
+        // worker never runs more than about one budget of callbacks before it looks at
+        // its other sources again.
         const MIN_CHUNK: usize = 16;
+        let max_chunk = registry.config.budget.max(MIN_CHUNK);
         let chunk = match placement {
-            Placement::Worker(_) => n,
-            _ => n.div_ceil(workers).max(MIN_CHUNK),
+            Placement::Worker(_) => max_chunk,
+            _ => n.div_ceil(workers).clamp(MIN_CHUNK, max_chunk),
         };
         // Balanced: each worker's load as read now, plus what this call gave it.
         let mut loads: Vec<u64> = match placement {
