@@ -172,6 +172,31 @@ static void the_plain_form_deals_a_large_batch_to_every_worker(void) {
     free(seen);
 }
 
+static void the_largest_batch_is_accepted_whole_in_many_chunks(void) {
+    /* VELOQ_SPAWN_BATCH_MAX jobs in one call (scaled down under valgrind). */
+    uint32_t n = (uint32_t)CHECK_SCALED(VELOQ_SPAWN_BATCH_MAX);
+    veloq_runtime *rt = vt_runtime(0);
+    veloq_job *jobs = (veloq_job *)calloc(n, sizeof *jobs);
+    check_tally done;
+    veloq_cq *cq;
+
+    REQUIRE(rt && jobs);
+    cq = vt_cq(rt, 1024);
+    REQUIRE(cq);
+    REQUIRE(check_tally_init(&g_runs, n));
+    REQUIRE(check_tally_init(&done, n));
+    fill(jobs, 0, n);
+    CHECK_EQ(veloq_spawn_balanced_batch(rt, jobs, n, cq), (int)n);
+    CHECK_EQ(vt_reap(cq, n, on_cqe_check_res, &done), n);
+    CHECK_TALLY_EXACT(&g_runs);
+    CHECK_TALLY_EXACT(&done);
+    CHECK_EQ(veloq_cq_free(cq), 0);
+    veloq_runtime_free(rt);
+    check_tally_free(&g_runs);
+    check_tally_free(&done);
+    free(jobs);
+}
+
 /* ---- bad input ---- */
 
 static void bad_input_is_einval_and_accepts_nothing(void) {
@@ -375,6 +400,7 @@ int main(void) {
     RUN_CASE(four_host_threads_submit_batches_every_job_runs_and_completes_once);
     RUN_CASE(a_small_batch_runs_in_order_on_one_worker);
     RUN_CASE(the_plain_form_deals_a_large_batch_to_every_worker);
+    RUN_CASE(the_largest_batch_is_accepted_whole_in_many_chunks);
     RUN_CASE(bad_input_is_einval_and_accepts_nothing);
     RUN_CASE(shutdown_while_batches_arrive_every_job_ran_once_or_was_refused);
     RUN_CASE(a_worker_callback_may_submit_a_batch);
