@@ -847,13 +847,19 @@ impl Handle {
             part.extend((accepted..accepted + len).map(&task));
             reserve_completions(&part);
             let worker = registry.worker(target);
-            if !registry.admit_n(worker, len as u64) {
+            // From a worker's job no handshake is needed (shutdown waits for this worker
+            // to be idle, see `RuntimeContext::submit`); from elsewhere, `admit_n`.
+            let admitted = if on_worker {
+                !registry.closed.load(SeqCst) && {
+                    worker.count_submitted(len as u64);
+                    true
+                }
+            } else {
+                registry.admit_n(worker, len as u64)
+            };
+            if !admitted {
                 release_completions(&part);
                 break;
-            }
-            // Statistics: spawned by the worker whose job is running here, or from outside.
-            if !on_worker {
-                worker.count_spawned_outside_n(len as u64);
             }
             worker.inbox.push(Job::Batch(part.into_boxed_slice()));
             worker.notify();
@@ -913,7 +919,6 @@ impl Handle {
         if !registry.admit(worker) {
             return Err(SpawnErrorKind::Shutdown);
         }
-        worker.count_spawned_outside();
         let job = make();
         if pinned {
             worker.inbox.push(job);

@@ -65,11 +65,15 @@ struct Progress {
 }
 
 /// Counts of jobs handed to a worker from anywhere (one line, written by submitters).
+/// Their sum is the jobs ever put in this worker's injector or inbox (see
+/// `WorkerShared::submitted`); kept apart so that an outside submission makes one RMW
+/// for both the load and shutdown accounting and its statistics.
 #[derive(Default)]
 struct Submitted {
-    /// Jobs ever put in this worker's injector or inbox (see `WorkerShared::submitted`).
+    /// Jobs handed over by workers (their own injector, mesh overflow, steals).
     count: AtomicU64,
-    /// Tasks spawned onto this worker from threads that are not workers (statistics).
+    /// Jobs (tasks and callbacks) handed over by threads that are not workers, through
+    /// `ExecutorRegistry::admit_n` (also the `spawned_outside` statistic).
     from_outside: AtomicU64,
 }
 
@@ -151,15 +155,26 @@ impl WorkerShared {
 
     // --- load accounting -----------------------------------------------------------------
 
-    /// Counts a job about to be handed to this worker. SeqCst pairs with the shutdown
-    /// check: see `ExecutorRegistry::admit`.
+    /// Counts a job a worker is about to hand to this worker.
     pub(crate) fn count_submitted(&self, n: u64) {
         self.submitted.count.fetch_add(n, SeqCst);
     }
 
-    /// Takes back a count whose job was refused before it was queued.
-    pub(crate) fn uncount_submitted(&self, n: u64) {
-        self.submitted.count.fetch_sub(n, SeqCst);
+    /// Counts jobs a thread that is not a worker is about to hand to this worker. SeqCst
+    /// pairs with the shutdown check: see `ExecutorRegistry::admit_n`.
+    fn count_submitted_outside(&self, n: u64) {
+        self.submitted.from_outside.fetch_add(n, SeqCst);
+    }
+
+    /// Takes back an outside count whose jobs were refused before they were queued.
+    fn uncount_submitted_outside(&self, n: u64) {
+        self.submitted.from_outside.fetch_sub(n, SeqCst);
+    }
+
+    /// Jobs ever handed to this worker's injector or inbox, from anywhere.
+    fn submitted(&self, order: std::sync::atomic::Ordering) -> u64 {
+        let by_workers = self.submitted.count.load(order);
+        by_workers.wrapping_add(self.submitted.from_outside.load(order))
     }
 
     /// Counts jobs of this worker that ran (or were stolen away).
@@ -184,7 +199,7 @@ impl WorkerShared {
     /// before it.
     pub fn load(&self) -> u64 {
         let taken = self.progress.taken.load(Acquire);
-        let submitted = self.submitted.count.load(Acquire);
+        let submitted = self.submitted(Acquire);
         submitted.saturating_sub(taken) + self.progress.local_queued.load(Relaxed)
     }
 
@@ -193,18 +208,8 @@ impl WorkerShared {
         self.progress.local_queued.load(Relaxed)
     }
 
-    /// Counts a task spawned onto this worker from a thread that is not a worker (on the
-    /// line the submission just wrote, so it costs no extra cache miss).
-    pub(crate) fn count_spawned_outside(&self) {
-        self.count_spawned_outside_n(1);
-    }
-
-    /// `count_spawned_outside` for `n` tasks at once.
-    pub(crate) fn count_spawned_outside_n(&self, n: u64) {
-        self.submitted.from_outside.fetch_add(n, Relaxed);
-    }
-
-    /// Tasks spawned onto this worker from non-worker threads.
+    /// Tasks spawned onto this worker from non-worker threads (counted by `admit_n`; a
+    /// refused one is counted only while its refusal is under way).
     pub(crate) fn spawned_outside(&self) -> u64 {
         self.submitted.from_outside.load(Relaxed)
     }
@@ -229,7 +234,7 @@ impl WorkerShared {
     /// Whether every injector and inbox job handed to this worker has run.
     pub(crate) fn all_jobs_taken(&self) -> bool {
         let taken = self.progress.taken.load(SeqCst);
-        self.submitted.count.load(SeqCst) == taken
+        self.submitted(SeqCst) == taken
     }
 
     /// Whether the injector and the inbox are empty and nothing is on its way into them.
@@ -439,11 +444,12 @@ impl ExecutorRegistry {
         self.admit_n(target, 1)
     }
 
-    /// `admit` for `n` jobs handed over together (one count, one check).
+    /// `admit` for `n` jobs handed over together (one count, one check). For threads
+    /// that are not workers: the count is also their `spawned_outside` statistic.
     pub(crate) fn admit_n(&self, target: &WorkerShared, n: u64) -> bool {
-        target.count_submitted(n);
+        target.count_submitted_outside(n);
         if self.closed.load(SeqCst) {
-            target.uncount_submitted(n);
+            target.uncount_submitted_outside(n);
             // Shutdown may have waited on this count: let the target look again.
             target.notify();
             false
