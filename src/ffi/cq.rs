@@ -129,7 +129,9 @@ pub extern "C" fn veloq_cq_wait(
 
 /// A file descriptor that polls readable (EPOLLIN) exactly while entries wait; add it
 /// to your own epoll/poll loop and call `veloq_cq_poll` when it fires. Owned by the
-/// queue (do not close or read it). -EINVAL for NULL.
+/// queue (do not close or read it). -EINVAL for NULL. Readiness is kept from the first
+/// call on (entries already waiting make it readable at once): a queue whose fd was never
+/// asked for costs its posts and polls no eventfd system call.
 #[no_mangle]
 pub extern "C" fn veloq_cq_fd(cq: *const veloq_cq) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {

@@ -43,6 +43,11 @@
 //!   queue again and raises the flag itself if a post slipped in. A read that finds the count
 //!   at 0 means the flipper's write is still in flight, so the flag stays set.
 //!
+//! Readiness is kept only once somebody holds the descriptor: until the first
+//! [`CompletionQueue::fd`] call (transition UNWATCHED → WATCHED, `watch`) posts leave the
+//! flag and the eventfd alone, so a host that reaps with `poll` and `wait` pays no eventfd
+//! system call at all.
+//!
 //! **Blocking wait.** [`CompletionQueue::wait`] sleeps on a futex word (`wake`) after
 //! registering in `waiters`; a post makes the wake syscall only when `waiters != 0`. The
 //! waiter takes entries as they come, so it never spins while fewer than `min` are there.
@@ -101,6 +106,9 @@ struct Flags {
     signaled: AtomicBool,
     /// Threads registered in `wait` that may be asleep on the futex.
     waiters: AtomicU32,
+    /// The descriptor was handed out (`fd` was called): posts keep it readable while
+    /// entries wait. Set once, never cleared.
+    watched: AtomicBool,
 }
 
 /// The layout of `CompletionQueue::settled`: reservations given back (by a post or a
@@ -197,6 +205,7 @@ impl CompletionQueue {
             flags: CachePadded::new(Flags {
                 overflow_len: AtomicUsize::new(0),
                 signaled: AtomicBool::new(false),
+                watched: AtomicBool::new(false),
                 waiters: AtomicU32::new(0),
             }),
             mask: size - 1,
@@ -218,8 +227,9 @@ impl CompletionQueue {
     /// capacity the entry waits in the overflow list (which allocates). Entries posted by one
     /// thread are delivered in the order it posted them.
     ///
-    /// Makes a system call only when the queue was empty (to make the eventfd readable) or a
-    /// thread is registered in [`wait`](Self::wait) (to wake it). Callable from any thread.
+    /// Makes a system call only when the queue was empty and its [`fd`](Self::fd) has been
+    /// handed out (to make the eventfd readable), or a thread is registered in
+    /// [`wait`](Self::wait) (to wake it). Callable from any thread.
     pub fn post(&self, cqe: Cqe) {
         // This thread's earlier completions still gathered in its worker's batch go first.
         flush_own_batch();
@@ -346,12 +356,35 @@ impl CompletionQueue {
     /// (`POLLIN`/`EPOLLIN`, level-triggered) while entries wait, not readable once a
     /// [`poll`](Self::poll) or [`wait`](Self::wait) has drained the queue.
     ///
+    /// Readiness is kept from the first call of this function on (entries already waiting
+    /// make it readable at once); until then posts leave the descriptor alone, so a queue
+    /// reaped only with `poll` and `wait` makes no eventfd system call.
+    ///
     /// A post racing with a drain can leave it readable with nothing waiting; the next poll
     /// that finds the queue empty makes it unreadable, so a host loop never spins on it. Do
     /// not read or write it yourself. The queue owns it and closes it when dropped. Callable
     /// from any thread. (Under `--cfg loom` there is no real descriptor and this returns -1.)
     pub fn fd(&self) -> RawFd {
+        if !self.flags.watched.load(Relaxed) {
+            self.watch();
+        }
         self.eventfd.raw()
+    }
+
+    /// Transition UNWATCHED → WATCHED, on the first `fd` call.
+    ///
+    /// From here on every post keeps the eventfd readable while entries wait; the entries
+    /// already waiting are covered by our own look. The fence pairs with the one in
+    /// `announce` (store-buffering pattern): a post whose load of `watched` came before our
+    /// store pushed before its fence, so either our look after our fence sees its entry and
+    /// we raise the flag, or its load sees `watched` and it raises the flag itself.
+    #[cold]
+    fn watch(&self) {
+        self.flags.watched.swap(true, SeqCst);
+        fence(SeqCst);
+        if !self.looks_empty() {
+            self.raise_signal();
+        }
     }
 
     /// Records that a completion is owed to this queue (a submission naming it was accepted).
@@ -687,7 +720,7 @@ impl CompletionQueue {
     #[inline]
     fn announce(&self) {
         fence(SeqCst);
-        if !self.flags.signaled.load(Relaxed) {
+        if self.flags.watched.load(Relaxed) && !self.flags.signaled.load(Relaxed) {
             self.raise_signal();
         }
         if self.flags.waiters.load(Relaxed) != 0 {
@@ -753,7 +786,7 @@ impl fmt::Debug for CompletionQueue {
             .field("capacity", &self.capacity())
             .field("len", &self.len())
             .field("owed", &self.owed())
-            .field("fd", &self.fd())
+            .field("fd", &self.eventfd.raw())
             .finish()
     }
 }
@@ -1033,6 +1066,7 @@ mod tests {
     #[test]
     fn posting_to_a_non_empty_queue_makes_no_syscall() {
         let q = CompletionQueue::new(16_384).unwrap();
+        q.fd();
         q.post(cqe(0, 0));
         assert_eq!(
             q.syscalls().eventfd_writes,
@@ -1044,6 +1078,7 @@ mod tests {
             q.post(cqe(0, i));
         }
         let small = CompletionQueue::new(8).unwrap();
+        small.fd();
         for i in 0..10_000 {
             small.post(cqe(0, i));
         }
@@ -1058,6 +1093,7 @@ mod tests {
     #[test]
     fn many_posters_into_a_non_empty_queue_make_at_most_a_few_syscalls() {
         let q = Arc::new(CompletionQueue::new(64).unwrap());
+        q.fd();
         q.post(cqe(9, 0));
         let posters: Vec<_> = (0..4)
             .map(|p| {
@@ -1084,6 +1120,7 @@ mod tests {
     #[test]
     fn each_drain_and_refill_costs_one_read_and_one_write() {
         let q = CompletionQueue::new(8).unwrap();
+        q.fd();
         let mut buf = [Cqe::default(); 8];
         for round in 1..=10 {
             q.post(cqe(0, 0));
@@ -1097,6 +1134,7 @@ mod tests {
     #[test]
     fn a_posted_run_signals_once_and_wakes_its_waiter_once() {
         let q = Arc::new(CompletionQueue::new(8).unwrap());
+        q.fd();
         q.reserve_many(40);
         let waiter = {
             let q = q.clone();
@@ -1120,6 +1158,29 @@ mod tests {
             (1, 1),
             "{calls:?}"
         );
+    }
+
+    #[test]
+    fn a_queue_whose_fd_was_never_asked_for_makes_no_eventfd_syscall() {
+        let q = CompletionQueue::new(8).unwrap();
+        let mut buf = [Cqe::default(); 8];
+        for round in 0..100 {
+            q.post(cqe(0, 2 * round));
+            q.post(cqe(0, 2 * round + 1));
+            assert_eq!(q.poll(&mut buf), 2);
+        }
+        let calls = q.syscalls();
+        assert_eq!(
+            (calls.eventfd_writes, calls.eventfd_reads),
+            (0, 0),
+            "{calls:?}"
+        );
+        // Asked for now, with entries waiting: readable at once, then kept as usual.
+        q.post(cqe(1, 0));
+        q.fd();
+        assert_eq!(q.syscalls().eventfd_writes, 1);
+        assert_eq!(q.poll(&mut buf), 1);
+        assert_eq!(q.syscalls().eventfd_reads, 1);
     }
 
     #[test]
@@ -1195,6 +1256,13 @@ mod loom_tests {
         }
     }
 
+    /// A queue whose descriptor a host holds, as in every model that checks readiness.
+    fn watched(capacity: u32) -> Arc<CompletionQueue> {
+        let q = Arc::new(CompletionQueue::new(capacity).unwrap());
+        q.fd();
+        q
+    }
+
     fn cqe(producer: u32, seq: u64) -> Cqe {
         Cqe {
             user_data: seq,
@@ -1265,7 +1333,7 @@ mod loom_tests {
     #[test]
     fn two_producers_one_consumer_lose_nothing_and_keep_order() {
         model(2, || {
-            let q = Arc::new(CompletionQueue::new(1).unwrap());
+            let q = watched(1);
             let gate = Gate::new();
             let producers = [poster(&gate, &q, 0, 2), poster(&gate, &q, 1, 2)];
             gate.pass();
@@ -1286,7 +1354,7 @@ mod loom_tests {
     #[test]
     fn overflow_never_overtakes_an_older_ring_entry() {
         model(3, || {
-            let q = Arc::new(CompletionQueue::new(2).unwrap());
+            let q = watched(2);
             let gate = Gate::new();
             let producers = [poster(&gate, &q, 0, 2), poster(&gate, &q, 1, 1)];
             gate.pass();
@@ -1305,7 +1373,7 @@ mod loom_tests {
     #[test]
     fn a_batched_run_crossing_into_the_overflow_keeps_order() {
         model(2, || {
-            let q = Arc::new(CompletionQueue::new(2).unwrap());
+            let q = watched(2);
             q.reserve_many(3);
             let gate = Gate::new();
             let batcher = {
@@ -1331,7 +1399,7 @@ mod loom_tests {
     #[test]
     fn wait_is_woken_by_a_batched_run() {
         model(3, || {
-            let q = Arc::new(CompletionQueue::new(4).unwrap());
+            let q = watched(4);
             q.reserve_many(2);
             let gate = Gate::new();
             let batcher = {
@@ -1347,11 +1415,37 @@ mod loom_tests {
         });
     }
 
+    /// The first `fd` call races with posts (and a consumer): once both are done, the
+    /// descriptor is readable exactly when entries wait.
+    #[test]
+    fn the_first_fd_call_never_misses_a_racing_post() {
+        model(3, || {
+            let q = Arc::new(CompletionQueue::new(4).unwrap());
+            let gate = Gate::new();
+            let producer = poster(&gate, &q, 0, 2);
+            let host = {
+                let q = q.clone();
+                gate.spawn(move || {
+                    q.fd();
+                })
+            };
+            gate.pass();
+            let mut got = Vec::new();
+            poll_once(&q, 1, &mut got);
+            producer.join().unwrap();
+            host.join().unwrap();
+            assert_readiness_matches(&q);
+            drain(&q, &mut got);
+            assert_complete_and_in_order(&got, &[2]);
+            assert_readiness_matches(&q);
+        });
+    }
+
     /// Two consumers race to drain (and to clear the flag) while a producer posts.
     #[test]
     fn signaled_flag_never_left_clear_with_entries_waiting() {
         model(3, || {
-            let q = Arc::new(CompletionQueue::new(4).unwrap());
+            let q = watched(4);
             let gate = Gate::new();
             let producer = poster(&gate, &q, 0, 2);
             let other = {
@@ -1379,7 +1473,7 @@ mod loom_tests {
     #[test]
     fn wait_is_always_woken_by_a_post() {
         model(3, || {
-            let q = Arc::new(CompletionQueue::new(2).unwrap());
+            let q = watched(2);
             let gate = Gate::new();
             let producer = poster(&gate, &q, 0, 2);
             gate.pass();
@@ -1397,7 +1491,7 @@ mod loom_tests {
     #[test]
     fn quiesce_waits_for_a_post_under_way() {
         model(3, || {
-            let q = Arc::new(CompletionQueue::new(2).unwrap());
+            let q = watched(2);
             q.reserve();
             let gate = Gate::new();
             let poster = {
@@ -1423,7 +1517,7 @@ mod loom_tests {
     #[test]
     fn a_received_entry_owes_nothing() {
         model(2, || {
-            let q = Arc::new(CompletionQueue::new(2).unwrap());
+            let q = watched(2);
             let gate = Gate::new();
             let submitter = {
                 let q = q.clone();
