@@ -182,10 +182,16 @@ fn spawn_batch(
         if jobs.iter().any(|j| j.r#fn.is_none()) {
             return -libc::EINVAL;
         }
+        // SAFETY: a non-null cq is live (the caller's promise).
+        let cq = unsafe { cq.as_ref() }.map_or(ptr::null(), |cq| &cq.inner as *const _);
         let task = |i: usize| {
             let job = &jobs[i];
-            let func = job.r#fn.expect("checked above");
-            raw_task(func, job.arg, cq, job.user_data)
+            RawTask {
+                func: raw_fn(job.r#fn.expect("checked above")),
+                arg: job.arg,
+                cq,
+                user_data: job.user_data,
+            }
         };
         // SAFETY: the C contract, for every element: `arg` stays valid until its callback
         // ran, `cq` until its completion was delivered (veloq_cq_free refuses meanwhile).

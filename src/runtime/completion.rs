@@ -274,6 +274,9 @@ impl CompletionQueue {
     /// When this call leaves the queue empty it makes the eventfd unreadable again (one
     /// `read(2)`); polling an already empty queue makes no system call. Callable from any
     /// thread, concurrently with other consumers: each entry goes to exactly one of them.
+    /// On a worker thread, a poll that finds nothing first posts the completions that
+    /// worker has gathered (a worker posts its callbacks' completions in runs, at the
+    /// latest when its loop turn ends), and so does a `wait` before it sleeps.
     pub fn poll(&self, out: &mut [Cqe]) -> usize {
         let mut n = self.ring_take(out);
         if n == 0 && flush_own_batch() {
