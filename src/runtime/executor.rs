@@ -134,6 +134,18 @@ impl RuntimeContext {
             driver.flush();
             driver.reap(&mut deliveries)
         };
+        self.deliver(&mut deliveries);
+        self.io_deliveries.replace(deliveries);
+        if handled > 0 {
+            self.publish_io_stats();
+        }
+        handled
+    }
+
+    /// Carries out the deliveries of one reap (the driver no longer borrowed: a
+    /// callback may submit more I/O), leaving `deliveries` empty.
+    #[inline(never)]
+    fn deliver(&self, deliveries: &mut Vec<Delivery>) {
         for delivery in deliveries.drain(..) {
             match delivery {
                 Delivery::Wake(waker) => waker.wake(),
@@ -152,11 +164,6 @@ impl RuntimeContext {
                 }
             }
         }
-        self.io_deliveries.replace(deliveries);
-        if handled > 0 {
-            self.publish_io_stats();
-        }
-        handled
     }
 
     /// Copies the driver's counters where `Runtime::stats` reads them: after completions
