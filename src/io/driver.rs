@@ -585,7 +585,7 @@ impl Driver {
             &mut Target::Callback { cb, arg } => {
                 // The slot is freed first: pushing may reallocate `out`, after which the
                 // compiler would read the slot again.
-                self.table.remove(id);
+                self.table.remove_plain(id);
                 out.push(Delivery::Call {
                     cb,
                     arg,

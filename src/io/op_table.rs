@@ -261,7 +261,10 @@ impl OpTable {
     /// counted as stale and yields None.
     #[inline]
     pub(crate) fn in_flight_mut(&mut self, user_data: u64) -> Option<(OpId, &mut Slot)> {
-        if let Some(id) = OpId::from_raw(user_data) {
+        // No `OpId::from_raw`: an id of generation 0 names no live slot anyway (a live
+        // slot's generation is never 0), so only the internal bit needs a test.
+        if user_data & INTERNAL_BIT == 0 {
+            let id = OpId(user_data);
             // Two-step so the borrow of the slot ends on the stale path.
             let live = self
                 .slot(id.index())
@@ -289,6 +292,25 @@ impl OpTable {
         if !slot.results.is_empty() || slot.keep.is_some() {
             slot.release_kept();
         }
+        slot.next_free = head;
+        self.free_head = id.index() as u32;
+        self.live -= 1;
+    }
+
+    /// [`remove`](Self::remove) for an operation whose slot holds neither results nor
+    /// kept memory: those belong to futures only (a callback's or a queue's operation
+    /// never has any), so there is nothing to drop but the id.
+    #[inline(always)]
+    pub(crate) fn remove_plain(&mut self, id: OpId) {
+        let head = self.free_head;
+        let Some(slot) = self.get_mut(id) else {
+            debug_assert!(false, "removing a free slot");
+            return;
+        };
+        debug_assert!(slot.results.is_empty() && slot.keep.is_none());
+        debug_assert!(!matches!(slot.target, Target::Future(_)));
+        slot.phase = Phase::Free;
+        slot.target = Target::Orphan;
         slot.next_free = head;
         self.free_head = id.index() as u32;
         self.live -= 1;

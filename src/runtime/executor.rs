@@ -146,6 +146,8 @@ impl RuntimeContext {
     /// callback may submit more I/O), leaving `deliveries` empty.
     #[inline(never)]
     fn deliver(&self, deliveries: &mut Vec<Delivery>) {
+        // `bump_progress` with the worker's watch looked up once for the batch.
+        let watch = &self.me().watch.progress;
         for delivery in deliveries.drain(..) {
             match delivery {
                 Delivery::Wake(waker) => waker.wake(),
@@ -155,7 +157,9 @@ impl RuntimeContext {
                     res,
                     flags,
                 } => {
-                    self.bump_progress();
+                    let p = self.stats.progress.get().wrapping_add(1);
+                    self.stats.progress.set(p);
+                    watch.store(p, Relaxed);
                     let ctx = self as *const RuntimeContext as *mut RuntimeContext;
                     // SAFETY: the C I/O contract: `cb` may be called with `arg` on this
                     // worker, once per completion of the operation it was given with.
