@@ -699,6 +699,7 @@ impl Driver {
 
     /// The next result of `id` for its future, if one arrived. Frees the operation
     /// with its final result.
+    #[inline]
     pub(crate) fn take_result(&mut self, id: OpId) -> Option<OpResult> {
         let slot = self.table.get_mut(id)?;
         let result = slot.results.pop_front()?;
@@ -709,11 +710,13 @@ impl Driver {
     }
 
     /// Whether `id` has delivered its final result (and was freed).
+    #[inline]
     pub(crate) fn is_finished(&mut self, id: OpId) -> bool {
         self.table.get_mut(id).is_none()
     }
 
     /// Leaves `waker` to be woken by `id`'s next completion.
+    #[inline]
     pub(crate) fn set_waker(&mut self, id: OpId, waker: &Waker) {
         if let Some(slot) = self.table.get_mut(id) {
             if let Target::Future(w) = &mut slot.target {
