@@ -89,7 +89,14 @@ impl RuntimeContext {
             ran += self.run_inbox(budget);
             ran += self.run_injector(budget);
             self.end_turn();
-            if ran > 0 || self.steal(budget) {
+            // After a turn that ran something, loop again only when something is left to
+            // run: a turn that would find nothing (typically: a task submitted I/O and
+            // waits for it) costs more than asking, and its only act, trying to steal,
+            // follows here anyway. Shutdown keeps the plain loop.
+            if ran > 0 && (self.registry.closed.load(Relaxed) || self.has_work()) {
+                continue;
+            }
+            if self.steal(budget) {
                 continue;
             }
             if self.registry.closed.load(SeqCst) {
