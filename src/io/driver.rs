@@ -27,6 +27,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
 use std::task::Waker;
 
@@ -278,20 +279,18 @@ impl Driver {
     /// Accepts an operation for `target`. `entry`'s pointers must stay valid until the
     /// operation's final completion (the caller keeps the memory in the target's owner
     /// or in the slot's `keep`). Fails with -ESHUTDOWN once shutdown cancelled I/O.
+    #[inline(always)]
     pub(crate) fn submit(
         &mut self,
         entry: Entry,
         target: Target,
         multishot: bool,
     ) -> Result<OpId, i32> {
-        if self.closed {
-            return Err(-libc::ESHUTDOWN);
-        }
-        // The common case: nothing waits in the backlog and there is room in the
-        // submission queue and the completion budget. The slot goes straight to
-        // InFlight and the entry straight into the ring: one table access, no copy of
-        // the entry through the backlog's `Pending`.
-        if self.backlog.is_empty() && self.in_flight < self.max_in_flight {
+        // The common case: not shut down, nothing waits in the backlog and there is
+        // room in the submission queue and the completion budget. The slot goes
+        // straight to InFlight and the entry straight into the ring: one table access,
+        // no copy of the entry through the backlog's `Pending`.
+        if !self.closed && self.backlog.is_empty() && self.in_flight < self.max_in_flight {
             let mut sq = self.ring.submission();
             if !sq.is_full() {
                 let id = self.table.insert(target, multishot, Phase::InFlight);
@@ -306,12 +305,25 @@ impl Driver {
                 return Ok(id);
             }
         }
+        self.submit_queued(entry, target, multishot)
+    }
+
+    /// [`submit`](Self::submit) off its fast path: shut down, or the operation goes
+    /// through [`enqueue`](Self::enqueue) (backlog, or a full queue or budget).
+    #[inline(never)]
+    fn submit_queued(
+        &mut self,
+        entry: Entry,
+        target: Target,
+        multishot: bool,
+    ) -> Result<OpId, i32> {
         let id = self.accept(target, multishot)?;
         self.enqueue(Pending::One(id, entry.user_data(id.raw())));
         Ok(id)
     }
 
     /// Submits a [`RawOp`] (checked first) for `target`.
+    #[inline(always)]
     pub(crate) fn submit_raw(&mut self, op: &RawOp, target: Target) -> Result<OpId, i32> {
         validate(op)?;
         match *op {
@@ -532,37 +544,91 @@ impl Driver {
             self.complete(user_data, res, flags, out);
             handled += 1;
         }
-        let mut batch = [(0u64, 0i32, 0u32); 64];
+        // Completions are copied out of the ring a batch at a time (one head update per
+        // batch), then handled once the ring is no longer borrowed.
+        let mut batch = [const { MaybeUninit::<cqueue::Entry>::uninit() }; 64];
         while handled < REAP_BATCH {
-            let mut n = 0;
-            for cqe in self.ring.completion().take(batch.len()) {
-                batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
-                n += 1;
-            }
-            if n == 0 {
+            let cqes = self.ring.completion().fill(&mut batch);
+            if cqes.is_empty() {
                 break;
             }
-            for &(user_data, res, flags) in &batch[..n] {
-                self.complete(user_data, res, flags, out);
+            handled += cqes.len();
+            for cqe in &*cqes {
+                self.complete(cqe.user_data(), cqe.result(), cqe.flags(), out);
             }
-            handled += n;
         }
         if handled > 0 {
             self.flags_stale = false;
-            self.drain_backlog();
+            if !self.backlog.is_empty() {
+                self.drain_backlog();
+            }
         }
         handled
     }
 
+    /// One completion: the common cases (a C callback's or a future's operation ending)
+    /// here, the rest in [`complete_other`](Self::complete_other).
+    #[inline(always)]
     fn complete(&mut self, user_data: u64, res: i32, flags: u32, out: &mut Vec<Delivery>) {
+        if user_data & INTERNAL_BIT != 0 {
+            self.complete_internal(user_data);
+            return;
+        }
+        let Some((id, slot)) = self.table.in_flight_mut(user_data) else {
+            return;
+        };
+        if slot.multishot && cqueue::more(flags) {
+            self.complete_other(user_data, res, flags, out);
+            return;
+        }
+        match &mut slot.target {
+            &mut Target::Callback { cb, arg } => {
+                // The slot is freed first: pushing may reallocate `out`, after which the
+                // compiler would read the slot again.
+                self.table.remove_plain(id);
+                out.push(Delivery::Call {
+                    cb,
+                    arg,
+                    res: res as i64,
+                    flags: 0,
+                });
+            }
+            Target::Future(waker) => {
+                slot.results.push_back(OpResult { res, flags });
+                slot.phase = Phase::Done;
+                // A future collects its result (and frees the slot) when polled.
+                if let Some(w) = waker.take() {
+                    out.push(Delivery::Wake(w));
+                }
+            }
+            _ => {
+                self.complete_other(user_data, res, flags, out);
+                return;
+            }
+        }
+        self.in_flight -= 1;
+        self.stats.completed += 1;
+    }
+
+    /// A completion of the driver's own: the wake read, a cancellation or a linked
+    /// timeout; anything else with the internal bit is stale.
+    #[cold]
+    #[inline(never)]
+    fn complete_internal(&mut self, user_data: u64) {
         if user_data == WAKE_TOKEN {
             self.wake_armed = false;
-            return;
-        }
-        if user_data == INTERNAL_TOKEN {
+        } else if user_data == INTERNAL_TOKEN {
             self.in_flight -= 1;
-            return;
+        } else {
+            // Counted as stale.
+            let _ = self.table.in_flight_mut(user_data);
         }
+    }
+
+    /// The completions [`complete`](Self::complete) leaves: multishot entries with more
+    /// to come, completion queues and orphans.
+    #[inline(never)]
+    fn complete_other(&mut self, user_data: u64, res: i32, flags: u32, out: &mut Vec<Delivery>) {
         let more = cqueue::more(flags);
         let Some((id, slot)) = self.table.in_flight_mut(user_data) else {
             return;
@@ -633,6 +699,7 @@ impl Driver {
 
     /// The next result of `id` for its future, if one arrived. Frees the operation
     /// with its final result.
+    #[inline]
     pub(crate) fn take_result(&mut self, id: OpId) -> Option<OpResult> {
         let slot = self.table.get_mut(id)?;
         let result = slot.results.pop_front()?;
@@ -643,11 +710,13 @@ impl Driver {
     }
 
     /// Whether `id` has delivered its final result (and was freed).
+    #[inline]
     pub(crate) fn is_finished(&mut self, id: OpId) -> bool {
         self.table.get_mut(id).is_none()
     }
 
     /// Leaves `waker` to be woken by `id`'s next completion.
+    #[inline]
     pub(crate) fn set_waker(&mut self, id: OpId, waker: &Waker) {
         if let Some(slot) = self.table.get_mut(id) {
             if let Target::Future(w) = &mut slot.target {

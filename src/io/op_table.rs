@@ -18,8 +18,10 @@ use io_uring::types::Timespec;
 use crate::runtime::completion::CompletionQueue;
 use crate::runtime::RuntimeContext;
 
-/// Slots per chunk.
+/// Slots per chunk (a power of two: an index splits into chunk and place by shift and
+/// mask).
 const CHUNK: usize = 64;
+const CHUNK_SHIFT: u32 = CHUNK.trailing_zeros();
 /// Ids with this bit set are the driver's own (wake read, cancellations); never a slot.
 pub(crate) const INTERNAL_BIT: u64 = 1 << 63;
 const GENERATION_MASK: u32 = (1 << 31) - 1;
@@ -137,6 +139,14 @@ impl Slot {
 }
 
 impl Slot {
+    /// Drops uncollected results and kept memory of a slot being freed.
+    #[cold]
+    #[inline(never)]
+    fn release_kept(&mut self) {
+        self.drop_results();
+        self.keep = None;
+    }
+
     /// Forgets uncollected results; a descriptor among them is closed.
     pub(crate) fn drop_results(&mut self) {
         for r in self.results.drain(..) {
@@ -157,7 +167,8 @@ const NO_FREE: u32 = u32::MAX;
 
 /// The table. Owned by one driver, used only on its worker thread.
 pub(crate) struct OpTable {
-    chunks: Vec<Box<[Slot]>>,
+    /// Fixed-size chunks: a place within one needs no bounds check.
+    chunks: Vec<Box<[Slot; CHUNK]>>,
     free_head: u32,
     live: usize,
     /// Completions that named no live operation.
@@ -183,8 +194,12 @@ impl OpTable {
             self.grow();
         }
         let index = self.free_head;
+        // The free list only ever names slots of existing chunks.
         let i = index as usize;
-        let slot = &mut self.chunks[i / CHUNK][i % CHUNK];
+        let Some(chunk) = self.chunks.get_mut(i >> CHUNK_SHIFT) else {
+            unreachable!("free list names a slot past the table");
+        };
+        let slot = &mut chunk[i & (CHUNK - 1)];
         self.free_head = slot.next_free;
         // 1..=GENERATION_MASK, never 0, without a division.
         slot.generation = if slot.generation >= GENERATION_MASK {
@@ -207,6 +222,8 @@ impl OpTable {
         id
     }
 
+    #[cold]
+    #[inline(never)]
     fn grow(&mut self) {
         let base = (self.chunks.len() * CHUNK) as u32;
         let chunk: Box<[Slot]> = (0..CHUNK as u32)
@@ -219,15 +236,24 @@ impl OpTable {
                 Slot::empty(next)
             })
             .collect();
+        let Ok(chunk) = chunk.try_into() else {
+            unreachable!("a chunk has CHUNK slots");
+        };
         self.chunks.push(chunk);
         self.free_head = base;
+    }
+
+    /// The slot at `index`, whatever its state; None past the table.
+    #[inline(always)]
+    fn slot(&mut self, index: usize) -> Option<&mut Slot> {
+        let chunk = self.chunks.get_mut(index >> CHUNK_SHIFT)?;
+        Some(&mut chunk[index & (CHUNK - 1)])
     }
 
     /// The slot `id` names, if it is still that operation's.
     #[inline]
     pub(crate) fn get_mut(&mut self, id: OpId) -> Option<&mut Slot> {
-        let index = id.index();
-        let slot = self.chunks.get_mut(index / CHUNK)?.get_mut(index % CHUNK)?;
+        let slot = self.slot(id.index())?;
         (slot.generation == id.generation() && slot.phase != Phase::Free).then_some(slot)
     }
 
@@ -235,21 +261,26 @@ impl OpTable {
     /// counted as stale and yields None.
     #[inline]
     pub(crate) fn in_flight_mut(&mut self, user_data: u64) -> Option<(OpId, &mut Slot)> {
-        let found = OpId::from_raw(user_data).and_then(|id| {
-            let index = id.index();
-            let slot = self.chunks.get_mut(index / CHUNK)?.get_mut(index % CHUNK)?;
-            (slot.generation == id.generation() && slot.phase == Phase::InFlight)
-                .then_some((id, slot))
-        });
-        if found.is_none() {
-            self.stale += 1;
+        // No `OpId::from_raw`: an id of generation 0 names no live slot anyway (a live
+        // slot's generation is never 0), so only the internal bit needs a test.
+        if user_data & INTERNAL_BIT == 0 {
+            let id = OpId(user_data);
+            // Two-step so the borrow of the slot ends on the stale path.
+            let live = self
+                .slot(id.index())
+                .is_some_and(|s| s.generation == id.generation() && s.phase == Phase::InFlight);
+            if live {
+                let slot = self.slot(id.index())?;
+                return Some((id, slot));
+            }
         }
-        found
+        self.stale += 1;
+        None
     }
 
     /// Frees `id`'s slot, dropping whatever it kept (and closing descriptors among
     /// uncollected results, see [`Slot::result_is_fd`]); the id goes stale.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn remove(&mut self, id: OpId) {
         let head = self.free_head;
         let Some(slot) = self.get_mut(id) else {
@@ -258,12 +289,28 @@ impl OpTable {
         };
         slot.phase = Phase::Free;
         slot.target = Target::Orphan;
-        if !slot.results.is_empty() {
-            slot.drop_results();
+        if !slot.results.is_empty() || slot.keep.is_some() {
+            slot.release_kept();
         }
-        if slot.keep.is_some() {
-            slot.keep = None;
-        }
+        slot.next_free = head;
+        self.free_head = id.index() as u32;
+        self.live -= 1;
+    }
+
+    /// [`remove`](Self::remove) for an operation whose slot holds neither results nor
+    /// kept memory: those belong to futures only (a callback's or a queue's operation
+    /// never has any), so there is nothing to drop but the id.
+    #[inline(always)]
+    pub(crate) fn remove_plain(&mut self, id: OpId) {
+        let head = self.free_head;
+        let Some(slot) = self.get_mut(id) else {
+            debug_assert!(false, "removing a free slot");
+            return;
+        };
+        debug_assert!(slot.results.is_empty() && slot.keep.is_none());
+        debug_assert!(!matches!(slot.target, Target::Future(_)));
+        slot.phase = Phase::Free;
+        slot.target = Target::Orphan;
         slot.next_free = head;
         self.free_head = id.index() as u32;
         self.live -= 1;

@@ -236,6 +236,7 @@ pub enum RawOp {
 }
 
 /// What an operation cannot be, checked before it is accepted (a negative errno).
+#[inline]
 pub(crate) fn validate(op: &RawOp) -> Result<(), i32> {
     let bad = match *op {
         RawOp::Read { fd, buf, len, .. } | RawOp::Recv { fd, buf, len, .. } => {
@@ -278,12 +279,14 @@ pub(crate) fn validate(op: &RawOp) -> Result<(), i32> {
 
 impl RawOp {
     /// Whether the operation completes more than once.
+    #[inline]
     pub(crate) fn is_multishot(&self) -> bool {
         matches!(self, RawOp::RecvMulti { .. } | RawOp::AcceptMulti { .. })
     }
 
     /// The submission entry (without `user_data`). `Timeout` needs a stable `timespec`
     /// from the driver and is built there ([`crate::io::driver::Driver::submit_raw`]).
+    #[inline]
     pub(crate) fn entry(&self) -> Entry {
         use types::Fd;
         match *self {

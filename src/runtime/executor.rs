@@ -89,7 +89,14 @@ impl RuntimeContext {
             ran += self.run_inbox(budget);
             ran += self.run_injector(budget);
             self.end_turn();
-            if ran > 0 || self.steal(budget) {
+            // After a turn that ran something, loop again only when something is left to
+            // run: a turn that would find nothing (typically: a task submitted I/O and
+            // waits for it) costs more than asking, and its only act, trying to steal,
+            // follows here anyway. Shutdown keeps the plain loop.
+            if ran > 0 && (self.registry.closed.load(Relaxed) || self.has_work()) {
+                continue;
+            }
+            if self.steal(budget) {
                 continue;
             }
             if self.registry.closed.load(SeqCst) {
@@ -135,6 +142,20 @@ impl RuntimeContext {
             driver.flush();
             driver.reap(&mut deliveries)
         };
+        self.deliver(&mut deliveries);
+        self.io_deliveries.replace(deliveries);
+        if handled > 0 {
+            self.publish_io_stats();
+        }
+        handled
+    }
+
+    /// Carries out the deliveries of one reap (the driver no longer borrowed: a
+    /// callback may submit more I/O), leaving `deliveries` empty.
+    #[inline(never)]
+    fn deliver(&self, deliveries: &mut Vec<Delivery>) {
+        // `bump_progress` with the worker's watch looked up once for the batch.
+        let watch = &self.me().watch.progress;
         for delivery in deliveries.drain(..) {
             match delivery {
                 Delivery::Wake(waker) => waker.wake(),
@@ -144,7 +165,9 @@ impl RuntimeContext {
                     res,
                     flags,
                 } => {
-                    self.bump_progress();
+                    let p = self.stats.progress.get().wrapping_add(1);
+                    self.stats.progress.set(p);
+                    watch.store(p, Relaxed);
                     let ctx = self as *const RuntimeContext as *mut RuntimeContext;
                     // SAFETY: the C I/O contract: `cb` may be called with `arg` on this
                     // worker, once per completion of the operation it was given with.
@@ -153,11 +176,6 @@ impl RuntimeContext {
                 }
             }
         }
-        self.io_deliveries.replace(deliveries);
-        if handled > 0 {
-            self.publish_io_stats();
-        }
-        handled
     }
 
     /// Copies the driver's counters where `Runtime::stats` reads them: after completions
