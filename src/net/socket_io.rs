@@ -159,20 +159,17 @@ impl<B: IoBuf> Future for SendAll<B> {
             };
             let (r, buf) = std::task::ready!(Pin::new(run).poll(cx));
             match r {
+                // Finished: the spent `Run` stays (polling it again panics); replacing it
+                // would cost a drop call per write for nothing.
                 Ok(0) => {
                     let e = io::Error::new(io::ErrorKind::WriteZero, "the socket took no byte");
-                    this.state = SendAllState::Empty(None);
                     return Poll::Ready((Err(e), buf));
                 }
                 Ok(n) => this.sent += n as usize,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    this.state = SendAllState::Empty(None);
-                    return Poll::Ready((Err(e), buf));
-                }
+                Err(e) => return Poll::Ready((Err(e), buf)),
             }
             if this.sent >= this.total {
-                this.state = SendAllState::Empty(None);
                 return Poll::Ready((Ok(()), buf));
             }
             // Send the rest: submitted by the next round of the loop.

@@ -368,6 +368,7 @@ impl TaskRef {
 
     /// Wakes the task on its owner thread: queues it unless it is queued, running (then
     /// it is re-queued after its poll) or finished.
+    #[inline]
     pub(crate) fn wake_local(self, cx: Option<&RuntimeContext>) {
         let h = self.header();
         match h.state.get() {
@@ -380,6 +381,25 @@ impl TaskRef {
             }
             RUNNING => h.state.set(NOTIFIED),
             _ => {}
+        }
+    }
+
+    /// [`wake_local`](Self::wake_local) through a reference the caller owns (a waker
+    /// woken by value): the reference becomes the run queue's when the task is queued,
+    /// and is released otherwise. Saves the queue's retain and the waker's release.
+    #[inline]
+    fn wake_local_owned(self, cx: Option<&RuntimeContext>) {
+        let h = self.header();
+        match (h.state.get(), cx) {
+            (IDLE, Some(cx)) => {
+                h.state.set(SCHEDULED);
+                cx.push_local_task(self); // the queue takes over our reference
+            }
+            (RUNNING, _) => {
+                h.state.set(NOTIFIED);
+                self.release_local();
+            }
+            _ => self.release_local(),
         }
     }
 
@@ -769,8 +789,7 @@ fn waker_clone(data: *const ()) -> RawWaker {
 fn waker_wake(data: *const ()) {
     let task = task_of(data);
     if task.on_owner_thread() {
-        context::with_current(|cx| task.wake_local(cx));
-        task.release_local();
+        context::with_current(|cx| task.wake_local_owned(cx));
     } else {
         task.owner().post_remote(RemoteOp::Wake(task));
     }
