@@ -1,9 +1,12 @@
 //! Rust futures over driver operations.
 //!
-//! An [`Op`] owns the memory its operation uses (`T`: buffers, addresses) and gives it
-//! back with the result. Dropping an `Op` before its completion is safe: the memory moves
-//! into the driver's operation table, an `ASYNC_CANCEL` is sent, and the memory is freed
-//! only after the kernel's final completion.
+//! A [`Run`] (what [`run`] returns: the future of every single-shot socket, file and
+//! descriptor operation) and an [`Op`] (submitted when made: close, timeouts) own the
+//! memory their operation uses (`T`: buffers, addresses) and give it back with the
+//! result. Dropping one before its completion is safe: the memory moves into the
+//! driver's operation table, an `ASYNC_CANCEL` is sent, and the memory is freed only
+//! after the kernel's final completion. A `Run` dropped before its first poll submitted
+//! nothing.
 //!
 //! Operations belong to the worker that submitted them (its ring). Tasks never move once
 //! they started, so an `Op` created inside a task is always polled and dropped there.
@@ -149,6 +152,7 @@ where
 /// How a [`Run`] submits its entry.
 #[derive(Clone, Copy)]
 pub(crate) enum Mode {
+    /// A plain single-shot operation.
     Plain,
     /// The result is a new descriptor (see [`run_fd`]).
     Fd,
