@@ -15,7 +15,7 @@ use io_uring::squeue::Entry;
 
 use super::addr::op_len;
 use crate::io::op::{BuildEntry, Mode, Run};
-use crate::io::{IoBuf, IoBufMut, RawOp};
+use crate::io::{ops, IoBuf, IoBufMut};
 
 /// Builds a `recv` on `fd` into the whole buffer, from its first byte.
 pub(crate) struct RecvInto {
@@ -25,13 +25,7 @@ pub(crate) struct RecvInto {
 impl<B: IoBufMut> BuildEntry<B> for RecvInto {
     #[inline]
     fn build(self, b: &mut B) -> Entry {
-        RawOp::Recv {
-            fd: self.fd,
-            buf: b.stable_mut_ptr(),
-            len: op_len(b.bytes_total()),
-            flags: 0,
-        }
-        .entry()
+        ops::recv_entry(self.fd, b.stable_mut_ptr(), op_len(b.bytes_total()), 0)
     }
 }
 
@@ -46,15 +40,11 @@ impl<B: IoBuf> BuildEntry<B> for SendFrom {
     #[inline]
     fn build(self, b: &mut B) -> Entry {
         let init = b.bytes_init();
-        RawOp::Send {
-            fd: self.fd,
-            // SAFETY: the offset is clamped to `bytes_init()`, so the pointer stays
-            // inside, or one past, the buffer.
-            buf: unsafe { b.stable_ptr().add(self.at.min(init)) },
-            len: op_len(init.saturating_sub(self.at)),
-            flags: libc::MSG_NOSIGNAL,
-        }
-        .entry()
+        // SAFETY: the offset is clamped to `bytes_init()`, so the pointer stays inside,
+        // or one past, the buffer.
+        let buf = unsafe { b.stable_ptr().add(self.at.min(init)) };
+        let len = op_len(init.saturating_sub(self.at));
+        ops::send_entry(self.fd, buf, len, libc::MSG_NOSIGNAL)
     }
 }
 
