@@ -48,6 +48,11 @@ const NOTIFIED: u8 = 3;
 /// Finished, cancelled or panicked; its future is gone. Wakes are ignored.
 const COMPLETE: u8 = 4;
 
+/// `Header::kind` bit: the task has a name.
+const NAMED: u8 = 1;
+/// `Header::kind` bit: a `Send` task (with a `SharedJoin`).
+const SHARED: u8 = 2;
+
 /// The part of a task every kind shares. Fields other than `owner` are touched only by
 /// the owner thread (or, after the owner exited, under its mailbox lock).
 #[repr(C)]
@@ -57,9 +62,11 @@ pub(crate) struct Header {
     cancel_requested: Cell<bool>,
     /// Polled (or cancelled) at least once: tells a task's start from a re-poll.
     started: Cell<bool>,
-    /// Whether the task carries a name (see `TaskCell::name`): a flag read before
-    /// reaching for it through the vtable. Fills what was padding.
-    named: bool,
+    /// [`NAMED`]: the task carries a name (see `TaskCell::name`), read before reaching
+    /// for it through the vtable; [`SHARED`]: a `Send` task, whose join handle may ask
+    /// for cancellation (a local task's poll skips that vtable call). Fills what was
+    /// padding.
+    kind: u8,
     refs: Cell<u32>,
     /// Foreign `clone` / `wake_by_ref` operations queued but not applied yet.
     foreign_pending: AtomicU32,
@@ -277,7 +284,7 @@ impl TaskRef {
                 state: Cell::new(SCHEDULED),
                 cancel_requested: Cell::new(false),
                 started: Cell::new(false),
-                named: name.get().is_some(),
+                kind: (name.get().is_some() as u8 * NAMED) | (J::SHARED as u8 * SHARED),
                 refs: Cell::new(refs),
                 foreign_pending: AtomicU32::new(0),
                 spawned_ms: Cell::new(0),
@@ -412,7 +419,7 @@ impl TaskRef {
             return false;
         }
         // SAFETY: the task is alive (we hold the queue's reference).
-        if unsafe { (h.vtable.shared_cancel_requested)(self) } {
+        if h.kind & SHARED != 0 && unsafe { (h.vtable.shared_cancel_requested)(self) } {
             h.state.set(IDLE);
             self.cancel_now(cx);
             self.release_local();
@@ -500,7 +507,7 @@ impl TaskRef {
 
     /// The name given at spawn.
     pub(crate) fn name(&self) -> Option<&Arc<TaskName>> {
-        if !self.header().named {
+        if self.header().kind & NAMED == 0 {
             return None;
         }
         // SAFETY: the vtable matches the allocation; the name lives as long as the task
