@@ -186,10 +186,6 @@ pub(crate) struct Run<T: 'static, B> {
 // `B` is taken out by value before use and never pinned.
 impl<T: Unpin + 'static, B> Unpin for Run<T, B> {}
 
-// SAFETY: as for Op: once submitted, a Run is only used on its owner's thread (checked
-// on poll and drop); before that it is plain data (`T` and `B`, both Send).
-unsafe impl<T: Send + 'static, B: Send> Send for Run<T, B> {}
-
 impl<T: Unpin + 'static, B: BuildEntry<T>> Run<T, B> {
     #[inline]
     pub(crate) fn new(data: T, build: B, mode: Mode) -> Self {
