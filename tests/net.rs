@@ -531,3 +531,106 @@ fn vectored_socket_sends_and_receives_keep_byte_order() {
     rt.block_on(h).unwrap();
     rt.shutdown(Some(Duration::from_secs(30))).unwrap();
 }
+
+#[test]
+fn write_all_of_more_than_the_socket_takes_at_once_arrives_whole_and_in_order() {
+    // Several MiB cannot go in one send: the write is finished by further sends of the
+    // rest, which must neither repeat nor skip a byte.
+    const LEN: usize = 6 << 20;
+    let rt = runtime(1);
+    let h = rt
+        .spawn_local_to(0, || async {
+            let (client, server) = pair().await;
+            let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+            let expected = fnv1a(FNV_START, &data);
+            let reader = veloq::spawn_local(async move {
+                let (r, buf) = server.read_exact(vec![0u8; LEN].into_boxed_slice()).await;
+                r.unwrap();
+                fnv1a(FNV_START, &buf)
+            })
+            .unwrap();
+            let (r, data) = client.write_all(data).await;
+            r.unwrap();
+            assert_eq!(data.len(), LEN, "the buffer comes back as it was");
+            (reader.await.unwrap(), expected)
+        })
+        .unwrap();
+    let (got, expected) = rt.block_on(h).unwrap();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn an_empty_write_all_sends_nothing_and_gives_the_buffer_back() {
+    let rt = runtime(1);
+    let h = rt
+        .spawn(async {
+            let (client, server) = pair().await;
+            let (r, buf) = client.write_all(Vec::with_capacity(16)).await;
+            r.unwrap();
+            assert_eq!(buf.capacity(), 16);
+            // The next bytes are the first the peer sees.
+            client.write_all(b"first".to_vec()).await.0.unwrap();
+            let (r, buf) = server.read_exact(vec![0u8; 5].into_boxed_slice()).await;
+            r.unwrap();
+            buf
+        })
+        .unwrap();
+    assert_eq!(&rt.block_on(h).unwrap()[..], b"first");
+}
+
+#[test]
+fn a_read_dropped_before_it_was_polled_takes_no_data() {
+    let rt = runtime(1);
+    let h = rt
+        .spawn(async {
+            let (client, server) = pair().await;
+            drop(server.read(Vec::with_capacity(64)));
+            client.write_all(b"all here".to_vec()).await.0.unwrap();
+            let (r, buf) = server.read_exact(vec![0u8; 8].into_boxed_slice()).await;
+            r.unwrap();
+            buf
+        })
+        .unwrap();
+    assert_eq!(&rt.block_on(h).unwrap()[..], b"all here");
+}
+
+#[test]
+fn a_read_started_by_one_task_and_finished_by_another_wakes_the_second() {
+    use std::cell::RefCell;
+    use std::future::{poll_fn, Future};
+    use std::pin::Pin;
+    use std::rc::Rc;
+    use std::task::Poll;
+
+    let rt = runtime(1);
+    let h = rt
+        .spawn_local_to(0, || async {
+            let (client, server) = pair().await;
+            let server = Rc::new(server);
+            let handoff = Rc::new(RefCell::new(None));
+            // The first task submits the read (its waker goes with it), then hands the
+            // unfinished read over and ends.
+            let (s, slot) = (server.clone(), handoff.clone());
+            veloq::spawn_local(async move {
+                let mut read = Box::pin(async move { s.read(Vec::with_capacity(64)).await });
+                poll_fn(|cx| {
+                    assert!(read.as_mut().poll(cx).is_pending(), "nothing was sent yet");
+                    Poll::Ready(())
+                })
+                .await;
+                *slot.borrow_mut() = Some(read);
+            })
+            .unwrap()
+            .await
+            .unwrap();
+            let read: Pin<Box<dyn Future<Output = _>>> =
+                handoff.borrow_mut().take().expect("handed over");
+            let second = veloq::spawn_local(read).unwrap();
+            client.write_all(b"to the second".to_vec()).await.0.unwrap();
+            let (r, buf) = second.await.unwrap();
+            assert_eq!(r.unwrap(), 13);
+            buf
+        })
+        .unwrap();
+    assert_eq!(&rt.block_on(h).unwrap()[..], b"to the second");
+}

@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 
 use io_uring::{cqueue, opcode, squeue::Entry, types, IoUring};
 
@@ -697,35 +697,29 @@ impl Driver {
         }
     }
 
-    /// The next result of `id` for its future, if one arrived. Frees the operation
-    /// with its final result.
+    /// One poll of `id` by its future, in one table access: the next result if one
+    /// arrived (the operation is freed with its final result); `None` once the final
+    /// result was taken (the operation is gone); otherwise `Pending`, and `waker` is
+    /// left to be woken by the next completion (replacing the one left before unless
+    /// that one wakes the same task).
     #[inline]
-    pub(crate) fn take_result(&mut self, id: OpId) -> Option<OpResult> {
-        let slot = self.table.get_mut(id)?;
-        let result = slot.results.pop_front()?;
-        if slot.phase == Phase::Done && slot.results.is_empty() {
-            self.table.remove(id);
+    pub(crate) fn poll_op(&mut self, id: OpId, waker: &Waker) -> Poll<Option<OpResult>> {
+        let Some(slot) = self.table.get_mut(id) else {
+            return Poll::Ready(None);
+        };
+        if let Some(result) = slot.results.pop_front() {
+            if slot.phase == Phase::Done && slot.results.is_empty() {
+                self.table.remove(id);
+            }
+            return Poll::Ready(Some(result));
         }
-        Some(result)
-    }
-
-    /// Whether `id` has delivered its final result (and was freed).
-    #[inline]
-    pub(crate) fn is_finished(&mut self, id: OpId) -> bool {
-        self.table.get_mut(id).is_none()
-    }
-
-    /// Leaves `waker` to be woken by `id`'s next completion.
-    #[inline]
-    pub(crate) fn set_waker(&mut self, id: OpId, waker: &Waker) {
-        if let Some(slot) = self.table.get_mut(id) {
-            if let Target::Future(w) = &mut slot.target {
-                match w {
-                    Some(old) if old.will_wake(waker) => {}
-                    _ => *w = Some(waker.clone()),
-                }
+        if let Target::Future(w) = &mut slot.target {
+            match w {
+                Some(old) if old.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
             }
         }
+        Poll::Pending
     }
 
     /// The future of `id` is gone: keep `keep` (memory the kernel may still use) until

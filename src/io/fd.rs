@@ -18,6 +18,7 @@ use crate::runtime::RuntimeContext;
 pub(crate) struct IoFd(Option<OwnedFd>);
 
 impl IoFd {
+    #[inline]
     fn inner(&self) -> &OwnedFd {
         self.0
             .as_ref()
@@ -45,12 +46,14 @@ impl IntoRawFd for IoFd {
 }
 
 impl AsRawFd for IoFd {
+    #[inline]
     fn as_raw_fd(&self) -> RawFd {
         self.inner().as_raw_fd()
     }
 }
 
 impl AsFd for IoFd {
+    #[inline]
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.inner().as_fd()
     }
@@ -83,12 +86,14 @@ pub(crate) fn flush_queued_submissions() {
 macro_rules! impl_fd_traits {
     ($ty:ident, $what:literal) => {
         impl std::os::fd::AsRawFd for $ty {
+            #[inline]
             fn as_raw_fd(&self) -> std::os::fd::RawFd {
                 std::os::fd::AsRawFd::as_raw_fd(&self.fd)
             }
         }
 
         impl std::os::fd::AsFd for $ty {
+            #[inline]
             fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
                 std::os::fd::AsFd::as_fd(&self.fd)
             }

@@ -16,7 +16,7 @@ pub(crate) mod fd;
 mod mapping;
 pub(crate) mod op;
 pub(crate) mod op_table;
-mod ops;
+pub(crate) mod ops;
 mod submit;
 pub(crate) mod vectored;
 

@@ -1,9 +1,12 @@
 //! Rust futures over driver operations.
 //!
-//! An [`Op`] owns the memory its operation uses (`T`: buffers, addresses) and gives it
-//! back with the result. Dropping an `Op` before its completion is safe: the memory moves
-//! into the driver's operation table, an `ASYNC_CANCEL` is sent, and the memory is freed
-//! only after the kernel's final completion.
+//! A [`Run`] (what [`run`] returns: the future of every single-shot socket, file and
+//! descriptor operation) and an [`Op`] (submitted when made: close, timeouts) own the
+//! memory their operation uses (`T`: buffers, addresses) and give it back with the
+//! result. Dropping one before its completion is safe: the memory moves into the
+//! driver's operation table, an `ASYNC_CANCEL` is sent, and the memory is freed only
+//! after the kernel's final completion. A `Run` dropped before its first poll submitted
+//! nothing.
 //!
 //! Operations belong to the worker that submitted them (its ring). Tasks never move once
 //! they started, so an `Op` created inside a task is always polled and dropped there.
@@ -31,6 +34,7 @@ struct Owner {
 }
 
 impl Owner {
+    #[inline]
     fn of(cx: &RuntimeContext) -> Owner {
         Owner {
             registry: Arc::as_ptr(&cx.registry) as usize,
@@ -47,6 +51,7 @@ pub(crate) fn not_on_worker() -> io::Error {
 }
 
 /// Runs `f` with the current worker's driver and identity; an error off a worker.
+#[inline]
 fn with_driver<R>(f: impl FnOnce(&mut Driver, Owner) -> R) -> io::Result<R> {
     RuntimeContext::with_current(|cx| {
         let cx = cx.ok_or_else(not_on_worker)?;
@@ -81,33 +86,6 @@ impl<T: 'static> Op<T> {
         })
     }
 
-    /// Like [`submit`](Self::submit) for an operation whose result is a new file
-    /// descriptor: if the future is dropped, the driver closes a descriptor the kernel
-    /// still makes rather than leak it.
-    pub(crate) fn submit_fd(
-        mut data: T,
-        build: impl FnOnce(&mut T) -> Entry,
-    ) -> Result<Op<T>, (io::Error, T)> {
-        let entry = build(&mut data);
-        Self::submit_with(data, |driver| {
-            let id = driver.submit(entry, Target::Future(None), false)?;
-            driver.set_result_is_fd(id);
-            Ok(id)
-        })
-    }
-
-    /// Like [`submit`](Self::submit), cancelled by the kernel after `deadline_ns`.
-    pub(crate) fn submit_with_deadline(
-        mut data: T,
-        deadline_ns: u64,
-        build: impl FnOnce(&mut T) -> Entry,
-    ) -> Result<Op<T>, (io::Error, T)> {
-        let entry = build(&mut data);
-        Self::submit_with(data, |driver| {
-            driver.submit_with_deadline(entry, Target::Future(None), deadline_ns)
-        })
-    }
-
     fn submit_with(
         data: T,
         submit: impl FnOnce(&mut Driver) -> Result<OpId, i32>,
@@ -124,43 +102,172 @@ impl<T: 'static> Op<T> {
     }
 }
 
+/// Makes an operation's submission entry from its memory (whose pointers must point
+/// into heap memory the memory owns, see [`Op::submit`]); used once, on the future's
+/// first poll. Closures `FnOnce(&mut T) -> Entry` are builders; a named type is one
+/// where a future type must be named (see `net::socket_io`).
+pub(crate) trait BuildEntry<T> {
+    /// The entry (without `user_data`).
+    fn build(self, data: &mut T) -> Entry;
+}
+
+impl<T, F: FnOnce(&mut T) -> Entry> BuildEntry<T> for F {
+    #[inline]
+    fn build(self, data: &mut T) -> Entry {
+        self(data)
+    }
+}
+
 /// Submits the entry `build` makes from `data` (see [`Op::submit`]) and waits for it:
 /// the kernel's result as an `io::Result` (a negative errno becomes the error) and
 /// `data` back, whatever happened.
-pub(crate) async fn run<T: Unpin + 'static>(
-    data: T,
-    build: impl FnOnce(&mut T) -> Entry,
-) -> (io::Result<u32>, T) {
-    finish(Op::submit(data, build)).await
+pub(crate) fn run<T, B>(data: T, build: B) -> Run<T, B>
+where
+    T: Unpin + 'static,
+    B: FnOnce(&mut T) -> Entry,
+{
+    Run::new(data, build, Mode::Plain)
 }
 
-/// Like [`run`] for an operation that makes a file descriptor (see [`Op::submit_fd`]).
-pub(crate) async fn run_fd<T: Unpin + 'static>(
-    data: T,
-    build: impl FnOnce(&mut T) -> Entry,
-) -> (io::Result<u32>, T) {
-    finish(Op::submit_fd(data, build)).await
+/// Like [`run`] for an operation whose result is a new file descriptor: if the future
+/// is dropped, the driver closes a descriptor the kernel still makes rather than leak it.
+pub(crate) fn run_fd<T, B>(data: T, build: B) -> Run<T, B>
+where
+    T: Unpin + 'static,
+    B: FnOnce(&mut T) -> Entry,
+{
+    Run::new(data, build, Mode::Fd)
 }
 
 /// Like [`run`], with a deadline of `deadline_ns` (an io_uring linked timeout): when it
 /// passes first the operation ends with `ECANCELED`.
-pub(crate) async fn run_with_deadline<T: Unpin + 'static>(
-    data: T,
-    deadline_ns: u64,
-    build: impl FnOnce(&mut T) -> Entry,
-) -> (io::Result<u32>, T) {
-    finish(Op::submit_with_deadline(data, deadline_ns, build)).await
+pub(crate) fn run_with_deadline<T, B>(data: T, deadline_ns: u64, build: B) -> Run<T, B>
+where
+    T: Unpin + 'static,
+    B: FnOnce(&mut T) -> Entry,
+{
+    Run::new(data, build, Mode::Deadline(deadline_ns))
 }
 
-async fn finish<T: Unpin + 'static>(
-    submitted: Result<Op<T>, (io::Error, T)>,
-) -> (io::Result<u32>, T) {
-    match submitted {
-        Ok(op) => {
-            let (r, data) = op.await;
-            (super::result(r.res), data)
+/// How a [`Run`] submits its entry.
+#[derive(Clone, Copy)]
+pub(crate) enum Mode {
+    /// A plain single-shot operation.
+    Plain,
+    /// The result is a new descriptor (see [`run_fd`]).
+    Fd,
+    /// With a linked timeout of this many nanoseconds.
+    Deadline(u64),
+}
+
+/// Where a [`Run`] is.
+enum RunState<B> {
+    /// Not submitted yet: the entry is built on the first poll.
+    Start(B, Mode),
+    /// Submitted on this worker's ring.
+    InFlight(OpId, Owner),
+    /// The result was returned (or submitting failed and the error was).
+    Done,
+}
+
+/// The future of [`run`]: one operation, from the submission to the result.
+///
+/// The first poll builds the entry, submits it and leaves the task's waker with the
+/// operation, in one access to the driver; it returns `Pending` (nothing can complete
+/// before the worker hands the entry to the kernel) unless submitting failed. The poll
+/// after the wake-up takes the result. Dropped while in flight, it hands `data` to the
+/// driver and cancels the operation, like a dropped [`Op`].
+pub(crate) struct Run<T: 'static, B> {
+    /// The operation's memory; `None` once given back.
+    data: Option<T>,
+    state: RunState<B>,
+}
+
+// `B` is taken out by value before use and never pinned.
+impl<T: Unpin + 'static, B> Unpin for Run<T, B> {}
+
+impl<T: Unpin + 'static, B: BuildEntry<T>> Run<T, B> {
+    #[inline]
+    pub(crate) fn new(data: T, build: B, mode: Mode) -> Self {
+        Run {
+            data: Some(data),
+            state: RunState::Start(build, mode),
         }
-        Err((e, data)) => (Err(e), data),
+    }
+
+    /// The first poll: submits, leaving a clone of the task's waker with the operation.
+    #[inline]
+    fn start(&mut self, build: B, mode: Mode, cx: &mut Context<'_>) -> Poll<(io::Result<u32>, T)> {
+        let data = self
+            .data
+            .as_mut()
+            .expect("a Run has its data until it is done");
+        let entry = build.build(data);
+        // Cloned outside the driver's borrow; dropped inside it only on a refusal.
+        let target = Target::Future(Some(cx.waker().clone()));
+        let submitted = with_driver(|driver, owner| {
+            let id = match mode {
+                Mode::Plain => driver.submit(entry, target, false),
+                Mode::Fd => driver.submit(entry, target, false).inspect(|&id| {
+                    driver.set_result_is_fd(id);
+                }),
+                Mode::Deadline(ns) => driver.submit_with_deadline(entry, target, ns),
+            };
+            id.map(|id| (id, owner))
+        });
+        let error = match submitted {
+            Ok(Ok((id, owner))) => {
+                self.state = RunState::InFlight(id, owner);
+                return Poll::Pending;
+            }
+            Ok(Err(errno)) => io::Error::from_raw_os_error(-errno),
+            Err(e) => e,
+        };
+        let data = self.data.take().expect("checked above");
+        Poll::Ready((Err(error), data))
+    }
+}
+
+impl<T: Unpin + 'static, B: BuildEntry<T>> Future for Run<T, B> {
+    type Output = (io::Result<u32>, T);
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match this.state {
+            RunState::InFlight(id, owner) => {
+                // Out of budget: the result (if any) stays in the driver for the next poll.
+                match coop::poll_leaf(cx, |cx| poll_result(id, owner, cx)) {
+                    Poll::Ready(r) => {
+                        this.state = RunState::Done;
+                        let data = this.data.take().expect("in flight with its data");
+                        let res = r.map_or(-libc::ECANCELED, |r| r.res);
+                        Poll::Ready((super::result(res), data))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            RunState::Start(..) => {
+                let RunState::Start(build, mode) =
+                    std::mem::replace(&mut this.state, RunState::Done)
+                else {
+                    unreachable!()
+                };
+                this.start(build, mode, cx)
+            }
+            RunState::Done => panic!("a veloq I/O future was polled after it completed"),
+        }
+    }
+}
+
+impl<T: 'static, B> Drop for Run<T, B> {
+    #[inline]
+    fn drop(&mut self) {
+        if let RunState::InFlight(id, owner) = self.state {
+            if let Some(data) = self.data.take() {
+                orphan(id, owner, Box::new(data));
+            }
+        }
     }
 }
 
@@ -172,21 +279,16 @@ impl Op<()> {
     }
 }
 
-/// Polls `id` on its owner's driver.
+/// Polls `id` on its owner's driver: its next result, `None` once it is gone, or
+/// `Pending` with the waker left for the next completion.
+#[inline]
 fn poll_result(id: OpId, owner: Owner, cx: &mut Context<'_>) -> Poll<Option<OpResult>> {
     let polled = with_driver(|driver, here| {
         assert_eq!(
             here, owner,
             "a veloq I/O future was polled off the worker that started it"
         );
-        match driver.take_result(id) {
-            Some(r) => Poll::Ready(Some(r)),
-            None if driver.is_finished(id) => Poll::Ready(None),
-            None => {
-                driver.set_waker(id, cx.waker());
-                Poll::Pending
-            }
-        }
+        driver.poll_op(id, cx.waker())
     });
     polled.unwrap_or_else(|_| panic!("a veloq I/O future was polled off its worker"))
 }

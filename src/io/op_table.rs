@@ -99,6 +99,58 @@ pub(crate) struct OpResult {
     pub(crate) flags: u32,
 }
 
+/// The results of one operation its future has not collected yet, in order. A
+/// single-shot operation has at most one, kept inline; only a multishot operation with
+/// several results waiting spills into a queue (whose allocation the slot keeps).
+pub(crate) struct Results {
+    first: Option<OpResult>,
+    rest: VecDeque<OpResult>,
+}
+
+impl Results {
+    fn new() -> Results {
+        Results {
+            first: None,
+            rest: VecDeque::new(),
+        }
+    }
+
+    /// Appends a result.
+    #[inline]
+    pub(crate) fn push_back(&mut self, r: OpResult) {
+        if self.first.is_none() {
+            // Empty: `rest` is empty whenever `first` is (see `pop_front`).
+            self.first = Some(r);
+        } else {
+            self.rest.push_back(r);
+        }
+    }
+
+    /// Takes the oldest result.
+    #[inline]
+    pub(crate) fn pop_front(&mut self) -> Option<OpResult> {
+        let r = self.first.take()?;
+        if !self.rest.is_empty() {
+            self.first = self.rest.pop_front();
+        }
+        Some(r)
+    }
+
+    /// Whether no result waits.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Takes every result, oldest first.
+    pub(crate) fn drain(
+        &mut self,
+        _all: std::ops::RangeFull,
+    ) -> impl Iterator<Item = OpResult> + '_ {
+        self.first.take().into_iter().chain(self.rest.drain(..))
+    }
+}
+
 /// One operation's state.
 pub(crate) struct Slot {
     generation: u32,
@@ -106,7 +158,7 @@ pub(crate) struct Slot {
     pub(crate) target: Target,
     /// Results a future has not collected yet (one for single-shot operations, any number
     /// for multishot ones).
-    pub(crate) results: VecDeque<OpResult>,
+    pub(crate) results: Results,
     pub(crate) multishot: bool,
     /// An `ASYNC_CANCEL` was already sent for it.
     pub(crate) cancel_sent: bool,
@@ -127,7 +179,7 @@ impl Slot {
             generation: 0,
             phase: Phase::Free,
             target: Target::Orphan,
-            results: VecDeque::new(),
+            results: Results::new(),
             multishot: false,
             cancel_sent: false,
             result_is_fd: false,
@@ -346,6 +398,27 @@ impl OpTable {
 #[cfg(all(test, not(veloq_loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_come_out_in_arrival_order_however_many_wait() {
+        let r = |res| OpResult { res, flags: 0 };
+        let mut q = Results::new();
+        assert!(q.is_empty() && q.pop_front().is_none());
+        q.push_back(r(1));
+        assert_eq!(q.pop_front(), Some(r(1)));
+        assert!(q.is_empty());
+        for i in 2..6 {
+            q.push_back(r(i));
+        }
+        assert_eq!(q.pop_front(), Some(r(2)));
+        q.push_back(r(6));
+        assert_eq!(q.pop_front(), Some(r(3)));
+        assert_eq!(q.drain(..).collect::<Vec<_>>(), [r(4), r(5), r(6)]);
+        assert!(q.is_empty());
+        q.push_back(r(7));
+        assert_eq!(q.pop_front(), Some(r(7)));
+        assert!(q.pop_front().is_none());
+    }
 
     #[test]
     fn ids_are_positive_and_go_stale_when_the_slot_is_reused() {

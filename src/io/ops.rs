@@ -277,6 +277,23 @@ pub(crate) fn validate(op: &RawOp) -> Result<(), i32> {
     }
 }
 
+/// [`RawOp::Recv`]'s entry, for a socket read that builds it directly (the whole
+/// `entry` match is not inlined into every read).
+#[inline]
+pub(crate) fn recv_entry(fd: i32, buf: *mut u8, len: u32, flags: i32) -> Entry {
+    opcode::Recv::new(types::Fd(fd), buf, len)
+        .flags(flags)
+        .build()
+}
+
+/// [`RawOp::Send`]'s entry, for a socket write that builds it directly.
+#[inline]
+pub(crate) fn send_entry(fd: i32, buf: *const u8, len: u32, flags: i32) -> Entry {
+    opcode::Send::new(types::Fd(fd), buf, len)
+        .flags(flags)
+        .build()
+}
+
 impl RawOp {
     /// Whether the operation completes more than once.
     #[inline]
@@ -342,13 +359,13 @@ impl RawOp {
                 buf,
                 len,
                 flags,
-            } => opcode::Recv::new(Fd(fd), buf, len).flags(flags).build(),
+            } => recv_entry(fd, buf, len, flags),
             RawOp::Send {
                 fd,
                 buf,
                 len,
                 flags,
-            } => opcode::Send::new(Fd(fd), buf, len).flags(flags).build(),
+            } => send_entry(fd, buf, len, flags),
             RawOp::RecvMulti { fd, group, flags } => {
                 opcode::RecvMulti::new(Fd(fd), group).flags(flags).build()
             }

@@ -213,6 +213,7 @@ pub(crate) fn cvt(r: i32) -> io::Result<()> {
 }
 
 /// A length for a kernel call, clamped to what one operation can take.
+#[inline]
 pub(crate) fn op_len(n: usize) -> u32 {
     n.min(u32::MAX as usize) as u32
 }

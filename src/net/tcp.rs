@@ -1,7 +1,7 @@
 //! TCP: [`TcpListener`] and [`TcpStream`].
 
 use crate::io::fd::IoFd;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -242,8 +242,9 @@ impl TcpStream {
     /// Receives into `buf` (up to `bytes_total()` bytes, from its first byte): how many
     /// bytes arrived, 0 at end of stream, and the buffer (its first `n` bytes
     /// initialised). Errors: `ECONNRESET`, `ECANCELED` (shutdown), ...
-    pub async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
-        super::socket_io::recv(self.fd.as_raw_fd(), buf).await
+    #[inline]
+    pub fn read<B: IoBufMut>(&self, buf: B) -> impl Future<Output = (io::Result<usize>, B)> + '_ {
+        super::socket_io::recv(self.fd.as_raw_fd(), buf)
     }
 
     /// Like [`read`](Self::read), ended by the kernel (an io_uring linked timeout) when
@@ -334,30 +335,16 @@ impl TcpStream {
 
     /// Sends the buffer's `bytes_init()` bytes, or a part of them: how many were sent.
     /// Never raises `SIGPIPE`: a closed peer gives `EPIPE` (or `ECONNRESET`).
-    pub async fn write<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
-        super::socket_io::send_from(self.fd.as_raw_fd(), buf, 0).await
+    #[inline]
+    pub fn write<B: IoBuf>(&self, buf: B) -> impl Future<Output = (io::Result<usize>, B)> + '_ {
+        super::socket_io::send_from(self.fd.as_raw_fd(), buf, 0)
     }
 
     /// Sends all of the buffer's `bytes_init()` bytes, writing as often as needed.
     /// `ErrorKind::WriteZero` if the kernel accepts nothing.
-    pub async fn write_all<B: IoBuf>(&self, mut buf: B) -> (io::Result<()>, B) {
-        let fd = self.fd.as_raw_fd();
-        let total = buf.bytes_init();
-        let mut sent = 0;
-        while sent < total {
-            let (r, b) = super::socket_io::send_from(fd, buf, sent).await;
-            buf = b;
-            match r {
-                Ok(0) => {
-                    let e = io::Error::new(io::ErrorKind::WriteZero, "the socket took no byte");
-                    return (Err(e), buf);
-                }
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        (Ok(()), buf)
+    #[inline]
+    pub fn write_all<B: IoBuf>(&self, buf: B) -> impl Future<Output = (io::Result<()>, B)> + '_ {
+        super::socket_io::send_all(self.fd.as_raw_fd(), buf)
     }
 
     /// Waits until the socket is readable (data, end of stream or an error), without

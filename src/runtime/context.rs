@@ -327,6 +327,7 @@ impl RuntimeContext {
     }
 
     /// Queues a scheduled task (the queue takes over one reference).
+    #[inline]
     pub(crate) fn push_local_task(&self, task: TaskRef) {
         self.local.borrow_mut().push_back(Job::Task(task));
     }

@@ -48,6 +48,11 @@ const NOTIFIED: u8 = 3;
 /// Finished, cancelled or panicked; its future is gone. Wakes are ignored.
 const COMPLETE: u8 = 4;
 
+/// `Header::kind` bit: the task has a name.
+const NAMED: u8 = 1;
+/// `Header::kind` bit: a `Send` task (with a `SharedJoin`).
+const SHARED: u8 = 2;
+
 /// The part of a task every kind shares. Fields other than `owner` are touched only by
 /// the owner thread (or, after the owner exited, under its mailbox lock).
 #[repr(C)]
@@ -57,9 +62,11 @@ pub(crate) struct Header {
     cancel_requested: Cell<bool>,
     /// Polled (or cancelled) at least once: tells a task's start from a re-poll.
     started: Cell<bool>,
-    /// Whether the task carries a name (see `TaskCell::name`): a flag read before
-    /// reaching for it through the vtable. Fills what was padding.
-    named: bool,
+    /// [`NAMED`]: the task carries a name (see `TaskCell::name`), read before reaching
+    /// for it through the vtable; [`SHARED`]: a `Send` task, whose join handle may ask
+    /// for cancellation (a local task's poll skips that vtable call). Fills what was
+    /// padding.
+    kind: u8,
     refs: Cell<u32>,
     /// Foreign `clone` / `wake_by_ref` operations queued but not applied yet.
     foreign_pending: AtomicU32,
@@ -277,7 +284,7 @@ impl TaskRef {
                 state: Cell::new(SCHEDULED),
                 cancel_requested: Cell::new(false),
                 started: Cell::new(false),
-                named: name.get().is_some(),
+                kind: (name.get().is_some() as u8 * NAMED) | (J::SHARED as u8 * SHARED),
                 refs: Cell::new(refs),
                 foreign_pending: AtomicU32::new(0),
                 spawned_ms: Cell::new(0),
@@ -368,6 +375,7 @@ impl TaskRef {
 
     /// Wakes the task on its owner thread: queues it unless it is queued, running (then
     /// it is re-queued after its poll) or finished.
+    #[inline]
     pub(crate) fn wake_local(self, cx: Option<&RuntimeContext>) {
         let h = self.header();
         match h.state.get() {
@@ -383,6 +391,25 @@ impl TaskRef {
         }
     }
 
+    /// [`wake_local`](Self::wake_local) through a reference the caller owns (a waker
+    /// woken by value): the reference becomes the run queue's when the task is queued,
+    /// and is released otherwise. Saves the queue's retain and the waker's release.
+    #[inline]
+    fn wake_local_owned(self, cx: Option<&RuntimeContext>) {
+        let h = self.header();
+        match (h.state.get(), cx) {
+            (IDLE, Some(cx)) => {
+                h.state.set(SCHEDULED);
+                cx.push_local_task(self); // the queue takes over our reference
+            }
+            (RUNNING, _) => {
+                h.state.set(NOTIFIED);
+                self.release_local();
+            }
+            _ => self.release_local(),
+        }
+    }
+
     /// Polls the task once on its owner. Consumes the caller's (queue) reference.
     /// Returns true when the task finished in this call.
     pub(crate) fn run(self, cx: &RuntimeContext) -> bool {
@@ -392,7 +419,7 @@ impl TaskRef {
             return false;
         }
         // SAFETY: the task is alive (we hold the queue's reference).
-        if unsafe { (h.vtable.shared_cancel_requested)(self) } {
+        if h.kind & SHARED != 0 && unsafe { (h.vtable.shared_cancel_requested)(self) } {
             h.state.set(IDLE);
             self.cancel_now(cx);
             self.release_local();
@@ -480,7 +507,7 @@ impl TaskRef {
 
     /// The name given at spawn.
     pub(crate) fn name(&self) -> Option<&Arc<TaskName>> {
-        if !self.header().named {
+        if self.header().kind & NAMED == 0 {
             return None;
         }
         // SAFETY: the vtable matches the allocation; the name lives as long as the task
@@ -769,8 +796,7 @@ fn waker_clone(data: *const ()) -> RawWaker {
 fn waker_wake(data: *const ()) {
     let task = task_of(data);
     if task.on_owner_thread() {
-        context::with_current(|cx| task.wake_local(cx));
-        task.release_local();
+        context::with_current(|cx| task.wake_local_owned(cx));
     } else {
         task.owner().post_remote(RemoteOp::Wake(task));
     }
