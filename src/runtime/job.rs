@@ -76,6 +76,11 @@ pub(crate) enum Job {
     Raw(RawTask),
 }
 
+// Jobs travel inline in mesh slots, injectors and inboxes: a job is no bigger than the
+// callback it carries (the `Task` variant sits in the niche of `RawTask::func`), so a mesh
+// slot is 32 bytes and two share a cache line.
+const _: () = assert!(std::mem::size_of::<Job>() == std::mem::size_of::<RawTask>());
+
 impl Drop for Job {
     fn drop(&mut self) {
         // A job is normally consumed by running it. One dropped unrun (a queue torn down

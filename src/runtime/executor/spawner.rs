@@ -93,7 +93,8 @@ pub(crate) struct WorkerShared {
     /// What the worker publishes once per turn for load balancing (`load`).
     progress: CachePadded<Progress>,
     /// Statistics, apart from what submitters read so that publishing them costs a
-    /// submitting thread no cache miss.
+    /// submitting thread no cache miss. The `tasks_*` and `polls` counts are written by
+    /// the worker only (see `executor::publish_count`).
     pub(crate) counters: CachePadded<WorkerCounters>,
     /// Progress and stall state for the watchdog and the dump.
     pub(crate) watch: CachePadded<WorkerWatch>,
@@ -499,7 +500,7 @@ impl ExecutorRegistry {
 }
 
 /// Maps a 32-bit random value onto `0..n` (n < 2^32) without a division.
-fn below(r32: u64, n: usize) -> usize {
+pub(crate) fn below(r32: u64, n: usize) -> usize {
     ((r32 * n as u64) >> 32) as usize
 }
 
