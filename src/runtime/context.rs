@@ -30,6 +30,8 @@ thread_local! {
 pub struct RuntimeContext {
     pub(crate) index: usize,
     pub(crate) registry: Arc<ExecutorRegistry>,
+    /// `registry.worker(index)`, looked up once: every job touches it.
+    me: ptr::NonNull<WorkerShared>,
     /// The local run queue: local tasks, adopted tasks and callbacks sent to ourselves.
     pub(crate) local: RefCell<VecDeque<Job>>,
     /// Jobs taken in a batch from an injector (ours or a victim's), not yet run.
@@ -73,8 +75,10 @@ impl RuntimeContext {
     ) -> std::io::Result<Self> {
         let n = registry.len();
         let buffers = BufferPool::new(&registry.config.buffer_pool, Some(&driver.submitter()))?;
+        let me = ptr::NonNull::from(registry.worker(index));
         Ok(RuntimeContext {
             index,
+            me,
             local: RefCell::new(VecDeque::with_capacity(256)),
             buffer: crossbeam_deque::Worker::new_fifo(),
             live_head: Cell::new(None),
@@ -137,8 +141,12 @@ impl RuntimeContext {
         self.buffers.stats()
     }
 
+    /// This worker's shared state.
+    #[inline]
     pub(crate) fn me(&self) -> &WorkerShared {
-        self.registry.worker(self.index)
+        // SAFETY: `me` points into `registry.workers`, which the registry never resizes
+        // or moves, and `self.registry` keeps the registry alive as long as `self`.
+        unsafe { self.me.as_ref() }
     }
 
     /// Spawns a `!Send` future on this worker; it never leaves it.
@@ -206,6 +214,7 @@ impl RuntimeContext {
     /// `task.func` may be called with `task.arg` on any worker thread (or on
     /// `Placement::Worker`'s), and `task.cq`, when not null, stays alive until its
     /// completion is posted (its reservation is taken here).
+    #[inline]
     pub unsafe fn spawn_raw(
         &self,
         placement: Placement,
