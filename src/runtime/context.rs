@@ -214,7 +214,10 @@ impl RuntimeContext {
     /// `task.func` may be called with `task.arg` on any worker thread (or on
     /// `Placement::Worker`'s), and `task.cq`, when not null, stays alive until its
     /// completion is posted (its reservation is taken here).
-    #[inline]
+    // Always inlined: the path to another worker is a few dozen instructions (sending to
+    // ourselves, a full channel and refusals are out of line), and a caller's sending
+    // loop keeps the task in registers instead of paying a call frame per message.
+    #[inline(always)]
     pub unsafe fn spawn_raw(
         &self,
         placement: Placement,
