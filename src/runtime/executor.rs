@@ -3,7 +3,8 @@
 //! One turn visits every source with its own budget, so none can starve another: the
 //! local run queue, the inbound mesh channels, the pinned inbox and the own injector.
 //! A turn that found nothing steals a batch from a random peer's injector, spins a
-//! little, then parks in the io_uring ring until notified.
+//! little (running mesh messages as soon as they arrive, the other sources in the turn
+//! that follows), then parks in the io_uring ring until notified.
 
 pub(crate) mod spawner;
 
