@@ -285,8 +285,8 @@ impl RuntimeContext {
             return Ok(());
         }
         // SAFETY: this thread is worker `self.index`, the only producer of its row.
-        if let Err(job) = unsafe { registry.mesh.push(self.index, target, make()) } {
-            self.overflow(target, pinned, job);
+        if let Err(make) = unsafe { registry.mesh.push_with(self.index, target, make) } {
+            self.overflow(target, pinned, make());
         }
         self.notify_later(target);
         Ok(())

@@ -87,9 +87,20 @@ impl<T> Channel<T> {
     /// Appends `value`, or gives it back when the ring is full.
     ///
     /// # Safety
-    /// Only one thread ever calls `push` on this channel.
-    #[inline]
+    /// Only one thread ever calls `push` or `push_with` on this channel.
+    #[cfg(test)]
     pub(crate) unsafe fn push(&self, value: T) -> Result<(), T> {
+        // SAFETY: as promised by the caller.
+        unsafe { self.push_with(|| value) }.map_err(|make| make())
+    }
+
+    /// Appends the value `make` returns, building it straight in its slot; gives `make`
+    /// back uncalled when the ring is full.
+    ///
+    /// # Safety
+    /// Only one thread ever calls `push` or `push_with` on this channel.
+    #[inline]
+    pub(crate) unsafe fn push_with<F: FnOnce() -> T>(&self, make: F) -> Result<(), F> {
         let p = &*self.producer;
         let tail = p.tail.load(Relaxed);
         // SAFETY: head_cache is producer-private (caller is the single producer).
@@ -98,13 +109,13 @@ impl<T> Channel<T> {
             head = self.consumer.head.load(Acquire);
             p.head_cache.with_mut(|c| unsafe { *c = head });
             if tail.wrapping_sub(head) > self.mask {
-                return Err(value);
+                return Err(make);
             }
         }
         // SAFETY: slot `tail` is free: the consumer has moved past it (head > tail - cap)
         // and will not read it until the Release store below publishes it.
         self.slot(tail)
-            .with_mut(|slot| unsafe { (*slot).write(value) });
+            .with_mut(|slot| unsafe { (*slot).write(make()) });
         p.tail.store(tail.wrapping_add(1), Release);
         Ok(())
     }
@@ -226,16 +237,32 @@ impl<T: Send> MeshMatrix<T> {
     /// value back when the channel is full.
     ///
     /// # Safety
-    /// Only worker `from`'s thread calls `push` with this `from`.
-    #[inline]
+    /// Only worker `from`'s thread calls `push` or `push_with` with this `from`.
+    #[cfg(test)]
     pub(crate) unsafe fn push(&self, from: usize, to: usize, value: T) -> Result<(), T> {
+        // SAFETY: as promised by the caller.
+        unsafe { self.push_with(from, to, || value) }.map_err(|make| make())
+    }
+
+    /// `push` of the value `make` returns, built straight in its slot; `make` comes back
+    /// uncalled when the channel is full.
+    ///
+    /// # Safety
+    /// As for `push`.
+    #[inline]
+    pub(crate) unsafe fn push_with<F: FnOnce() -> T>(
+        &self,
+        from: usize,
+        to: usize,
+        make: F,
+    ) -> Result<(), F> {
         let cell = &self.cells[from * self.workers + to];
         let mut chan = cell.load(Acquire);
         if chan.is_null() {
             chan = self.create(cell);
         }
         // SAFETY: channels live as long as the matrix; caller is the single producer.
-        unsafe { (*chan).push(value) }
+        unsafe { (*chan).push_with(make) }
     }
 
     /// Creates and publishes the channel of `cell` (its first push).
