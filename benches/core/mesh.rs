@@ -117,6 +117,15 @@ fn credits(sent: u64, arrivals: &AtomicU64) -> u64 {
     CAPACITY as u64 - (sent - arrivals.load(Acquire))
 }
 
+/// What a sender out of credits does before it looks at the arrival counter again, the
+/// same for every system: back off a little, since rereading the counter at full speed
+/// would slow down the consumer that bumps it.
+fn back_off() {
+    for _ in 0..32 {
+        std::hint::spin_loop();
+    }
+}
+
 /// A task on worker A sends `n` jobs to worker B, at most `CAPACITY` unarrived, and
 /// waits until all have run.
 fn veloq_one_way(n: u64) -> f64 {
@@ -130,7 +139,9 @@ fn veloq_one_way(n: u64) -> f64 {
             while sent < n {
                 let burst = credits(sent, &arrivals).min(n - sent);
                 if burst == 0 {
-                    // End this poll so the worker wakes B if needed and runs its loop.
+                    // The ring's back-off (see `ring_one_way`), then end this poll so the
+                    // worker wakes B if needed and runs its loop.
+                    back_off();
                     veloq::yield_now().await;
                     continue;
                 }
@@ -180,11 +191,7 @@ fn ring_one_way(n: u64) -> f64 {
         while sent < n {
             let burst = credits(sent, &arrivals).min(n - sent);
             if burst == 0 {
-                // Back off a little: rereading the counter at full speed would slow down
-                // the consumer that bumps it.
-                for _ in 0..32 {
-                    std::hint::spin_loop();
-                }
+                back_off();
                 continue;
             }
             for _ in 0..burst {

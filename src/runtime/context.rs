@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::executor::spawner::{random_seed, ExecutorRegistry, WorkerShared};
 use super::introspect::TaskName;
-use super::job::{Job, JobParts, RawTask};
+use super::job::{InboxJob, Job, JobParts, RawTask};
 use super::join::{JoinHandle, LocalJoinHandle};
 use super::runtime::{Handle, Placement, SpawnError, SpawnErrorKind};
 use super::task::TaskRef;
@@ -30,6 +30,8 @@ thread_local! {
 pub struct RuntimeContext {
     pub(crate) index: usize,
     pub(crate) registry: Arc<ExecutorRegistry>,
+    /// `registry.worker(index)`, looked up once: every job touches it.
+    me: ptr::NonNull<WorkerShared>,
     /// The local run queue: local tasks, adopted tasks and callbacks sent to ourselves.
     pub(crate) local: RefCell<VecDeque<Job>>,
     /// Jobs taken in a batch from an injector (ours or a victim's), not yet run.
@@ -75,8 +77,10 @@ impl RuntimeContext {
     ) -> std::io::Result<Self> {
         let n = registry.len();
         let buffers = BufferPool::new(&registry.config.buffer_pool, Some(&driver.submitter()))?;
+        let me = ptr::NonNull::from(registry.worker(index));
         Ok(RuntimeContext {
             index,
+            me,
             local: RefCell::new(VecDeque::with_capacity(256)),
             buffer: crossbeam_deque::Worker::new_fifo(),
             live_head: Cell::new(None),
@@ -140,8 +144,12 @@ impl RuntimeContext {
         self.buffers.stats()
     }
 
+    /// This worker's shared state.
+    #[inline]
     pub(crate) fn me(&self) -> &WorkerShared {
-        self.registry.worker(self.index)
+        // SAFETY: `me` points into `registry.workers`, which the registry never resizes
+        // or moves, and `self.registry` keeps the registry alive as long as `self`.
+        unsafe { self.me.as_ref() }
     }
 
     /// Spawns a `!Send` future on this worker; it never leaves it.
@@ -209,6 +217,10 @@ impl RuntimeContext {
     /// `task.func` may be called with `task.arg` on any worker thread (or on
     /// `Placement::Worker`'s), and `task.cq`, when not null, stays alive until its
     /// completion is posted (its reservation is taken here).
+    // Always inlined: the path to another worker is a few dozen instructions (sending to
+    // ourselves, a full channel and refusals are out of line), and a caller's sending
+    // loop keeps the task in registers instead of paying a call frame per message.
+    #[inline(always)]
     pub unsafe fn spawn_raw(
         &self,
         placement: Placement,
@@ -250,6 +262,11 @@ impl RuntimeContext {
     /// From a worker no per-job shutdown handshake is needed: shutdown ends only when
     /// every worker is idle (see `ExecutorRegistry::try_terminate`), which this one is not
     /// while it runs the job calling this. A job accepted here always runs.
+    ///
+    /// The path to another worker (a push onto the mesh and a notification recorded for
+    /// the end of the current job) is inlined into the spawn calls; sending to ourselves
+    /// and a full channel are out of line.
+    #[inline]
     fn submit(
         &self,
         placement: Placement,
@@ -266,51 +283,71 @@ impl RuntimeContext {
             return Err(SpawnErrorKind::Shutdown);
         }
         self.stats.spawned.set(self.stats.spawned.get() + 1);
-        if target == self.index && placement != Placement::Any {
-            // Sending to ourselves: straight into the local run queue.
-            match make().into_parts() {
-                JobParts::Task(task) => {
-                    // References: the live list and the run queue entry.
-                    task.adopt(self.me(), 2);
-                    self.adopted(task);
-                    self.push_local_task(task);
-                }
-                JobParts::Raw(raw) => self.local.borrow_mut().push_back(Job::Raw(raw)),
-                JobParts::Batch(tasks) => self.local.borrow_mut().push_back(Job::Batch(tasks)),
-            }
+        if target == self.index {
+            self.submit_here(placement, make());
             return Ok(());
         }
-        let worker = registry.worker(target);
-        let job = make();
-        if placement == Placement::Any {
-            worker.count_submitted(1);
-            worker.injector.push(job);
-            return Ok(()); // our own queue; peers are woken at the end of the turn
-        }
         // SAFETY: this thread is worker `self.index`, the only producer of its row.
-        if let Err(job) = unsafe { registry.mesh.push(self.index, target, job) } {
-            worker.count_submitted(1);
-            if pinned {
-                worker.inbox.push(job);
-            } else {
-                worker.injector.push(job);
-            }
+        if let Err(make) = unsafe { registry.mesh.push_with(self.index, target, make) } {
+            self.overflow(target, pinned, make());
         }
         self.notify_later(target);
         Ok(())
     }
 
+    /// `submit` to this worker: `Any` into its injector (stealable), otherwise straight
+    /// into the local run queue.
+    #[inline(never)]
+    fn submit_here(&self, placement: Placement, job: Job) {
+        if placement == Placement::Any {
+            self.me().count_submitted(1);
+            self.me().injector.push(job);
+            return; // our own queue; peers are woken at the end of the turn
+        }
+        match job.into_parts() {
+            JobParts::Task(task) => {
+                // References: the live list and the run queue entry.
+                task.adopt(self.me(), 2);
+                self.adopted(task);
+                self.push_local_task(task);
+            }
+            JobParts::Raw(raw) => self.local.borrow_mut().push_back(Job::Raw(raw)),
+        }
+    }
+
+    /// The mesh channel to `target` is full: the job goes to the target's inbox when
+    /// pinned (never stolen), to its injector otherwise. Never lost, never refused.
+    #[cold]
+    #[inline(never)]
+    fn overflow(&self, target: usize, pinned: bool, job: Job) {
+        let worker = self.registry.worker(target);
+        worker.count_submitted(1);
+        if pinned {
+            worker.inbox.push(InboxJob::One(job));
+        } else {
+            worker.injector.push(job);
+        }
+    }
+
     /// Records that `worker` must be notified once the current job returns.
+    #[inline]
     fn notify_later(&self, worker: usize) {
         self.notify_pending[worker].set(true);
         self.any_notify_pending.set(true);
     }
 
     /// Notifies every worker we handed work to since the last flush.
+    #[inline]
     pub(crate) fn flush_notifications(&self) {
-        if !self.any_notify_pending.replace(false) {
-            return;
+        if self.any_notify_pending.get() {
+            self.flush_pending_notifications();
         }
+    }
+
+    /// The notifications `flush_notifications` found pending.
+    #[inline(never)]
+    fn flush_pending_notifications(&self) {
+        self.any_notify_pending.set(false);
         for (i, pending) in self.notify_pending.iter().enumerate() {
             if pending.replace(false) {
                 self.registry.worker(i).notify();

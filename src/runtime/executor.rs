@@ -3,21 +3,25 @@
 //! One turn visits every source with its own budget, so none can starve another: the
 //! local run queue, the inbound mesh channels, the pinned inbox and the own injector.
 //! A turn that found nothing steals a batch from a random peer's injector, spins a
-//! little, then parks in the io_uring ring until notified.
+//! little (running mesh messages as soon as they arrive, the other sources in the turn
+//! that follows), then parks in the io_uring ring until notified.
 
 pub(crate) mod spawner;
 
 use std::cell::Cell;
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::time::Instant;
 
 use crossbeam_deque::Steal;
 
 use super::context::RuntimeContext;
 use super::introspect::coarse_ms;
-use super::job::{Job, JobParts};
+use super::job::{InboxJob, Job, JobParts};
 use crate::io::driver::Delivery;
-use spawner::next_random;
+use spawner::{below, next_random};
 
 /// Where a job came from (for statistics).
 #[derive(Clone, Copy)]
@@ -50,6 +54,17 @@ pub(crate) struct LocalCounters {
     /// Jobs at the front of `buffer` that came from the own injector (the rest were
     /// stolen): keeps the by-source counts exact.
     buffered_own: Cell<usize>,
+}
+
+/// Adds a worker-local count to its published counter and zeroes it. Only the worker
+/// writes the counter, so a plain load and store do (no locked instruction).
+#[inline]
+fn publish_count(local: &Cell<u64>, shared: &AtomicU64) {
+    let v = local.get();
+    if v > 0 {
+        local.set(0);
+        shared.store(shared.load(Relaxed).wrapping_add(v), Relaxed);
+    }
 }
 
 /// `LocalCounters::turn_ms` before the turn read the clock. Should the clock itself read
@@ -88,14 +103,18 @@ impl RuntimeContext {
             ran += self.run_mesh(budget);
             ran += self.run_inbox(budget);
             ran += self.run_injector(budget);
-            self.end_turn();
-            // After a turn that ran something, loop again only when something is left to
-            // run: a turn that would find nothing (typically: a task submitted I/O and
-            // waits for it) costs more than asking, and its only act, trying to steal,
-            // follows here anyway. Shutdown keeps the plain loop.
-            if ran > 0 && (self.registry.closed.load(Relaxed) || self.has_work()) {
-                continue;
+            if ran > 0 {
+                self.end_turn();
+                // Loop again only when something is left to run: a turn that would find
+                // nothing (typically: a task submitted I/O and waits for it) costs more
+                // than asking, and its only act, trying to steal, follows here anyway.
+                // Shutdown keeps the plain loop.
+                if self.registry.closed.load(Relaxed) || self.has_work() {
+                    continue;
+                }
             }
+            // A turn that ran nothing has nothing to publish (every count and the local
+            // queue are as the last `end_turn` left them).
             if self.steal(budget) {
                 continue;
             }
@@ -214,38 +233,46 @@ impl RuntimeContext {
 
     fn run_mesh(&self, budget: usize) -> usize {
         let workers = self.registry.len();
-        let start = self.mesh_cursor.get();
+        let mut from = self.mesh_cursor.get();
         let mut n = 0;
-        for k in 0..workers {
-            let from = (start + k) % workers;
-            if from == self.index {
-                continue;
+        for _ in 0..workers {
+            if from != self.index {
+                if let Some(chan) = self.registry.mesh.channel(from, self.index) {
+                    // SAFETY: this thread is worker `self.index`, the only consumer of its
+                    // column; running a job never consumes from this channel.
+                    n += unsafe { chan.drain(budget - n, |job| self.run_job(job, Source::Mesh)) };
+                    if n >= budget {
+                        // Start with the next channel next turn so every sender gets its
+                        // share.
+                        self.mesh_cursor
+                            .set(if from + 1 == workers { 0 } else { from + 1 });
+                        break;
+                    }
+                }
             }
-            let Some(chan) = self.registry.mesh.channel(from, self.index) else {
-                continue;
-            };
-            // SAFETY: this thread is worker `self.index`, the only consumer of its column;
-            // running a job never consumes from this channel.
-            n += unsafe { chan.drain(budget - n, |job| self.run_job(job, Source::Mesh)) };
-            if n >= budget {
-                // Start with the next channel next turn so every sender gets its share.
-                self.mesh_cursor.set((from + 1) % workers);
-                break;
-            }
+            from = if from + 1 == workers { 0 } else { from + 1 };
         }
         n
     }
 
     fn run_inbox(&self, budget: usize) -> usize {
+        // `is_empty` first: an empty `steal` costs a SeqCst fence. A job pushed just after
+        // this look is found next turn, or by the look at every queue before parking.
+        let inbox = &self.me().inbox;
+        if inbox.is_empty() {
+            return 0;
+        }
         let mut n = 0;
         while n < budget {
-            let Some(job) = self.me().inbox.steal().success() else {
+            let Some(job) = inbox.steal().success() else {
                 break;
             };
             // A batch counts as its callbacks, in the budget as in the taken count.
-            let weight = job.weight() as usize;
-            self.run_job(job, Source::Inbox);
-            n += weight;
+            n += job.weight() as usize;
+            match job {
+                InboxJob::One(job) => self.run_job(job, Source::Inbox),
+                InboxJob::Batch(tasks) => self.run_batch_job(&tasks, Source::Inbox),
+            }
         }
         self.taken.set(self.taken.get() + n as u64);
         n
@@ -254,6 +281,10 @@ impl RuntimeContext {
     fn run_injector(&self, budget: usize) -> usize {
         let mut n = 0;
         if self.buffer.is_empty() {
+            // `is_empty` first, as in `run_inbox`.
+            if self.me().injector.is_empty() {
+                return 0;
+            }
             if let Steal::Success(job) = self
                 .me()
                 .injector
@@ -287,12 +318,13 @@ impl RuntimeContext {
             return false;
         }
         // A stalled peer's injector first: nobody else will run that work.
-        let first = self
+        let mut next = self
             .registry
             .stalled_peer(self.index)
-            .unwrap_or_else(|| (next_random(&self.rng) % workers as u64) as usize);
-        for k in 0..workers {
-            let victim_index = (first + k) % workers;
+            .unwrap_or_else(|| below(next_random(&self.rng) >> 32, workers));
+        for _ in 0..workers {
+            let victim_index = next;
+            next = if next + 1 == workers { 0 } else { next + 1 };
             if victim_index == self.index {
                 continue;
             }
@@ -326,50 +358,58 @@ impl RuntimeContext {
         false
     }
 
+    /// Runs one job taken from `source`. A callback runs right here (the loops that take
+    /// jobs, the mesh drain above all, inline this); a task goes out of line.
+    #[inline]
     fn run_job(&self, job: Job, source: Source) {
-        self.bump_progress();
         match job.into_parts() {
             JobParts::Raw(raw) => {
+                self.bump_progress();
                 // SAFETY: promised by the spawn call that accepted the job.
                 unsafe { raw.run(self) };
+                self.count(source);
+                self.flush_notifications();
             }
-            JobParts::Batch(tasks) => {
-                // Each callback is a job of its own for the watchdog, the statistics and
-                // the peers it hands work to (the first one's progress is bumped above,
-                // the last one's count and notifications below).
-                let (first, rest) = tasks.split_first().expect("a batch is never empty");
-                // SAFETY: promised by the batch spawn call that accepted the job.
-                unsafe { first.run(self) };
-                for raw in rest {
-                    self.flush_notifications();
-                    self.bump_progress();
-                    // SAFETY: as above.
-                    unsafe { raw.run(self) };
-                }
-                self.count_n(source, rest.len() as u64);
-            }
-            JobParts::Task(task) => {
-                if !task.take_first_run() {
-                    // A woken task polled again: not a start.
-                    self.stats.polls.set(self.stats.polls.get() + 1);
-                    self.run_task(task);
-                    self.flush_notifications();
-                    return;
-                }
-                if !matches!(source, Source::Local) {
-                    // A Send task arriving here: adopt it (live list + this run).
-                    let cancel = task.adopt(self.me(), 2);
-                    self.adopted(task);
-                    if cancel || self.registry.cancel.load(Relaxed) {
-                        task.cancel_now(self);
-                        task.release_local();
-                        self.count(source);
-                        return;
-                    }
-                }
-                self.run_task(task);
+            JobParts::Task(task) => self.run_task_job(task, source),
+        }
+    }
+
+    /// `run_job` for a batch of callbacks: each one is a job of its own for the
+    /// watchdog, the statistics and the peers it hands work to.
+    #[inline(never)]
+    fn run_batch_job(&self, tasks: &[super::job::RawTask], source: Source) {
+        for raw in tasks {
+            self.bump_progress();
+            // SAFETY: promised by the batch spawn call that accepted the job.
+            unsafe { raw.run(self) };
+            self.flush_notifications();
+        }
+        self.count_n(source, tasks.len() as u64);
+    }
+
+    /// `run_job` for a task: adopts a `Send` task arriving here, or polls a woken one.
+    #[inline(never)]
+    fn run_task_job(&self, task: super::task::TaskRef, source: Source) {
+        self.bump_progress();
+        if !task.take_first_run() {
+            // A woken task polled again: not a start.
+            self.stats.polls.set(self.stats.polls.get() + 1);
+            self.run_task(task);
+            self.flush_notifications();
+            return;
+        }
+        if !matches!(source, Source::Local) {
+            // A Send task arriving here: adopt it (live list + this run).
+            let cancel = task.adopt(self.me(), 2);
+            self.adopted(task);
+            if cancel || self.registry.cancel.load(Relaxed) {
+                task.cancel_now(self);
+                task.release_local();
+                self.count(source);
+                return;
             }
         }
+        self.run_task(task);
         self.count(source);
         self.flush_notifications();
     }
@@ -417,23 +457,20 @@ impl RuntimeContext {
     fn end_turn(&self) {
         self.completions.flush();
         let me = self.me();
-        me.count_taken(self.taken.replace(0));
+        let taken = self.taken.get();
+        if taken > 0 {
+            self.taken.set(0);
+            me.count_taken(taken);
+        }
         me.publish_local_queued(self.local.borrow().len());
         let c = &me.counters;
-        for (cell, shared) in [
-            (&self.stats.local, &c.tasks_local),
-            (&self.stats.mesh, &c.tasks_mesh),
-            (&self.stats.inbox, &c.tasks_inbox),
-            (&self.stats.injector, &c.tasks_injector),
-            (&self.stats.stolen, &c.tasks_stolen),
-            (&self.stats.polls, &c.polls),
-            (&self.stats.spawned, &c.tasks_spawned),
-        ] {
-            let v = cell.replace(0);
-            if v > 0 {
-                shared.fetch_add(v, Relaxed);
-            }
-        }
+        publish_count(&self.stats.local, &c.tasks_local);
+        publish_count(&self.stats.mesh, &c.tasks_mesh);
+        publish_count(&self.stats.inbox, &c.tasks_inbox);
+        publish_count(&self.stats.injector, &c.tasks_injector);
+        publish_count(&self.stats.stolen, &c.tasks_stolen);
+        publish_count(&self.stats.polls, &c.polls);
+        publish_count(&self.stats.spawned, &c.tasks_spawned);
         self.flush_notifications();
         if !me.injector.is_empty() {
             self.wake_a_sleeping_peer();
@@ -500,7 +537,20 @@ impl RuntimeContext {
         self.mesh_has_work()
     }
 
+    /// A turn of mesh messages alone, for a spinning worker that found some: they run
+    /// at once rather than after the other looks of a full turn (I/O, local queue),
+    /// which the loop makes right after.
+    fn run_mesh_turn(&self) {
+        self.leave_idle();
+        self.bump_progress();
+        self.stats.turn_ms.set(TURN_MS_UNREAD);
+        if self.run_mesh(self.registry.config.budget) > 0 {
+            self.end_turn();
+        }
+    }
+
     /// Nothing to do: spin for the configured time, then park in the ring.
+    #[inline(never)]
     fn idle(&self, cancelled: bool) {
         let spin = self.registry.config.spin_before_park;
         // Submissions waiting for the park go in now rather than after a spin: the park's
@@ -510,12 +560,18 @@ impl RuntimeContext {
             .try_borrow_mut()
             .is_ok_and(|mut d| d.has_queued());
         if !spin.is_zero() && !queued {
-            let start = Instant::now();
+            // The clock is first read at the 64th round (so the spin lasts up to 64 rounds,
+            // a few µs, longer than `spin`): a worker whose wait is short reads none.
+            let mut start = None;
             let mut rounds = 0u32;
             loop {
                 // Mesh messages are what a spinning worker most often waits for: look at
                 // its inbound channels every round, at everything else every 16th.
-                if self.mesh_has_work() || (rounds % 16 == 0 && self.has_work()) {
+                if self.mesh_has_work() {
+                    self.run_mesh_turn();
+                    return;
+                }
+                if rounds % 16 == 0 && self.has_work() {
                     return;
                 }
                 rounds += 1;
@@ -524,7 +580,7 @@ impl RuntimeContext {
                     if self.steal(self.registry.config.budget) {
                         return;
                     }
-                    if start.elapsed() >= spin {
+                    if start.get_or_insert_with(Instant::now).elapsed() >= spin {
                         break;
                     }
                 }

@@ -140,11 +140,12 @@ pub(crate) enum Job {
     Task(TaskRef),
     /// A callback.
     Raw(RawTask),
-    /// Callbacks submitted together (`Handle::spawn_raw_batch`), run in order on the
-    /// worker whose inbox they were put in; never stolen, never sent over the mesh. Counts
-    /// as `len` jobs in the worker's submitted and taken counts (see `weight`).
-    Batch(Box<[RawTask]>),
 }
+
+// Jobs travel inline in mesh slots, injectors and inboxes: a job is no bigger than the
+// callback it carries (the `Task` variant sits in the niche of `RawTask::func`), so a mesh
+// slot is 32 bytes and two share a cache line.
+const _: () = assert!(std::mem::size_of::<Job>() == std::mem::size_of::<RawTask>());
 
 impl Drop for Job {
     fn drop(&mut self) {
@@ -157,23 +158,12 @@ impl Drop for Job {
 }
 
 impl Job {
-    /// How many jobs this counts as in a worker's submitted and taken counts.
-    #[inline]
-    pub(crate) fn weight(&self) -> u64 {
-        match self {
-            Job::Batch(tasks) => tasks.len() as u64,
-            _ => 1,
-        }
-    }
-
     /// Consumes the job without running its drop hook (the task was adopted or run).
     pub(crate) fn into_parts(self) -> JobParts {
         let mut this = std::mem::ManuallyDrop::new(self);
         match &mut *this {
             Job::Task(t) => JobParts::Task(*t),
             Job::Raw(r) => JobParts::Raw(*r),
-            // The box is moved out and the husk is never dropped.
-            Job::Batch(tasks) => JobParts::Batch(std::mem::take(tasks)),
         }
     }
 }
@@ -182,5 +172,26 @@ impl Job {
 pub(crate) enum JobParts {
     Task(TaskRef),
     Raw(RawTask),
+}
+
+/// What a worker's pinned inbox carries. Batches travel only here, so a [`Job`] (what
+/// mesh slots, injectors and run queues hold) stays as small as one callback.
+pub(crate) enum InboxJob {
+    /// A pinned job from outside, or a mesh job that found its channel full.
+    One(Job),
+    /// Callbacks submitted together (`Handle::spawn_raw_batch`), run in order on this
+    /// worker; never stolen. Counts as `len` jobs in the worker's submitted and taken
+    /// counts (see `weight`).
     Batch(Box<[RawTask]>),
+}
+
+impl InboxJob {
+    /// How many jobs this counts as in a worker's submitted and taken counts.
+    #[inline]
+    pub(crate) fn weight(&self) -> u64 {
+        match self {
+            InboxJob::One(_) => 1,
+            InboxJob::Batch(tasks) => tasks.len() as u64,
+        }
+    }
 }

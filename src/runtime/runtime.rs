@@ -17,7 +17,7 @@ use super::blocking::{self, BlockingConfig};
 use super::context::{self, RuntimeContext};
 use super::executor::spawner::{Config, ExecutorRegistry};
 use super::introspect::{self, QueueDepths, RuntimeDump};
-use super::job::{Job, RawTask};
+use super::job::{InboxJob, Job, RawTask};
 use super::join::JoinHandle;
 use super::mesh::MeshMatrix;
 use super::task::TaskRef;
@@ -861,7 +861,7 @@ impl Handle {
                 release_completions(&part);
                 break;
             }
-            worker.inbox.push(Job::Batch(part.into_boxed_slice()));
+            worker.inbox.push(InboxJob::Batch(part.into_boxed_slice()));
             worker.notify();
             accepted += len;
         }
@@ -921,7 +921,7 @@ impl Handle {
         }
         let job = make();
         if pinned {
-            worker.inbox.push(job);
+            worker.inbox.push(InboxJob::One(job));
         } else {
             worker.injector.push(job);
         }

@@ -12,7 +12,7 @@ use crossbeam_deque::Injector;
 use crossbeam_utils::CachePadded;
 
 use crate::runtime::introspect::{DumpRequest, WorkerWatch};
-use crate::runtime::job::Job;
+use crate::runtime::job::{InboxJob, Job};
 use crate::runtime::mesh::MeshMatrix;
 use crate::runtime::park::ParkState;
 use crate::runtime::task::{RemoteOp, TaskRef};
@@ -83,7 +83,7 @@ pub(crate) struct WorkerShared {
     pub(crate) injector: Injector<Job>,
     /// Pinned work that did not come over the mesh (from outside, or overflow): never
     /// stolen.
-    pub(crate) inbox: Injector<Job>,
+    pub(crate) inbox: Injector<InboxJob>,
     /// Waker operations from other threads on this worker's tasks (FIFO).
     remote: Injector<RemoteOp>,
     /// On its own line: every submission from another thread reads it, and the worker
@@ -97,7 +97,8 @@ pub(crate) struct WorkerShared {
     /// What the worker publishes once per turn for load balancing (`load`).
     progress: CachePadded<Progress>,
     /// Statistics, apart from what submitters read so that publishing them costs a
-    /// submitting thread no cache miss.
+    /// submitting thread no cache miss. The `tasks_*` and `polls` counts are written by
+    /// the worker only (see `executor::publish_count`).
     pub(crate) counters: CachePadded<WorkerCounters>,
     /// Progress and stall state for the watchdog and the dump.
     pub(crate) watch: CachePadded<WorkerWatch>,
@@ -516,7 +517,7 @@ impl ExecutorRegistry {
 }
 
 /// Maps a 32-bit random value onto `0..n` (n < 2^32) without a division.
-fn below(r32: u64, n: usize) -> usize {
+pub(crate) fn below(r32: u64, n: usize) -> usize {
     ((r32 * n as u64) >> 32) as usize
 }
 
