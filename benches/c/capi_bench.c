@@ -21,6 +21,14 @@
  *     lock would be a different design); they run exactly as in (a), 64 calls per batch,
  *     and their figures in this row are a second measurement of (a).
  *
+ *       spsc_limit   the hardware ceiling, not a product: spinning threads (as many as veloq
+ *                    has workers, but at most one per core the host leaves free, so no
+ *                    spinner ever waits for a time slice), each with a private lock-free
+ *                    SPSC ring from the host and one back; nobody ever sleeps or balances;
+ *                    the host deals jobs round robin and polls the return rings. No runtime that hands a callback to
+ *                    another thread and returns its result can beat it on this machine, so
+ *                    a goal above it (10x libuv when libuv is fast) is out of reach here.
+ *
  * (b) latency: a round trip host -> worker -> host, one at a time, ROUND_TRIPS of them after
  *     a warm-up; p50 and p99 in ns.
  *       veloq        veloq_spawn_to(rt, 0, noop, NULL, cq, i) then veloq_cq_wait(min 1)
@@ -54,6 +62,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -490,11 +499,121 @@ static void pool_round_trips(uint64_t *samples, size_t n, size_t warmup) {
     }
 }
 
+/* ========================== spsc_limit (ceiling) ========================== */
+
+#define LIMIT_RING 4096 /* slots per ring, a power of two */
+#define LIMIT_MAX_THREADS 64
+
+/* A single-producer single-consumer ring of jobs or results; indices on their own lines,
+ * each side keeping a private copy of the other's index so that it reads the other's line
+ * only when its copy says full (producer) or empty (consumer). */
+struct limit_ring {
+    _Alignas(64) _Atomic uint64_t tail; /* written by the producer */
+    _Alignas(64) uint64_t head_seen;     /* producer-private */
+    _Alignas(64) _Atomic uint64_t head; /* written by the consumer */
+    _Alignas(64) uint64_t tail_seen;     /* consumer-private */
+    _Alignas(64) struct job slots[LIMIT_RING];
+};
+
+struct limit_lane {
+    struct limit_ring to_worker, to_host;
+    pthread_t thread;
+    _Atomic int stop;
+};
+
+static struct limit_lane *g_lanes;
+static unsigned g_nlanes;
+
+static int limit_push(struct limit_ring *r, struct job j) {
+    uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    if (t - r->head_seen == LIMIT_RING) {
+        r->head_seen = atomic_load_explicit(&r->head, memory_order_acquire);
+        if (t - r->head_seen == LIMIT_RING)
+            return 0;
+    }
+    r->slots[t & (LIMIT_RING - 1)] = j;
+    atomic_store_explicit(&r->tail, t + 1, memory_order_release);
+    return 1;
+}
+
+static int limit_pop(struct limit_ring *r, struct job *j) {
+    uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+    if (h == r->tail_seen) {
+        r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
+        if (h == r->tail_seen)
+            return 0;
+    }
+    *j = r->slots[h & (LIMIT_RING - 1)];
+    atomic_store_explicit(&r->head, h + 1, memory_order_release);
+    return 1;
+}
+
+static void *limit_worker(void *p) {
+    struct limit_lane *lane = p;
+    struct job j;
+    while (!atomic_load_explicit(&lane->stop, memory_order_relaxed)) {
+        if (!limit_pop(&lane->to_worker, &j))
+            continue;
+        j.arg = (void *)(uintptr_t)j.fn(j.arg); /* the result rides back in `arg` */
+        while (!limit_push(&lane->to_host, j))
+            ;
+    }
+    return NULL;
+}
+
+static uint64_t limit_reap(void) {
+    uint64_t n = 0;
+    unsigned w;
+    struct job j;
+    for (w = 0; w < g_nlanes; w++)
+        while (limit_pop(&g_lanes[w].to_host, &j)) {
+            g_sink = j.tag;
+            n++;
+        }
+    return n;
+}
+
+/* Threads start before the clock and stop after it: only the handoffs are timed. */
+static double limit_throughput(uint64_t n, unsigned threads) {
+    uint64_t i, reaped = 0, start;
+    unsigned w;
+    double rate;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned spare = cores > 1 ? (unsigned)(cores - 1) : 1;
+    g_nlanes = threads < spare ? threads : spare;
+    if (g_nlanes > LIMIT_MAX_THREADS)
+        g_nlanes = LIMIT_MAX_THREADS;
+    g_lanes = aligned_alloc(64, g_nlanes * sizeof *g_lanes);
+    if (!g_lanes)
+        die("limit alloc", ENOMEM);
+    memset(g_lanes, 0, g_nlanes * sizeof *g_lanes);
+    for (w = 0; w < g_nlanes; w++)
+        if (pthread_create(&g_lanes[w].thread, NULL, limit_worker, &g_lanes[w]) != 0)
+            die("pthread_create", errno);
+    start = now_ns();
+    for (i = 0; i < n; i++) {
+        struct job j = {pool_noop, NULL, i};
+        while (!limit_push(&g_lanes[i % g_nlanes].to_worker, j))
+            reaped += limit_reap();
+        if ((i & 1023) == 1023)
+            reaped += limit_reap();
+    }
+    while (reaped < n)
+        reaped += limit_reap();
+    rate = (double)n * 1e9 / (double)(now_ns() - start);
+    for (w = 0; w < g_nlanes; w++) {
+        atomic_store(&g_lanes[w].stop, 1);
+        pthread_join(g_lanes[w].thread, NULL);
+    }
+    free(g_lanes);
+    return rate;
+}
+
 /* ============================== reporting ============================== */
 
-enum { VELOQ, LIBUV, LIBUV_EFD, POOL, EVENTFD, N_IMPL };
+enum { VELOQ, LIBUV, LIBUV_EFD, POOL, EVENTFD, LIMIT, N_IMPL };
 static const char *const k_impl[N_IMPL] = {"veloq", "libuv", "libuv_async_eventfd",
-                                           "pthread_pool", "eventfd"};
+                                           "pthread_pool", "eventfd", "spsc_limit"};
 
 struct row {
     const char *scenario, *unit;
@@ -515,6 +634,9 @@ static const char *goal_text(const struct row *r, int *met) {
     double ve = r->result[EVENTFD] > 0 ? r->result[VELOQ] / r->result[EVENTFD] : 0;
     if (r->higher_is_better) {
         *met = vl >= 10.0 && vp >= 3.0;
+        if (r->result[LIMIT] > 0 && r->result[LIBUV] > 0 &&
+            10.0 * r->result[LIBUV] > r->result[LIMIT])
+            return ">=10x libuv and >=3x pthread_pool (10x libuv > spsc_limit: out of reach)";
         return ">=10x libuv and >=3x pthread_pool";
     }
     if (strstr(r->scenario, "p50")) {
@@ -530,9 +652,10 @@ static void print_table(const struct row *rows, int n) {
     printf("\n%-48s %-5s", "scenario", "unit");
     for (k = 0; k < N_IMPL; k++)
         printf(" %*s", k == LIBUV_EFD ? 19 : 12, k_impl[k]);
-    printf(" %12s %12s %12s  goal\n", "veloq/libuv", "veloq/pool", "veloq/efd");
+    printf(" %12s %12s %12s %12s  goal\n", "veloq/libuv", "veloq/pool", "veloq/efd",
+           "veloq/limit");
     for (i = 0; i < n; i++) {
-        char a[32], b[32], c[32];
+        char a[32], b[32], c[32], d[32];
         int met;
         const char *goal = goal_text(&rows[i], &met);
         printf("%-48s %-5s", rows[i].scenario, rows[i].unit);
@@ -546,7 +669,8 @@ static void print_table(const struct row *rows, int n) {
         ratio_cell(a, sizeof a, &rows[i], LIBUV);
         ratio_cell(b, sizeof b, &rows[i], POOL);
         ratio_cell(c, sizeof c, &rows[i], EVENTFD);
-        printf(" %12s %12s %12s  %s%s\n", a, b, c, goal,
+        ratio_cell(d, sizeof d, &rows[i], LIMIT);
+        printf(" %12s %12s %12s %12s  %s%s\n", a, b, c, d, goal,
                met < 0 ? "" : met ? "  [met]" : "  [NOT met]");
     }
 }
@@ -642,18 +766,26 @@ int main(int argc, char **argv) {
         tp[VELOQ][r] = veloq_throughput(callbacks);
         tp[LIBUV][r] = libuv_throughput(callbacks);
         tp[POOL][r] = pool_throughput(callbacks);
-        printf("  run %d  throughput  veloq %.0f  libuv %.0f  pthread_pool %.0f  ops/s\n", r + 1,
-               tp[VELOQ][r], tp[LIBUV][r], tp[POOL][r]);
+        tp[LIMIT][r] = limit_throughput(callbacks, workers);
+        printf("  run %d  throughput  veloq %.0f  libuv %.0f  pthread_pool %.0f  spsc_limit %.0f"
+               "  ops/s\n",
+               r + 1, tp[VELOQ][r], tp[LIBUV][r], tp[POOL][r], tp[LIMIT][r]);
         /* Batches of 64: only veloq has a batch call; the peers run as above. */
         tpb[VELOQ][r] = veloq_batch_throughput(callbacks);
         tpb[LIBUV][r] = libuv_throughput(callbacks);
         tpb[POOL][r] = pool_throughput(callbacks);
-        printf("  run %d  batches of %d  veloq %.0f  libuv %.0f  pthread_pool %.0f  ops/s\n",
-               r + 1, BATCH, tpb[VELOQ][r], tpb[LIBUV][r], tpb[POOL][r]);
+        tpb[LIMIT][r] = limit_throughput(callbacks, workers);
+        printf("  run %d  batches of %d  veloq %.0f  libuv %.0f  pthread_pool %.0f  spsc_limit %.0f"
+               "  ops/s\n",
+               r + 1, BATCH, tpb[VELOQ][r], tpb[LIBUV][r], tpb[POOL][r], tpb[LIMIT][r]);
         fflush(stdout);
     }
     for (r = 0; r < (int)runs; r++) {
         for (k = 0; k < N_IMPL; k++) {
+            if (k == LIMIT) { /* a throughput ceiling only */
+                p50[k][r] = p99[k][r] = -1;
+                continue;
+            }
             switch (k) {
             case VELOQ: veloq_round_trips(samples, round_trips, warmup); break;
             case LIBUV: libuv_round_trips(samples, round_trips, warmup, 0); break;
@@ -699,14 +831,15 @@ int main(int argc, char **argv) {
     rows[3].higher_is_better = 1;
     for (k = 0; k < N_IMPL; k++) {
         rows[0].result[k] = k == EVENTFD || k == LIBUV_EFD ? -1 : median(tp[k], (int)runs);
-        rows[1].result[k] = median(p50[k], (int)runs);
-        rows[2].result[k] = median(p99[k], (int)runs);
+        rows[1].result[k] = k == LIMIT ? -1 : median(p50[k], (int)runs);
+        rows[2].result[k] = k == LIMIT ? -1 : median(p99[k], (int)runs);
         rows[3].result[k] = k == EVENTFD || k == LIBUV_EFD ? -1 : median(tpb[k], (int)runs);
     }
     print_table(rows, 4);
     printf("(batch64 row: veloq submits with veloq_spawn_balanced_batch, 64 jobs per call;\n"
            " libuv and the pthread pool have no batch submission and run one call per job, as\n"
-           " in the first row)\n");
+           " in the first row; spsc_limit is the ceiling for any handoff of a callback to\n"
+           " another thread and back on this machine: spinning threads, private SPSC rings)\n");
 
     mkdir_parents(out);
     if (write_json(out, rows, 4) != 0)
