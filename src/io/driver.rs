@@ -674,6 +674,9 @@ impl Driver {
                 if slot.result_is_fd && res >= 0 {
                     // E.g. an accept that won the race against its cancel.
                     close_orphan_fd(res);
+                } else if let Some(keep) = &slot.keep {
+                    // A dropped multishot receive: its buffer goes back to its ring.
+                    super::buf_ring::give_back_orphaned(keep.as_ref(), flags);
                 }
             }
         }
