@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     out: Cell<u16>,
     /// Receives waiting for a buffer to come back (they ran the ring dry).
     waiters: RefCell<Vec<Waker>>,
+    /// Whether `waiters` may be non-empty (checked on every give-back).
+    waiting: Cell<bool>,
 }
 
 impl Inner {
@@ -98,13 +100,19 @@ impl Inner {
             return;
         }
         self.publish(bid);
+        if self.waiting.get() {
+            self.wake_waiters();
+        }
+    }
+
+    #[cold]
+    fn wake_waiters(&self) {
         if let Ok(mut waiters) = self.waiters.try_borrow_mut() {
-            if !waiters.is_empty() {
-                // Only live receives wait here (a dropped one takes its waker out), so
-                // waking one never releases a task.
-                for w in waiters.drain(..) {
-                    w.wake();
-                }
+            self.waiting.set(false);
+            // Only live receives wait here (a dropped one takes its waker out), so
+            // waking one never releases a task.
+            for w in waiters.drain(..) {
+                w.wake();
             }
         }
     }
@@ -137,6 +145,7 @@ impl Inner {
             registered: Cell::new(false),
             out: Cell::new(0),
             waiters: RefCell::new(Vec::new()),
+            waiting: Cell::new(false),
         };
         // SAFETY: the ring mapping is page-aligned, `count` entries long and zeroed (tail
         // 0). It stays mapped while registered: `registered` is cleared only after the
@@ -291,6 +300,7 @@ impl BufRing {
         if !waiters.iter().any(|w| w.will_wake(waker)) {
             waiters.push(waker.clone());
         }
+        self.inner.waiting.set(true);
     }
 
     /// Takes `waker` out of the waiters (its receive is going away).

@@ -411,6 +411,7 @@ impl<T: 'static> MultiOp<T> {
 
     /// The next completion; None after the final one was returned. A result without
     /// `IORING_CQE_F_MORE` in its flags is the final one.
+    #[inline]
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<OpResult>> {
         if self.finished {
             return Poll::Ready(None);
