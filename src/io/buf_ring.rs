@@ -206,7 +206,9 @@ impl BufRing {
     /// io_uring ring (Linux 5.19 or later; multishot receives need 6.0). `count` must be
     /// a power of two in `1..=32768` and `size` in `1..=u32::MAX`, else `InvalidInput`.
     /// Errors: off a worker (an error saying so), the kernel's errors from the
-    /// registration (`EINVAL` on an older kernel, `ENOMEM`), mapping failures.
+    /// registration (`EINVAL` on an older kernel, `ENOMEM`), mapping failures. The
+    /// group id is picked from 0x4000 up, skipping ids already registered (e.g. by C code
+    /// through `veloq_recv_multishot`'s groups).
     pub fn new(count: usize, size: usize) -> io::Result<BufRing> {
         let made = op::with_driver(|driver, owner| {
             let submitter = driver.submitter();
