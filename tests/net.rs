@@ -918,3 +918,38 @@ fn chunks_arriving_after_the_drop_give_their_buffers_back_too() {
     assert!(got.ends_with(b"next"));
     assert!(got[..got.len() - 4].iter().all(|&b| b == 9));
 }
+
+#[test]
+fn a_receive_starved_by_another_streams_unread_chunks_waits_instead_of_rearming() {
+    let rt = runtime(1);
+    let (listener, client_a) = listener_and_client();
+    let client_b = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (arms_while_dry, b_got) = on_worker(&rt, move || async move {
+        use std::io::Write;
+        let (a, _) = listener.accept().await.unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        let ring = veloq::io::BufRing::new(2, 64).unwrap();
+        let (mut client_a, mut client_b) = (client_a, client_b);
+        let mut rx_a = a.recv_multishot(&ring);
+        // Arm A's receive, then let the kernel fill both buffers with A's bytes, which
+        // A's task does not read yet.
+        assert!(time::timeout(Duration::from_millis(1), rx_a.next())
+            .await
+            .is_err());
+        client_a.write_all(&[7u8; 200]).unwrap();
+        time::sleep(Duration::from_millis(10)).await;
+        // B finds the ring dry: its receive ends with ENOBUFS and waits for a buffer.
+        client_b.write_all(b"b").unwrap();
+        let mut rx_b = b.recv_multishot(&ring);
+        assert!(time::timeout(Duration::from_millis(20), rx_b.next())
+            .await
+            .is_err());
+        let arms_while_dry = rx_b.arms();
+        // A reads (and drops) its chunks: B goes on.
+        drop(rx_a.next().await.unwrap().unwrap());
+        let b_got = rx_b.next().await.unwrap().unwrap().to_vec();
+        (arms_while_dry, b_got)
+    });
+    assert_eq!(arms_while_dry, 1, "no re-arm before a buffer came back");
+    assert_eq!(&b_got[..], b"b");
+}

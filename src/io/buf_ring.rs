@@ -48,8 +48,9 @@ pub(crate) struct Inner {
     /// Our copy of the tail (the shared one is published with a release store).
     tail: Cell<u16>,
     registered: Cell<bool>,
-    /// Buffers handed out as [`RecvBuf`]s and not given back yet.
-    out: Cell<u16>,
+    /// Buffers given back since the ring was made (a receive that ran the ring dry is
+    /// re-armed only once this moved on: see [`BufRing::returned`]).
+    returned: Cell<u64>,
     /// Receives waiting for a buffer to come back (they ran the ring dry).
     waiters: RefCell<Vec<Waker>>,
     /// Whether `waiters` may be non-empty (checked on every give-back).
@@ -100,6 +101,7 @@ impl Inner {
             return;
         }
         self.publish(bid);
+        self.returned.set(self.returned.get().wrapping_add(1));
         if self.waiting.get() {
             self.wake_waiters();
         }
@@ -115,12 +117,6 @@ impl Inner {
                 w.wake();
             }
         }
-    }
-
-    /// Whether the kernel's part of the ring may hold a buffer (none handed out for
-    /// every one: completions not collected yet may still hold the rest).
-    fn may_have_free(&self) -> bool {
-        self.out.get() < self.count
     }
 
     /// Maps and registers a ring (see [`BufRing::register`]).
@@ -143,7 +139,7 @@ impl Inner {
             bgid,
             tail: Cell::new(0),
             registered: Cell::new(false),
-            out: Cell::new(0),
+            returned: Cell::new(0),
             waiters: RefCell::new(Vec::new()),
             waiting: Cell::new(false),
         };
@@ -283,7 +279,6 @@ impl BufRing {
     pub(crate) unsafe fn take(&self, bid: u16, len: usize) -> RecvBuf {
         assert!(bid < self.inner.count, "buffer id out of range");
         assert!(len <= self.inner.size as usize, "length beyond the buffer");
-        self.inner.out.set(self.inner.out.get().wrapping_add(1));
         RecvBuf {
             inner: self.inner.clone(),
             bid,
@@ -291,9 +286,11 @@ impl BufRing {
         }
     }
 
-    /// Whether the ring may have a buffer for the kernel (see `Inner::may_have_free`).
-    pub(crate) fn may_have_free(&self) -> bool {
-        self.inner.may_have_free()
+    /// How many buffers were given back so far. A receive that ended with `ENOBUFS`
+    /// found the ring empty; if this count did not move since that receive was armed,
+    /// the ring is still empty (only a give-back adds a buffer).
+    pub(crate) fn returned(&self) -> u64 {
+        self.inner.returned.get()
     }
 
     /// Leaves `waker` to be woken when a buffer comes back.
@@ -418,7 +415,6 @@ unsafe impl super::IoBuf for RecvBuf {
 
 impl Drop for RecvBuf {
     fn drop(&mut self) {
-        self.inner.out.set(self.inner.out.get().wrapping_sub(1));
         self.inner.give_back(self.bid);
     }
 }

@@ -22,7 +22,8 @@ use crate::io::RawOp;
 enum State {
     /// Receiving (a receive is armed, or is armed by the next poll).
     Open,
-    /// The ring ran dry (`ENOBUFS` ended the receive): re-armed once a buffer is back.
+    /// The ring ran dry (`ENOBUFS` ended the receive): re-armed once a buffer was given
+    /// back since the receive was armed (before that the ring is still empty).
     Starved,
     /// [`RecvStream::stop`] was called: what the kernel received still comes out.
     Stopping,
@@ -57,6 +58,8 @@ pub struct RecvStream<'a> {
     op: Option<MultiOp<Provided>>,
     state: State,
     arms: u64,
+    /// The ring's give-back count when the receive was last armed.
+    armed_at: u64,
     /// The waker left with the ring while starved.
     waiter: Option<std::task::Waker>,
 }
@@ -71,6 +74,7 @@ impl<'a> RecvStream<'a> {
             op: None,
             state: State::Open,
             arms: 0,
+            armed_at: 0,
             waiter: None,
         }
     }
@@ -94,7 +98,7 @@ impl<'a> RecvStream<'a> {
                         return Poll::Ready(None);
                     }
                     State::Starved => {
-                        if !self.ring.may_have_free() {
+                        if self.ring.returned() == self.armed_at {
                             self.ring.wait_for_buffer(cx.waker());
                             self.waiter = Some(cx.waker().clone());
                             return Poll::Pending;
@@ -142,6 +146,7 @@ impl<'a> RecvStream<'a> {
             .map_err(|(e, _)| e)?;
         self.op = Some(op);
         self.arms += 1;
+        self.armed_at = self.ring.returned();
         Ok(())
     }
 
