@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example echo -- [--port 7878] [--workers 2] [--seconds N] [--multishot]
+//!     [--spin-us US]
 //! ```
 //!
 //! Each worker binds its own `SO_REUSEPORT` listener (the kernel spreads connections
@@ -10,8 +11,9 @@
 //! back, so the per-request path allocates nothing. With `--multishot` a connection
 //! instead keeps one multishot receive armed (`TcpStream::recv_multishot`) into a
 //! provided-buffer ring its worker shares among its connections, and writes each chunk
-//! straight from its ring buffer: no receive submitted per request. Runs until
-//! SIGINT/SIGTERM, or for `--seconds N`.
+//! straight from its ring buffer: no receive submitted per request. `--spin-us` sets
+//! how long an idle worker spins before it parks (the runtime's default otherwise).
+//! Runs until SIGINT/SIGTERM, or for `--seconds N`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -34,6 +36,8 @@ struct Args {
     workers: usize,
     seconds: Option<u64>,
     multishot: bool,
+    /// `spin_before_park` override (`--spin-us`); the runtime's default otherwise.
+    spin: Option<Duration>,
 }
 
 /// Buffers in each worker's ring (`--multishot`) and their size.
@@ -46,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
         workers: 2,
         seconds: None,
         multishot: false,
+        spin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,11 +64,14 @@ fn parse_args() -> Result<Args, String> {
                 args.seconds = Some(value()?.parse().map_err(|e| format!("--seconds: {e}"))?)
             }
             "--multishot" => args.multishot = true,
-            "-h" | "--help" => {
-                return Err(
-                    "usage: echo [--port P] [--workers W] [--seconds N] [--multishot]".into(),
-                )
+            "--spin-us" => {
+                let us: u64 = value()?.parse().map_err(|e| format!("--spin-us: {e}"))?;
+                args.spin = Some(Duration::from_micros(us));
             }
+            "-h" | "--help" => return Err(
+                "usage: echo [--port P] [--workers W] [--seconds N] [--multishot] [--spin-us US]"
+                    .into(),
+            ),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -151,6 +159,7 @@ fn main() {
     }
     let rt = Runtime::builder()
         .workers(args.workers)
+        .spin_before_park(args.spin.unwrap_or(veloq::RuntimeBuilder::DEFAULT_SPIN))
         .build()
         .unwrap_or_else(|e| {
             eprintln!("runtime: {e}");
