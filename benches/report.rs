@@ -133,7 +133,7 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 18] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 19] = [
     (
         "veloq",
         "this crate, default settings, workers pinned",
@@ -188,6 +188,12 @@ const SYSTEMS: [(&str, &str, Option<&str>); 18] = [
         "limit",
         "a fixed limit, not a system (fairness: two loop turns' worth of budget)",
         None,
+    ),
+    (
+        "veloq-ms",
+        "veloq's Rust echo server with one multishot receive per connection into a \
+         provided-buffer ring (`examples/echo --multishot`)",
+        Some("veloq"),
     ),
     (
         "veloq-c",

@@ -1,19 +1,27 @@
 //! A multi-worker TCP echo server on veloq.
 //!
 //! ```text
-//! cargo run --release --example echo -- [--port 7878] [--workers 2] [--seconds N]
+//! cargo run --release --example echo -- [--port 7878] [--workers 2] [--seconds N] [--multishot]
+//!     [--spin-us US]
 //! ```
 //!
 //! Each worker binds its own `SO_REUSEPORT` listener (the kernel spreads connections
 //! over them) and accepts with one multishot accept; each connection is a local task
 //! looping read → write_all with one 4 KiB buffer that moves into each operation and
-//! back, so the per-request path allocates nothing. Runs until SIGINT/SIGTERM, or for
-//! `--seconds N`.
+//! back, so the per-request path allocates nothing. With `--multishot` a connection
+//! instead keeps one multishot receive armed (`TcpStream::recv_multishot`) into a
+//! provided-buffer ring its worker shares among its connections, and writes each chunk
+//! straight from its ring buffer: no receive submitted per request. `--spin-us` sets
+//! how long an idle worker spins before it parks (the runtime's default otherwise).
+//! Runs until SIGINT/SIGTERM, or for `--seconds N`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
+use std::rc::Rc;
+
+use veloq::io::BufRing;
 use veloq::net::{TcpListener, TcpStream};
 use veloq::Runtime;
 
@@ -27,13 +35,22 @@ struct Args {
     port: u16,
     workers: usize,
     seconds: Option<u64>,
+    multishot: bool,
+    /// `spin_before_park` override (`--spin-us`); the runtime's default otherwise.
+    spin: Option<Duration>,
 }
+
+/// Buffers in each worker's ring (`--multishot`) and their size.
+const RING_BUFS: usize = 1024;
+const RING_BUF_SIZE: usize = 4096;
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         port: 7878,
         workers: 2,
         seconds: None,
+        multishot: false,
+        spin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,9 +63,15 @@ fn parse_args() -> Result<Args, String> {
             "--seconds" => {
                 args.seconds = Some(value()?.parse().map_err(|e| format!("--seconds: {e}"))?)
             }
-            "-h" | "--help" => {
-                return Err("usage: echo [--port P] [--workers W] [--seconds N]".into())
+            "--multishot" => args.multishot = true,
+            "--spin-us" => {
+                let us: u64 = value()?.parse().map_err(|e| format!("--spin-us: {e}"))?;
+                args.spin = Some(Duration::from_micros(us));
             }
+            "-h" | "--help" => return Err(
+                "usage: echo [--port P] [--workers W] [--seconds N] [--multishot] [--spin-us US]"
+                    .into(),
+            ),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -78,13 +101,41 @@ async fn echo(stream: TcpStream) {
     }
 }
 
+/// Echoes with one multishot receive into `ring`, writing each chunk from its ring
+/// buffer (which goes back to the ring once written), until the peer closes, an error,
+/// or shutdown.
+async fn echo_multishot(stream: TcpStream, ring: Rc<BufRing>) {
+    let _ = stream.set_nodelay(true);
+    let mut chunks = stream.recv_multishot(&ring);
+    while let Some(Ok(chunk)) = chunks.next().await {
+        if stream.write_all(chunk).await.0.is_err() {
+            return;
+        }
+    }
+}
+
 /// One worker's accept loop on its own SO_REUSEPORT listener.
-async fn serve(listener: TcpListener) {
+async fn serve(listener: TcpListener, multishot: bool) {
+    let ring = if multishot {
+        match BufRing::new(RING_BUFS, RING_BUF_SIZE) {
+            Ok(r) => Some(Rc::new(r)),
+            Err(e) => {
+                eprintln!("buffer ring: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
     let mut incoming = listener.incoming();
     while let Some(conn) = incoming.next().await {
         match conn {
             Ok(stream) => {
-                if veloq::spawn_local(echo(stream)).is_err() {
+                let spawned = match &ring {
+                    Some(ring) => veloq::spawn_local(echo_multishot(stream, ring.clone())).is_ok(),
+                    None => veloq::spawn_local(echo(stream)).is_ok(),
+                };
+                if !spawned {
                     return; // shutting down
                 }
             }
@@ -108,6 +159,7 @@ fn main() {
     }
     let rt = Runtime::builder()
         .workers(args.workers)
+        .spin_before_park(args.spin.unwrap_or(veloq::RuntimeBuilder::DEFAULT_SPIN))
         .build()
         .unwrap_or_else(|e| {
             eprintln!("runtime: {e}");
@@ -122,11 +174,19 @@ fn main() {
             std::process::exit(1);
         });
         listeners.push(
-            rt.spawn_local_to(w, move || serve(listener))
+            rt.spawn_local_to(w, move || serve(listener, args.multishot))
                 .unwrap_or_else(|_| panic!("spawn on worker {w}")),
         );
     }
-    println!("echo: listening on {addr} with {} workers", args.workers);
+    let mode = if args.multishot {
+        " (multishot receive)"
+    } else {
+        ""
+    };
+    println!(
+        "echo: listening on {addr} with {} workers{mode}",
+        args.workers
+    );
     let start = Instant::now();
     while !STOP.load(SeqCst) {
         if args

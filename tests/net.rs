@@ -634,3 +634,322 @@ fn a_read_started_by_one_task_and_finished_by_another_wakes_the_second() {
         .unwrap();
     assert_eq!(&rt.block_on(h).unwrap()[..], b"to the second");
 }
+
+// ------------------------------------------------------------ multishot receive
+
+/// Runs the `!Send` future `make` returns as a local task on worker 0 and waits for it.
+fn on_worker<F, M>(rt: &Runtime, make: M) -> F::Output
+where
+    M: FnOnce() -> F + Send + 'static,
+    F: std::future::Future + 'static,
+    F::Output: Send + 'static,
+{
+    let h = rt
+        .spawn_local_to(0, make)
+        .unwrap_or_else(|_| panic!("spawn"));
+    rt.block_on(h).expect("the task finished")
+}
+
+/// A listener on 127.0.0.1 and a blocking client (a std socket, for a plain thread) on
+/// it; the server side is accepted by the caller's task.
+fn listener_and_client() -> (TcpListener, std::net::TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    (listener, client)
+}
+
+/// Writes `total` pseudo-random bytes from `seed` in writes of random sizes, then
+/// closes; returns the bytes' checksum.
+fn send_random(mut client: std::net::TcpStream, seed: u64, total: usize) -> u64 {
+    use std::io::Write;
+    let mut rng = Rng(seed);
+    let (mut sent, mut sum) = (0, FNV_START);
+    while sent < total {
+        let n = (1 + rng.below(3000) as usize).min(total - sent);
+        let msg: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+        client.write_all(&msg).unwrap();
+        sum = fnv1a(sum, &msg);
+        sent += n;
+    }
+    sum
+}
+
+#[test]
+fn a_multishot_receive_delivers_every_byte_in_order_then_ends_at_end_of_stream() {
+    const TOTAL: usize = 4 << 20;
+    let rt = runtime(1);
+    let (listener, client) = listener_and_client();
+    let writer = std::thread::spawn(move || send_random(client, 7, TOTAL));
+    let (got, sum, arms) = on_worker(&rt, move || async move {
+        let (server, _) = listener.accept().await.unwrap();
+        let ring = veloq::io::BufRing::new(64, 4096).expect("a buffer ring (Linux >= 5.19)");
+        assert_eq!((ring.count(), ring.buf_size()), (64, 4096));
+        let mut rx = server.recv_multishot(&ring);
+        let (mut got, mut sum) = (0, FNV_START);
+        while let Some(chunk) = rx.next().await {
+            let chunk = chunk.expect("no error before the end of stream");
+            assert!(!chunk.is_empty() && chunk.len() <= 4096);
+            sum = fnv1a(sum, &chunk);
+            got += chunk.len();
+        }
+        assert!(rx.next().await.is_none(), "the stream stays ended");
+        (got, sum, rx.arms())
+    });
+    assert_eq!(got, TOTAL);
+    assert_eq!(sum, writer.join().unwrap(), "same bytes, same order");
+    assert!(arms >= 1);
+}
+
+#[test]
+fn a_tiny_ring_runs_dry_and_the_receive_is_rearmed_without_losing_or_reordering_bytes() {
+    const TOTAL: usize = 256 << 10;
+    let rt = runtime(1);
+    let (listener, client) = listener_and_client();
+    let writer = std::thread::spawn(move || send_random(client, 11, TOTAL));
+    let (got, sum, arms) = on_worker(&rt, move || async move {
+        let (server, _) = listener.accept().await.unwrap();
+        let ring = veloq::io::BufRing::new(2, 64).unwrap();
+        let mut rx = server.recv_multishot(&ring);
+        let (mut got, mut sum) = (0, FNV_START);
+        let mut held = Vec::new();
+        while let Some(chunk) = rx.next().await {
+            let chunk = chunk.unwrap();
+            got += chunk.len();
+            held.push(chunk);
+            if held.len() == 2 {
+                // Every buffer is held: the kernel can only end the receive (ENOBUFS).
+                for c in held.drain(..) {
+                    sum = fnv1a(sum, &c);
+                }
+                // Yield so the kernel receives into no buffer meanwhile.
+                time::sleep(Duration::from_micros(50)).await;
+            }
+        }
+        for c in held.drain(..) {
+            sum = fnv1a(sum, &c);
+        }
+        (got, sum, rx.arms())
+    });
+    assert_eq!(got, TOTAL);
+    assert_eq!(sum, writer.join().unwrap(), "same bytes, same order");
+    assert!(
+        arms > 1,
+        "a dry ring ended the multishot receive and it was re-armed"
+    );
+}
+
+#[test]
+fn next_waits_while_every_buffer_is_held_and_goes_on_once_one_is_dropped() {
+    let rt = runtime(1);
+    let (listener, client) = listener_and_client();
+    let out = on_worker(&rt, move || async move {
+        use std::io::Write;
+        let (server, _) = listener.accept().await.unwrap();
+        let ring = veloq::io::BufRing::new(1, 8).unwrap();
+        let mut rx = server.recv_multishot(&ring);
+        let mut client = client;
+        client.write_all(b"01234567abcdefgh").unwrap();
+        let first = rx.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"01234567");
+        let waited = time::timeout(Duration::from_millis(20), rx.next()).await;
+        assert!(waited.is_err(), "no buffer: next waits");
+        drop(first);
+        let second = rx.next().await.unwrap().unwrap();
+        second.to_vec()
+    });
+    assert_eq!(&out[..], b"abcdefgh");
+}
+
+#[test]
+fn stop_then_draining_loses_nothing_and_a_plain_read_takes_the_rest() {
+    const TOTAL: usize = 1 << 20;
+    let rt = runtime(1);
+    let (listener, client) = listener_and_client();
+    let writer = std::thread::spawn(move || send_random(client, 13, TOTAL));
+    let (got, sum) = on_worker(&rt, move || async move {
+        let (server, _) = listener.accept().await.unwrap();
+        let ring = veloq::io::BufRing::new(16, 1024).unwrap();
+        let (mut got, mut sum) = (0, FNV_START);
+        {
+            let mut rx = server.recv_multishot(&ring);
+            for _ in 0..5 {
+                let c = rx.next().await.unwrap().unwrap();
+                got += c.len();
+                sum = fnv1a(sum, &c);
+            }
+            rx.stop();
+            while let Some(c) = rx.next().await {
+                let c = c.expect("a stopped receive ends with None, not an error");
+                got += c.len();
+                sum = fnv1a(sum, &c);
+            }
+        }
+        let mut buf = Vec::with_capacity(8192);
+        loop {
+            buf.clear();
+            let (r, b) = server.read(buf).await;
+            buf = b;
+            if r.unwrap() == 0 {
+                break;
+            }
+            got += buf.len();
+            sum = fnv1a(sum, &buf);
+        }
+        (got, sum)
+    });
+    assert_eq!(got, TOTAL);
+    assert_eq!(sum, writer.join().unwrap(), "same bytes, same order");
+}
+
+#[test]
+fn a_dropped_stream_gives_back_its_buffers_and_a_plain_read_still_works() {
+    let rt = runtime(1);
+    let (listener, client) = listener_and_client();
+    let (after, tail) = on_worker(&rt, move || async move {
+        use std::io::Write;
+        let (server, _) = listener.accept().await.unwrap();
+        let ring = veloq::io::BufRing::new(4, 64).unwrap();
+        let mut client = client;
+        // Chunks the dropped stream received but never returned: their buffers go back.
+        let mut rx = server.recv_multishot(&ring);
+        client.write_all(&[1u8; 10]).unwrap();
+        assert_eq!(&rx.next().await.unwrap().unwrap()[..], &[1u8; 10]);
+        let sent: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        client.write_all(&sent).unwrap();
+        time::sleep(Duration::from_millis(20)).await; // let completions queue up
+        drop(rx);
+        // The cancel reached the kernel once a later operation completed.
+        veloq::io::nop().await.unwrap();
+        // Every buffer is back: a new stream on the same ring receives what is left.
+        let mut rx = server.recv_multishot(&ring);
+        let mut tail = Vec::new();
+        while tail.len() < 1000 - 4 * 64 {
+            let c = time::timeout(Duration::from_secs(10), rx.next())
+                .await
+                .expect("buffers were given back")
+                .unwrap()
+                .unwrap();
+            tail.extend_from_slice(&c);
+        }
+        rx.stop();
+        while let Some(c) = rx.next().await {
+            tail.extend_from_slice(&c.unwrap());
+        }
+        drop(rx);
+        client.write_all(b"after the drop").unwrap();
+        let (r, buf) = server.read_exact(vec![0u8; 14].into_boxed_slice()).await;
+        r.unwrap();
+        (buf, (tail, sent))
+    });
+    assert_eq!(&after[..], b"after the drop");
+    let (tail, sent) = tail;
+    assert!(
+        sent.ends_with(&tail),
+        "what is left arrives in order, nothing skipped"
+    );
+}
+
+#[test]
+fn a_reset_connection_is_one_error_then_none() {
+    let rt = runtime(1);
+    let (listener, client) = listener_and_client();
+    let (first, then) = on_worker(&rt, move || async move {
+        let (server, _) = listener.accept().await.unwrap();
+        let ring = veloq::io::BufRing::new(4, 64).unwrap();
+        let mut rx = server.recv_multishot(&ring);
+        // Close with SO_LINGER 0: the peer sees a reset.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on an open socket with a valid linger struct.
+        let rc = unsafe {
+            libc::setsockopt(
+                client.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const libc::linger as *const c_void,
+                std::mem::size_of::<libc::linger>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(client);
+        let first = rx.next().await.map(|r| r.map(|b| b.len()));
+        let then = rx.next().await.is_none();
+        (first.map(|r| r.map_err(|e| e.raw_os_error())), then)
+    });
+    assert_eq!(first, Some(Err(Some(libc::ECONNRESET))));
+    assert!(then, "the error ends the stream");
+}
+
+#[test]
+fn chunks_arriving_after_the_drop_give_their_buffers_back_too() {
+    let rt = runtime(1);
+    let (listener, client) = listener_and_client();
+    let got = on_worker(&rt, move || async move {
+        use std::io::Write;
+        let (server, _) = listener.accept().await.unwrap();
+        let ring = veloq::io::BufRing::new(4, 64).unwrap();
+        let mut client = client;
+        let mut rx = server.recv_multishot(&ring);
+        client.write_all(b"armed").unwrap();
+        assert_eq!(&rx.next().await.unwrap().unwrap()[..], b"armed");
+        // Enough for every buffer of the ring, received before the drop is seen by the
+        // kernel. On a ring without DEFER_TASKRUN (e.g. under valgrind) the kernel
+        // receives it during the write and the completions are reaped after the drop (the
+        // driver gives their buffers back); with DEFER_TASKRUN the cancel goes first and
+        // the bytes stay in the socket. Either way the ring gets every buffer back.
+        client.write_all(&[9u8; 200]).unwrap();
+        drop(rx);
+        veloq::io::nop().await.unwrap();
+        client.write_all(b"next").unwrap();
+        let mut rx = server.recv_multishot(&ring);
+        let mut got = Vec::new();
+        while !got.ends_with(b"next") {
+            let c = time::timeout(Duration::from_secs(10), rx.next())
+                .await
+                .expect("the dropped stream's buffers came back")
+                .unwrap()
+                .unwrap();
+            got.extend_from_slice(&c);
+        }
+        got
+    });
+    assert!(got.ends_with(b"next"));
+    assert!(got[..got.len() - 4].iter().all(|&b| b == 9));
+}
+
+#[test]
+fn a_receive_starved_by_another_streams_unread_chunks_waits_instead_of_rearming() {
+    let rt = runtime(1);
+    let (listener, client_a) = listener_and_client();
+    let client_b = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (arms_while_dry, b_got) = on_worker(&rt, move || async move {
+        use std::io::Write;
+        let (a, _) = listener.accept().await.unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        let ring = veloq::io::BufRing::new(2, 64).unwrap();
+        let (mut client_a, mut client_b) = (client_a, client_b);
+        let mut rx_a = a.recv_multishot(&ring);
+        // Arm A's receive, then let the kernel fill both buffers with A's bytes, which
+        // A's task does not read yet.
+        assert!(time::timeout(Duration::from_millis(1), rx_a.next())
+            .await
+            .is_err());
+        client_a.write_all(&[7u8; 200]).unwrap();
+        time::sleep(Duration::from_millis(10)).await;
+        // B finds the ring dry: its receive ends with ENOBUFS and waits for a buffer.
+        client_b.write_all(b"b").unwrap();
+        let mut rx_b = b.recv_multishot(&ring);
+        assert!(time::timeout(Duration::from_millis(20), rx_b.next())
+            .await
+            .is_err());
+        let arms_while_dry = rx_b.arms();
+        // A reads (and drops) its chunks: B goes on.
+        drop(rx_a.next().await.unwrap().unwrap());
+        let b_got = rx_b.next().await.unwrap().unwrap().to_vec();
+        (arms_while_dry, b_got)
+    });
+    assert_eq!(arms_while_dry, 1, "no re-arm before a buffer came back");
+    assert_eq!(&b_got[..], b"b");
+}

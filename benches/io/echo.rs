@@ -36,46 +36,61 @@ pub struct Server {
     /// Its column in the result rows.
     pub name: &'static str,
     pub launch: Launch,
+    /// Arguments given before `--port P --workers W`.
+    pub args: &'static [&'static str],
     /// How to build it when it is missing.
     pub build: &'static str,
 }
 
 /// Every echo server, veloq's first. A `Binary` that does not exist is skipped with a
 /// "not built" note, so veloq's rows appear as soon as its servers are built.
-pub const SERVERS: [Server; 7] = [
+pub const SERVERS: [Server; 8] = [
     Server {
         name: VELOQ,
         launch: Launch::Binary("target/release/examples/echo"),
+        args: &[],
+        build: "cargo build --release --example echo",
+    },
+    Server {
+        name: "veloq-ms",
+        launch: Launch::Binary("target/release/examples/echo"),
+        args: &["--multishot"],
         build: "cargo build --release --example echo",
     },
     Server {
         name: "veloq-c",
         launch: Launch::Binary("build/examples/echo_server"),
+        args: &[],
         build: "make build/examples/echo_server",
     },
     Server {
         name: "tokio",
         launch: Launch::SelfServe("tokio"),
+        args: &[],
         build: "cargo bench --bench io",
     },
     Server {
         name: "monoio",
         launch: Launch::SelfServe("monoio"),
+        args: &[],
         build: "cargo bench --bench io",
     },
     Server {
         name: "libuv",
         launch: Launch::Binary("build/bench/io/libuv_echo"),
+        args: &[],
         build: "make bench-io-bins",
     },
     Server {
         name: "epoll",
         launch: Launch::Binary("build/bench/io/epoll_echo"),
+        args: &[],
         build: "make bench-io-bins",
     },
     Server {
         name: "liburing",
         launch: Launch::Binary("build/bench/io/uring_echo"),
+        args: &[],
         build: "make bench-io-bins",
     },
 ];
@@ -182,14 +197,15 @@ fn free_port() -> u16 {
 
 fn start(server: &Server, port: u16) -> Result<Running, String> {
     let mut cmd = server_command(server).ok_or("not built")?;
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--workers",
-        &WORKERS.to_string(),
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null());
+    cmd.args(server.args)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--workers",
+            &WORKERS.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
     let child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
     let mut running = Running { child };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

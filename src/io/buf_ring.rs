@@ -1,41 +1,45 @@
-//! A provided-buffer ring (`IORING_REGISTER_PBUF_RING`) for multishot receives.
+//! Provided-buffer rings (`IORING_REGISTER_PBUF_RING`) for multishot receives.
 //!
 //! # Design
-//! [`BufRing`] owns `count` buffers of `size` bytes (one anonymous mapping, so each is
+//! A [`BufRing`] owns `count` buffers of `size` bytes (one anonymous mapping, so each is
 //! 4 KiB aligned when `size` is a multiple of 4 KiB) and a page-aligned ring of
 //! `count` entries (`io_uring_buf`, 16 bytes each; the tail shares the first entry's last
 //! two bytes), registered under buffer group `bgid`. A receive submitted with
 //! `BUFFER_SELECT` on that group (e.g. `RecvMulti`) lets the kernel pick a buffer from
 //! the ring head; its completion names the buffer id (`cqueue::buffer_select`).
-//! [`BufRing::take`] turns that (id, length) into a [`RingBuf`] handle; dropping the
+//! [`BufRing::take`] turns that (id, length) into a [`RecvBuf`] handle; dropping the
 //! handle puts the buffer back at the ring tail, ready for the next receive. Handles are
 //! `!Send` (the tail is the owner's alone), so a buffer is always recycled on its owner.
 //!
 //! The kernel writes into the buffers by address (they are not pinned like fixed
-//! buffers), so their memory must outlive the registration: [`BufRing::unregister`]
-//! removes the group, after which the memory goes with the last handle. A `BufRing`
-//! dropped while still registered leaks its memory on purpose (the ring may still be
-//! alive and able to write there); dropping the io_uring ring itself also ends the
-//! registration, but this type cannot know when that happened.
-// Not wired to an op yet: the driver's recv (I/O engineer) will own one per worker.
-#![cfg_attr(not(test), allow(dead_code))]
+//! buffers), so their memory must outlive the registration: the group is unregistered
+//! when the [`BufRing`] is dropped (on its worker), and the memory goes with the last
+//! handle (a [`RecvBuf`], or a dropped receive the driver still keeps until the kernel's
+//! final completion). A ring that cannot be unregistered (dropped off its worker, or
+//! after the worker's ring is gone) leaks its memory on purpose: the kernel may still
+//! be able to write there.
+//!
+//! A receive whose future was dropped is kept by the driver with a [`Provided`] as its
+//! memory: buffers its remaining completions name go straight back to the ring.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering::Release};
+use std::task::Waker;
 
 use io_uring::types::BufRingEntry;
 
 use super::mapping::Mapping;
+use super::op::{self, Owner};
 use io_uring::Submitter;
 
 /// Most entries a provided-buffer ring may have (the kernel's limit).
 pub(crate) const MAX_RING_ENTRIES: usize = 1 << 15;
 
-struct Inner {
+pub(crate) struct Inner {
     ring: Mapping,
     bufs: Mapping,
     count: u16,
@@ -44,6 +48,13 @@ struct Inner {
     /// Our copy of the tail (the shared one is published with a release store).
     tail: Cell<u16>,
     registered: Cell<bool>,
+    /// Buffers given back since the ring was made (a receive that ran the ring dry is
+    /// re-armed only once this moved on: see [`BufRing::returned`]).
+    returned: Cell<u64>,
+    /// Receives waiting for a buffer to come back (they ran the ring dry).
+    waiters: RefCell<Vec<Waker>>,
+    /// Whether `waiters` may be non-empty (checked on every give-back).
+    waiting: Cell<bool>,
 }
 
 impl Inner {
@@ -62,7 +73,7 @@ impl Inner {
     }
 
     /// Appends buffer `bid` at the tail and publishes it to the kernel.
-    fn recycle(&self, bid: u16) {
+    fn publish(&self, bid: u16) {
         let tail = self.tail.get();
         let slot = (tail & (self.count - 1)) as usize;
         // SAFETY: slot < count entries of the ring mapping. The kernel reads only entries
@@ -82,46 +93,34 @@ impl Inner {
         let shared = unsafe { &*(BufRingEntry::tail(self.entries()) as *const AtomicU16) };
         shared.store(tail, Release);
     }
-}
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if self.registered.get() {
-            // Still registered: the kernel may write into the buffers and read the ring.
-            std::mem::forget(std::mem::replace(&mut self.ring, Mapping::dangling()));
-            std::mem::forget(std::mem::replace(&mut self.bufs, Mapping::dangling()));
+    /// Gives buffer `bid` (which the kernel handed over) back to the ring, and wakes the
+    /// receives waiting for one.
+    fn give_back(&self, bid: u16) {
+        if !self.registered.get() {
+            return;
+        }
+        self.publish(bid);
+        self.returned.set(self.returned.get().wrapping_add(1));
+        if self.waiting.get() {
+            self.wake_waiters();
         }
     }
-}
 
-/// A provided-buffer ring registered with one io_uring ring (see the module doc).
-/// `!Send`: it lives on the worker that owns that ring.
-pub(crate) struct BufRing {
-    inner: Rc<Inner>,
-}
-
-impl fmt::Debug for BufRing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BufRing")
-            .field("bgid", &self.inner.bgid)
-            .field("count", &self.inner.count)
-            .field("size", &self.inner.size)
-            .finish()
+    #[cold]
+    fn wake_waiters(&self) {
+        if let Ok(mut waiters) = self.waiters.try_borrow_mut() {
+            self.waiting.set(false);
+            // Only live receives wait here (a dropped one takes its waker out), so
+            // waking one never releases a task.
+            for w in waiters.drain(..) {
+                w.wake();
+            }
+        }
     }
-}
 
-impl BufRing {
-    /// Maps `count` buffers of `size` bytes and a ring of `count` entries, registers it
-    /// as group `bgid` with `ring` and fills it with every buffer. `count` must be a
-    /// power of two in `1..=32768` and `size` in `1..=u32::MAX` (else `InvalidInput`);
-    /// the kernel's errno otherwise (e.g. `EEXIST` when `bgid` is taken, `EINVAL`
-    /// before Linux 5.19).
-    pub(crate) fn register(
-        ring: &Submitter<'_>,
-        bgid: u16,
-        count: usize,
-        size: usize,
-    ) -> io::Result<BufRing> {
+    /// Maps and registers a ring (see [`BufRing::register`]).
+    fn register(ring: &Submitter<'_>, bgid: u16, count: usize, size: usize) -> io::Result<Inner> {
         if !count.is_power_of_two() || count > MAX_RING_ENTRIES || size == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -140,19 +139,112 @@ impl BufRing {
             bgid,
             tail: Cell::new(0),
             registered: Cell::new(false),
+            returned: Cell::new(0),
+            waiters: RefCell::new(Vec::new()),
+            waiting: Cell::new(false),
         };
         // SAFETY: the ring mapping is page-aligned, `count` entries long and zeroed (tail
-        // 0). It stays mapped while registered: unregister clears `registered` only after
-        // the kernel let go, and Drop leaks the memory while it is set.
+        // 0). It stays mapped while registered: `registered` is cleared only after the
+        // kernel let go, and Drop leaks the memory while it is set.
         unsafe {
             ring.register_buf_ring_with_flags(inner.ring.ptr.as_ptr() as u64, count as u16, bgid, 0)
         }?;
         inner.registered.set(true);
-        for bid in 0..inner.count {
-            inner.recycle(bid);
+        for bid in 0..count {
+            inner.publish(bid as u16);
         }
+        Ok(inner)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.registered.get() {
+            // Still registered: the kernel may write into the buffers and read the ring.
+            std::mem::forget(std::mem::replace(&mut self.ring, Mapping::dangling()));
+            std::mem::forget(std::mem::replace(&mut self.bufs, Mapping::dangling()));
+        }
+    }
+}
+
+thread_local! {
+    /// The next buffer group id to try on this thread's ring.
+    static NEXT_BGID: Cell<u16> = const { Cell::new(0x4000) };
+}
+
+/// A ring of provided buffers registered with one worker's io_uring ring: the buffers
+/// [`TcpStream::recv_multishot`](crate::net::TcpStream::recv_multishot) receives into.
+/// One ring can feed any number of receives on its worker (share it with `Rc`); each
+/// received chunk occupies one buffer until its [`RecvBuf`] is dropped.
+///
+/// `!Send`: a ring belongs to the worker that made it. Dropping it (on that worker)
+/// unregisters it: receives still armed on it then end with `ENOBUFS`; buffers still
+/// held stay valid until dropped.
+pub struct BufRing {
+    inner: Rc<Inner>,
+    /// The worker whose ring it is registered with; `None` for a ring registered by
+    /// hand (tests), which the caller unregisters.
+    owner: Option<Owner>,
+}
+
+impl fmt::Debug for BufRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufRing")
+            .field("bgid", &self.inner.bgid)
+            .field("count", &self.count())
+            .field("size", &self.inner.size)
+            .finish()
+    }
+}
+
+impl BufRing {
+    /// Registers a ring of `count` buffers of `size` bytes with the current worker's
+    /// io_uring ring (Linux 5.19 or later; multishot receives need 6.0). `count` must be
+    /// a power of two in `1..=32768` and `size` in `1..=u32::MAX`, else `InvalidInput`.
+    /// Errors: off a worker (an error saying so), the kernel's errors from the
+    /// registration (`EINVAL` on an older kernel, `ENOMEM`), mapping failures. The
+    /// group id is picked from 0x4000 up, skipping ids already registered (e.g. by C code
+    /// through `veloq_recv_multishot`'s groups).
+    pub fn new(count: usize, size: usize) -> io::Result<BufRing> {
+        let made = op::with_driver(|driver, owner| {
+            let submitter = driver.submitter();
+            // Group ids are per ring; a taken one (EEXIST: e.g. registered through the
+            // C API) is skipped.
+            let mut last = None;
+            for _ in 0..=u16::MAX {
+                let bgid = NEXT_BGID.with(|n| {
+                    let b = n.get();
+                    n.set(b.wrapping_add(1));
+                    b
+                });
+                match Inner::register(&submitter, bgid, count, size) {
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => last = Some(e),
+                    r => return r.map(|inner| (inner, owner)),
+                }
+            }
+            Err(last.expect("tried at least once"))
+        })?;
+        let (inner, owner) = made?;
         Ok(BufRing {
             inner: Rc::new(inner),
+            owner: Some(owner),
+        })
+    }
+
+    /// Maps `count` buffers of `size` bytes and a ring of `count` entries, registers it
+    /// as group `bgid` with `ring` and fills it with every buffer. Shapes as for
+    /// [`new`](Self::new); the kernel's errno otherwise (e.g. `EEXIST` when `bgid` is
+    /// taken). The caller unregisters it ([`unregister`](Self::unregister)).
+    #[cfg(test)]
+    pub(crate) fn register(
+        ring: &Submitter<'_>,
+        bgid: u16,
+        count: usize,
+        size: usize,
+    ) -> io::Result<BufRing> {
+        Ok(BufRing {
+            inner: Rc::new(Inner::register(ring, bgid, count, size)?),
+            owner: None,
         })
     }
 
@@ -161,9 +253,19 @@ impl BufRing {
         self.inner.bgid
     }
 
-    /// Bytes per buffer.
-    pub(crate) fn buf_size(&self) -> usize {
+    /// The worker the ring belongs to (`None`: registered by hand).
+    pub(crate) fn owner(&self) -> Option<Owner> {
+        self.owner
+    }
+
+    /// Bytes per buffer: the most one [`RecvBuf`] holds.
+    pub fn buf_size(&self) -> usize {
         self.inner.size as usize
+    }
+
+    /// Buffers in the ring.
+    pub fn count(&self) -> usize {
+        self.inner.count as usize
     }
 
     /// The data of a completed receive: buffer `bid` holding `len` bytes. Dropping the
@@ -174,18 +276,48 @@ impl BufRing {
     /// A completion of an operation on this ring's group named `bid` (its `res` being
     /// `len`), and `bid` was not taken since: until the handle is dropped the kernel
     /// no longer owns that buffer.
-    pub(crate) unsafe fn take(&self, bid: u16, len: usize) -> RingBuf {
+    pub(crate) unsafe fn take(&self, bid: u16, len: usize) -> RecvBuf {
         assert!(bid < self.inner.count, "buffer id out of range");
         assert!(len <= self.inner.size as usize, "length beyond the buffer");
-        RingBuf {
+        RecvBuf {
             inner: self.inner.clone(),
             bid,
             len,
         }
     }
 
+    /// How many buffers were given back so far. A receive that ended with `ENOBUFS`
+    /// found the ring empty; if this count did not move since that receive was armed,
+    /// the ring is still empty (only a give-back adds a buffer).
+    pub(crate) fn returned(&self) -> u64 {
+        self.inner.returned.get()
+    }
+
+    /// Leaves `waker` to be woken when a buffer comes back.
+    pub(crate) fn wait_for_buffer(&self, waker: &Waker) {
+        let mut waiters = self.inner.waiters.borrow_mut();
+        if !waiters.iter().any(|w| w.will_wake(waker)) {
+            waiters.push(waker.clone());
+        }
+        self.inner.waiting.set(true);
+    }
+
+    /// Takes `waker` out of the waiters (its receive is going away).
+    pub(crate) fn forget_waiter(&self, waker: &Waker) {
+        self.inner
+            .waiters
+            .borrow_mut()
+            .retain(|w| !w.will_wake(waker));
+    }
+
+    /// The driver's keep for a receive on this ring whose future was dropped.
+    pub(crate) fn provided(&self) -> Provided {
+        Provided(self.inner.clone())
+    }
+
     /// Removes the group from the ring: no receive picks these buffers any more. The
     /// memory goes with the last outstanding handle.
+    #[cfg(test)]
     pub(crate) fn unregister(self, ring: &Submitter<'_>) -> io::Result<()> {
         ring.unregister_buf_ring(self.inner.bgid)?;
         self.inner.registered.set(false);
@@ -193,22 +325,71 @@ impl BufRing {
     }
 }
 
-/// The data of one completed receive, in a provided buffer. Goes back to its ring when
-/// dropped. `!Send`: dropped on the ring's owner thread.
-pub(crate) struct RingBuf {
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        let Some(owner) = self.owner else {
+            return;
+        };
+        if !self.inner.registered.get() {
+            return;
+        }
+        let bgid = self.inner.bgid;
+        let done = op::with_driver(|driver, here| {
+            here == owner && driver.submitter().unregister_buf_ring(bgid).is_ok()
+        });
+        if done.unwrap_or(false) {
+            self.inner.registered.set(false);
+        }
+        // Otherwise the memory is leaked by Inner's Drop (the kernel may still use it).
+    }
+}
+
+/// A receive's memory while the driver keeps it after its future was dropped: the
+/// ring its completions take buffers from. See [`give_back_orphaned`].
+pub(crate) struct Provided(Rc<Inner>);
+
+/// For the driver: a completion (`flags`) of an operation whose future was dropped,
+/// kept with `keep`. When `keep` is a [`Provided`] and the completion names a buffer,
+/// that buffer goes back to its ring (nobody will read it).
+pub(crate) fn give_back_orphaned(keep: &dyn std::any::Any, flags: u32) {
+    if let (Some(p), Some(bid)) = (
+        keep.downcast_ref::<Provided>(),
+        io_uring::cqueue::buffer_select(flags),
+    ) {
+        if bid < p.0.count {
+            p.0.give_back(bid);
+        }
+    }
+}
+
+/// The data of one completed receive, in a buffer of a [`BufRing`]: derefs to the bytes
+/// received. Dropping it gives the buffer back to its ring (for the next receive).
+/// `!Send`: dropped on the ring's worker. It can be written out as is
+/// (`write_all(buf)`: it is an [`IoBuf`](crate::io::IoBuf)).
+pub struct RecvBuf {
     inner: Rc<Inner>,
     bid: u16,
     len: usize,
 }
 
-impl RingBuf {
+impl fmt::Debug for RecvBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvBuf")
+            .field("bid", &self.bid)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl RecvBuf {
     /// The buffer id within its group.
+    #[cfg(test)]
     pub(crate) fn bid(&self) -> u16 {
         self.bid
     }
 }
 
-impl Deref for RingBuf {
+impl Deref for RecvBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         // SAFETY: `len <= size` bytes of buffer `bid`, which the kernel handed over (the
@@ -217,11 +398,24 @@ impl Deref for RingBuf {
     }
 }
 
-impl Drop for RingBuf {
+// SAFETY: the buffer lives in a mapping that stays put for as long as any handle (this
+// one included) keeps `Inner` alive, and nothing else writes it while the handle lives
+// (the kernel gets it back only on drop).
+unsafe impl super::IoBuf for RecvBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.inner.buf_addr(self.bid)
+    }
+    fn bytes_init(&self) -> usize {
+        self.len
+    }
+    fn bytes_total(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for RecvBuf {
     fn drop(&mut self) {
-        if self.inner.registered.get() {
-            self.inner.recycle(self.bid);
-        }
+        self.inner.give_back(self.bid);
     }
 }
 

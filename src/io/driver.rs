@@ -578,6 +578,16 @@ impl Driver {
             return;
         };
         if slot.multishot && cqueue::more(flags) {
+            if let Target::Future(waker) = &mut slot.target {
+                // A multishot receive's (or accept's) entry with more to come: queued for
+                // its future, woken once per batch (the next Pending poll leaves its
+                // waker again).
+                slot.results.push_back(OpResult { res, flags });
+                if let Some(w) = waker.take() {
+                    out.push(Delivery::Wake(w));
+                }
+                return;
+            }
             self.complete_other(user_data, res, flags, out);
             return;
         }
@@ -674,6 +684,9 @@ impl Driver {
                 if slot.result_is_fd && res >= 0 {
                     // E.g. an accept that won the race against its cancel.
                     close_orphan_fd(res);
+                } else if let Some(keep) = &slot.keep {
+                    // A dropped multishot receive: its buffer goes back to its ring.
+                    super::buf_ring::give_back_orphaned(keep.as_ref(), flags);
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! I/O on io_uring: each worker owns one ring (its driver), which every operation
 //! started on that worker goes through, and one pool of registered buffers
-//! ([`buffers`]); provided-buffer rings (`buf_ring`) feed multishot receives.
+//! ([`buffers`]); provided-buffer rings ([`BufRing`]) feed multishot receives
+//! ([`TcpStream::recv_multishot`](crate::net::TcpStream::recv_multishot)).
 //!
 //! The public part: the buffer traits ([`IoBuf`], [`IoBufMut`]) of the ownership-passing
 //! API, [`nop`], and callback-style submission of [`RawOp`]s
@@ -21,6 +22,7 @@ mod submit;
 pub(crate) mod vectored;
 
 pub use buf::{AlignedBuf, IoBuf, IoBufMut};
+pub use buf_ring::{BufRing, RecvBuf};
 pub use driver::CQE_F_MORE;
 pub use op_table::IoCallback;
 pub use ops::RawOp;

@@ -27,7 +27,7 @@ use crate::runtime::{coop, RuntimeContext};
 
 /// The worker an operation was submitted on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Owner {
+pub(crate) struct Owner {
     /// The runtime's registry address, compared only, never followed.
     registry: usize,
     worker: usize,
@@ -52,7 +52,7 @@ pub(crate) fn not_on_worker() -> io::Error {
 
 /// Runs `f` with the current worker's driver and identity; an error off a worker.
 #[inline]
-fn with_driver<R>(f: impl FnOnce(&mut Driver, Owner) -> R) -> io::Result<R> {
+pub(crate) fn with_driver<R>(f: impl FnOnce(&mut Driver, Owner) -> R) -> io::Result<R> {
     RuntimeContext::with_current(|cx| {
         let cx = cx.ok_or_else(not_on_worker)?;
         let owner = Owner::of(cx);
@@ -337,6 +337,15 @@ fn orphan(id: OpId, owner: Owner, keep: Box<dyn std::any::Any>) {
     drop(old);
 }
 
+/// A waker that does nothing (`Waker::noop` needs Rust 1.85, above our MSRV).
+fn noop_waker() -> std::task::Waker {
+    use std::task::{RawWaker, RawWakerVTable};
+    const VTABLE: RawWakerVTable = RawWakerVTable::new(|_| RAW, |_| {}, |_| {}, |_| {});
+    const RAW: RawWaker = RawWaker::new(std::ptr::null(), &VTABLE);
+    // SAFETY: every function of the vtable ignores the (null) data pointer.
+    unsafe { std::task::Waker::from_raw(RAW) }
+}
+
 /// A multishot operation: yields each completion until the final one.
 pub(crate) struct MultiOp<T: 'static> {
     id: OpId,
@@ -354,13 +363,38 @@ impl<T: 'static> MultiOp<T> {
     /// collects (the `MultiOp` was dropped) are closed by the driver. On failure `data`
     /// comes back with the error.
     pub(crate) fn submit_fd(
+        data: T,
+        build: impl FnOnce(&mut T) -> Entry,
+    ) -> Result<MultiOp<T>, (io::Error, T)> {
+        Self::submit_multi(data, build, true, None)
+    }
+
+    /// Submits a multishot entry (its memory in `data`, as for [`Op::submit`]), on the
+    /// current worker only if it is `on` (when given): else an error (the entry names
+    /// something of that worker's ring). On failure `data` comes back with the error.
+    pub(crate) fn submit_on(
+        data: T,
+        on: Option<Owner>,
+        build: impl FnOnce(&mut T) -> Entry,
+    ) -> Result<MultiOp<T>, (io::Error, T)> {
+        Self::submit_multi(data, build, false, on)
+    }
+
+    fn submit_multi(
         mut data: T,
         build: impl FnOnce(&mut T) -> Entry,
+        result_is_fd: bool,
+        on: Option<Owner>,
     ) -> Result<MultiOp<T>, (io::Error, T)> {
         let entry = build(&mut data);
         let submitted = with_driver(|driver, owner| {
+            if on.is_some_and(|on| on != owner) {
+                return Err(-libc::EXDEV);
+            }
             let id = driver.submit(entry, Target::Future(None), true)?;
-            driver.set_result_is_fd(id);
+            if result_is_fd {
+                driver.set_result_is_fd(id);
+            }
             Ok::<_, i32>((id, owner))
         });
         match submitted {
@@ -377,6 +411,7 @@ impl<T: 'static> MultiOp<T> {
 
     /// The next completion; None after the final one was returned. A result without
     /// `IORING_CQE_F_MORE` in its flags is the final one.
+    #[inline]
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<OpResult>> {
         if self.finished {
             return Poll::Ready(None);
@@ -395,6 +430,32 @@ impl<T: 'static> MultiOp<T> {
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// A result that already arrived, taken without waiting and without the task's
+    /// budget (for draining before a drop); `None` when none waits.
+    pub(crate) fn take_ready(&mut self) -> Option<OpResult> {
+        if self.finished {
+            return None;
+        }
+        let (id, owner) = (self.id, self.owner);
+        let waker = &noop_waker();
+        // Off the owner (or without a worker) nothing is taken: the drop that follows
+        // leaks the operation's memory rather than touch another worker's driver.
+        let polled = with_driver(|driver, here| (here == owner).then(|| driver.poll_op(id, waker)));
+        match polled.ok().flatten().unwrap_or(Poll::Pending) {
+            Poll::Ready(Some(r)) => {
+                if !io_uring::cqueue::more(r.flags) {
+                    self.finished = true;
+                }
+                Some(r)
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                None
+            }
+            Poll::Pending => None,
         }
     }
 

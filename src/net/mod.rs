@@ -19,10 +19,12 @@
 //! `SocketAddr` or a literal `"ip:port"` on a worker to avoid blocking it.
 
 mod addr;
+mod recv_multi;
 mod socket_io;
 mod tcp;
 mod udp;
 
+pub use recv_multi::RecvStream;
 pub use tcp::{Incoming, TcpListener, TcpStream, DEFAULT_BACKLOG};
 pub use udp::UdpSocket;
 

@@ -12,6 +12,7 @@ use super::addr::{self, op_len, SockAddr};
 use crate::io::op::{self, MultiOp, Op};
 use crate::io::vectored::{self, Via};
 use crate::io::{IoBuf, IoBufMut, RawOp};
+use crate::net::RecvStream;
 
 /// Default listen backlog of [`TcpListener::bind`].
 pub const DEFAULT_BACKLOG: u32 = 1024;
@@ -245,6 +246,16 @@ impl TcpStream {
     #[inline]
     pub fn read<B: IoBufMut>(&self, buf: B) -> impl Future<Output = (io::Result<usize>, B)> + '_ {
         super::socket_io::recv(self.fd.as_raw_fd(), buf)
+    }
+
+    /// The bytes arriving on this stream, chunk by chunk, through one multishot receive
+    /// into the buffers of `ring` (a [`BufRing`](crate::io::BufRing) of this worker):
+    /// no submission per chunk and no failed attempt when nothing waits. Order, end of
+    /// stream, errors, running out of buffers, [`stop`](RecvStream::stop) and drop are
+    /// as [`RecvStream`] promises. Nothing is submitted before the first `next`. Other
+    /// reads on this stream while a `RecvStream` lives would race it for the bytes.
+    pub fn recv_multishot<'a>(&'a self, ring: &'a crate::io::BufRing) -> RecvStream<'a> {
+        RecvStream::new(self.fd.as_raw_fd(), ring)
     }
 
     /// Like [`read`](Self::read), ended by the kernel (an io_uring linked timeout) when
