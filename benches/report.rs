@@ -192,7 +192,7 @@ const SYSTEMS: [(&str, &str, Option<&str>); 19] = [
     (
         "veloq-ms",
         "veloq's Rust echo server with one multishot receive per connection into a \
-         provided-buffer ring (`examples/echo --multishot`)",
+         provided-buffer ring, idle workers parking at once (`examples/echo --multishot --spin-us 0`)",
         Some("veloq"),
     ),
     (
