@@ -253,14 +253,15 @@ static void runtimes_give_back_every_thread_and_fd(void) {
     }
     CHECK_EQ(count_dir("/proc/self/fd"), fds);
     /* io_uring's own kernel workers (iou-wrk-*) are listed as our threads and may take a
-     * moment to go after their ring is closed: give them up to 10 s. */
+     * moment to go after their ring is closed: give them up to 10 s. One left by an earlier
+     * case may be counted at the start and gone by now, hence "no more than". */
     {
         int64_t start = check_now_ns();
-        while (count_dir("/proc/self/task") != threads &&
+        while (count_dir("/proc/self/task") > threads &&
                check_now_ns() - start < 10LL * 1000000000LL)
             check_sleep_ms(10);
     }
-    CHECK_EQ(count_dir("/proc/self/task"), threads);
+    CHECK(count_dir("/proc/self/task") <= threads);
 }
 
 int main(void) {
