@@ -133,7 +133,7 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 19] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 20] = [
     (
         "veloq",
         "this crate, default settings, workers pinned",
@@ -184,6 +184,13 @@ const SYSTEMS: [(&str, &str, Option<&str>); 19] = [
         Some("veloq"),
     ),
     ("budget", "a fixed limit, not a system", None),
+    (
+        "spsc_limit",
+        "the C API bench's hardware ceiling for handing callbacks to another thread one \
+         call at a time and back: spinning threads with private SPSC rings, best of the \
+         runs (not a product; it does not bound the batch rows)",
+        None,
+    ),
     (
         "limit",
         "a fixed limit, not a system (fairness: two loop turns' worth of budget)",

@@ -25,9 +25,12 @@
  *                    has workers, but at most one per core the host leaves free, so no
  *                    spinner ever waits for a time slice), each with a private lock-free
  *                    SPSC ring from the host and one back; nobody ever sleeps or balances;
- *                    the host deals jobs round robin and polls the return rings. No runtime that hands a callback to
- *                    another thread and returns its result can beat it on this machine, so
- *                    a goal above it (10x libuv when libuv is fast) is out of reach here.
+ *                    the host deals jobs round robin and polls the return rings. Reported
+ *                    as the best of its runs (a spinner only loses to preemption). No
+ *                    runtime that hands callbacks over one call at a time and returns
+ *                    each result can beat it on this machine, so a per-call goal above it
+ *                    (10x libuv when libuv is fast) is out of reach here. It does not
+ *                    bound the batch row: a batch moves many jobs per ring operation.
  *
  * (b) latency: a round trip host -> worker -> host, one at a time, ROUND_TRIPS of them after
  *     a warm-up; p50 and p99 in ns.
@@ -109,6 +112,16 @@ static double median(double *v, int n) {
 }
 
 /* p-th percentile (0..100) of sorted samples, nearest rank. */
+/* The best of the runs: what a ceiling is (its runs only lose to preemption). */
+static double best(const double *v, int n) {
+    double m = v[0];
+    int i;
+    for (i = 1; i < n; i++)
+        if (v[i] > m)
+            m = v[i];
+    return m;
+}
+
 static double percentile(const uint64_t *sorted, size_t n, double p) {
     size_t rank = (size_t)(p / 100.0 * (double)n + 0.5);
     if (rank < 1)
@@ -634,7 +647,9 @@ static const char *goal_text(const struct row *r, int *met) {
     double ve = r->result[EVENTFD] > 0 ? r->result[VELOQ] / r->result[EVENTFD] : 0;
     if (r->higher_is_better) {
         *met = vl >= 10.0 && vp >= 3.0;
-        if (r->result[LIMIT] > 0 && r->result[LIBUV] > 0 &&
+        /* Per call only: a batch call hands over many jobs per ring operation, so the
+         * one-at-a-time ceiling does not bound it. */
+        if (!strstr(r->scenario, "batch") && r->result[LIMIT] > 0 && r->result[LIBUV] > 0 &&
             10.0 * r->result[LIBUV] > r->result[LIMIT])
             return ">=10x libuv and >=3x pthread_pool (10x libuv > spsc_limit: out of reach)";
         return ">=10x libuv and >=3x pthread_pool";
@@ -830,10 +845,14 @@ int main(int argc, char **argv) {
     rows[3].unit = "ops/s";
     rows[3].higher_is_better = 1;
     for (k = 0; k < N_IMPL; k++) {
-        rows[0].result[k] = k == EVENTFD || k == LIBUV_EFD ? -1 : median(tp[k], (int)runs);
+        rows[0].result[k] = k == EVENTFD || k == LIBUV_EFD ? -1
+                            : k == LIMIT                ? best(tp[k], (int)runs)
+                                                        : median(tp[k], (int)runs);
         rows[1].result[k] = k == LIMIT ? -1 : median(p50[k], (int)runs);
         rows[2].result[k] = k == LIMIT ? -1 : median(p99[k], (int)runs);
-        rows[3].result[k] = k == EVENTFD || k == LIBUV_EFD ? -1 : median(tpb[k], (int)runs);
+        rows[3].result[k] = k == EVENTFD || k == LIBUV_EFD ? -1
+                            : k == LIMIT                ? best(tpb[k], (int)runs)
+                                                        : median(tpb[k], (int)runs);
     }
     print_table(rows, 4);
     printf("(batch64 row: veloq submits with veloq_spawn_balanced_batch, 64 jobs per call;\n"
