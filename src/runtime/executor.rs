@@ -113,8 +113,9 @@ impl RuntimeContext {
                     continue;
                 }
             }
-            // A turn that ran nothing has nothing to publish (every count and the local
-            // queue are as the last `end_turn` left them).
+            // Nothing left to run here. A turn that ran something has published above; one
+            // that ran nothing has nothing to publish (every count and the local queue are
+            // as the last `end_turn` left them). Try to steal, then go idle.
             if self.steal(budget) {
                 continue;
             }
