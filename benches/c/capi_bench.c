@@ -144,8 +144,28 @@ static int64_t veloq_noop(veloq_ctx *ctx, void *arg) {
 static veloq_runtime *g_rt;
 static veloq_cq *g_cq;
 
-static double veloq_throughput(uint64_t n) {
+/* Takes every completion waiting now; returns how many. */
+static uint64_t veloq_reap_waiting(void) {
     veloq_cqe batch[1024];
+    uint64_t reaped = 0;
+    int rc;
+    while ((rc = veloq_cq_poll(g_cq, batch, 1024)) > 0)
+        reaped += (uint64_t)rc;
+    return reaped;
+}
+
+/* Waits until `reaped` reaches `n`. */
+static void veloq_reap_until(uint64_t reaped, uint64_t n) {
+    veloq_cqe batch[1024];
+    while (reaped < n) {
+        int rc = veloq_cq_wait(g_cq, batch, 1024, 1, 10LL * 1000000000LL);
+        if (rc < 0)
+            die("veloq_cq_wait", rc);
+        reaped += (uint64_t)rc;
+    }
+}
+
+static double veloq_throughput(uint64_t n) {
     uint64_t i, reaped = 0, start = now_ns();
     int rc;
     for (i = 0; i < n; i++) {
@@ -153,22 +173,15 @@ static double veloq_throughput(uint64_t n) {
         if (rc != 0)
             die("veloq_spawn_balanced", rc);
         if ((i & 1023) == 1023)
-            while ((rc = veloq_cq_poll(g_cq, batch, 1024)) > 0)
-                reaped += (uint64_t)rc;
+            reaped += veloq_reap_waiting();
     }
-    while (reaped < n) {
-        rc = veloq_cq_wait(g_cq, batch, 1024, 1, 10LL * 1000000000LL);
-        if (rc < 0)
-            die("veloq_cq_wait", rc);
-        reaped += (uint64_t)rc;
-    }
+    veloq_reap_until(reaped, n);
     return (double)n * 1e9 / (double)(now_ns() - start);
 }
 
 #define BATCH 64
 
 static double veloq_batch_throughput(uint64_t n) {
-    veloq_cqe batch[1024];
     veloq_job jobs[BATCH];
     uint64_t i = 0, reaped = 0, since_reap = 0, start = now_ns();
     int rc, k;
@@ -187,16 +200,10 @@ static double veloq_batch_throughput(uint64_t n) {
         since_reap += m;
         if (since_reap >= 1024) {
             since_reap = 0;
-            while ((rc = veloq_cq_poll(g_cq, batch, 1024)) > 0)
-                reaped += (uint64_t)rc;
+            reaped += veloq_reap_waiting();
         }
     }
-    while (reaped < n) {
-        rc = veloq_cq_wait(g_cq, batch, 1024, 1, 10LL * 1000000000LL);
-        if (rc < 0)
-            die("veloq_cq_wait", rc);
-        reaped += (uint64_t)rc;
-    }
+    veloq_reap_until(reaped, n);
     return (double)n * 1e9 / (double)(now_ns() - start);
 }
 
