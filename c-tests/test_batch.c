@@ -41,24 +41,49 @@ static void on_cqe_check_res(const veloq_cqe *e, void *p) {
 
 /* ---- exactly once ---- */
 
+/* A host thread submitting jobs first..first+count in batches (see submit_next). */
 struct submitter {
     pthread_t thread;
     veloq_runtime *rt;
     veloq_cq *cq;
     uint64_t first, count;
     int bad_rc;
+    long partial; /* calls that accepted a proper prefix (the shutdown race) */
 };
+
+/* Submits the batch of jobs from `done` on (at most BATCH), alternating the plain and
+ * the balanced form; returns what the call returned and the batch's size in `*n`. */
+static int submit_next(struct submitter *s, veloq_job *jobs, uint64_t done, uint32_t *n) {
+    *n = s->count - done < BATCH ? (uint32_t)(s->count - done) : BATCH;
+    fill(jobs, s->first + done, *n);
+    return (done / BATCH) % 2 ? veloq_spawn_batch(s->rt, jobs, *n, s->cq)
+                              : veloq_spawn_balanced_batch(s->rt, jobs, *n, s->cq);
+}
+
+/* Starts SUBMITTERS threads running `main_fn`, thread t on jobs t*per..(t+1)*per;
+ * 0 when a thread could not be started. */
+static int start_submitters(struct submitter *s, veloq_runtime *rt, veloq_cq *cq, uint64_t per,
+                            void *(*main_fn)(void *)) {
+    int t;
+    for (t = 0; t < SUBMITTERS; t++) {
+        memset(&s[t], 0, sizeof s[t]);
+        s[t].rt = rt;
+        s[t].cq = cq;
+        s[t].first = (uint64_t)t * per;
+        s[t].count = per;
+        if (pthread_create(&s[t].thread, NULL, main_fn, &s[t]) != 0)
+            return 0;
+    }
+    return 1;
+}
 
 static void *submitter_main(void *p) {
     struct submitter *s = (struct submitter *)p;
     veloq_job jobs[BATCH];
     uint64_t done = 0;
     while (done < s->count) {
-        uint32_t n = s->count - done < BATCH ? (uint32_t)(s->count - done) : BATCH;
-        int rc;
-        fill(jobs, s->first + done, n);
-        rc = (done / BATCH) % 2 ? veloq_spawn_batch(s->rt, jobs, n, s->cq)
-                                : veloq_spawn_balanced_batch(s->rt, jobs, n, s->cq);
+        uint32_t n;
+        int rc = submit_next(s, jobs, done, &n);
         if (rc != (int)n) {
             s->bad_rc = rc;
             return NULL;
@@ -81,14 +106,7 @@ static void four_host_threads_submit_batches_every_job_runs_and_completes_once(v
     REQUIRE(cq);
     REQUIRE(check_tally_init(&g_runs, total));
     REQUIRE(check_tally_init(&done, total));
-    for (t = 0; t < SUBMITTERS; t++) {
-        memset(&s[t], 0, sizeof s[t]);
-        s[t].rt = rt;
-        s[t].cq = cq;
-        s[t].first = (uint64_t)t * per;
-        s[t].count = per;
-        REQUIRE(pthread_create(&s[t].thread, NULL, submitter_main, &s[t]) == 0);
-    }
+    REQUIRE(start_submitters(s, rt, cq, per, submitter_main));
     CHECK_EQ(vt_reap(cq, total, on_cqe_check_res, &done), total);
     for (t = 0; t < SUBMITTERS; t++) {
         pthread_join(s[t].thread, NULL);
@@ -243,26 +261,14 @@ enum outcome { NOT_CALLED = 0, ACCEPTED = 1, REFUSED = 2 };
 static unsigned char *g_outcome; /* per job id */
 static long g_accepted;
 
-struct racer {
-    pthread_t thread;
-    veloq_runtime *rt;
-    veloq_cq *cq;
-    uint64_t first, count;
-    int bad_rc;
-    long partial; /* calls that accepted a proper prefix */
-};
-
 static void *racer_main(void *p) {
-    struct racer *s = (struct racer *)p;
+    struct submitter *s = (struct submitter *)p;
     veloq_job jobs[BATCH];
     uint64_t done = 0;
     int refused = 0;
     while (done < s->count) {
-        uint32_t n = s->count - done < BATCH ? (uint32_t)(s->count - done) : BATCH, i;
-        int rc;
-        fill(jobs, s->first + done, n);
-        rc = (done / BATCH) % 2 ? veloq_spawn_batch(s->rt, jobs, n, s->cq)
-                                : veloq_spawn_balanced_batch(s->rt, jobs, n, s->cq);
+        uint32_t n, i;
+        int rc = submit_next(s, jobs, done, &n);
         if (rc == -ESHUTDOWN) {
             for (i = 0; i < n; i++)
                 g_outcome[s->first + done + i] = REFUSED;
@@ -286,7 +292,7 @@ static void *racer_main(void *p) {
 
 static void shutdown_while_batches_arrive_every_job_ran_once_or_was_refused(void) {
     uint64_t per = CHECK_SCALED(PER_SUBMITTER * 2), total = per * SUBMITTERS, id;
-    struct racer s[SUBMITTERS];
+    struct submitter s[SUBMITTERS];
     veloq_runtime *rt = vt_runtime(0);
     long accepted = 0, refused = 0, partial = 0;
     check_tally done;
@@ -302,14 +308,7 @@ static void shutdown_while_batches_arrive_every_job_ran_once_or_was_refused(void
     g_outcome = (unsigned char *)calloc(total, 1);
     REQUIRE(g_outcome);
     g_accepted = 0;
-    for (t = 0; t < SUBMITTERS; t++) {
-        memset(&s[t], 0, sizeof s[t]);
-        s[t].rt = rt;
-        s[t].cq = cq;
-        s[t].first = (uint64_t)t * per;
-        s[t].count = per;
-        REQUIRE(pthread_create(&s[t].thread, NULL, racer_main, &s[t]) == 0);
-    }
+    REQUIRE(start_submitters(s, rt, cq, per, racer_main));
     /* Shut down mid-stream, once a tenth was accepted (bounded wait); the queue is drained
      * meanwhile so that it does not grow without limit. */
     start = check_now_ns();
