@@ -55,6 +55,11 @@ pub(crate) struct Inner {
     waiters: RefCell<Vec<Waker>>,
     /// Whether `waiters` may be non-empty (checked on every give-back).
     waiting: Cell<bool>,
+    /// Buffers lent to a C caller ([`BufRing::lend`]), one bit per buffer id: only
+    /// these may be [recycled](BufRing::recycle), once each.
+    lent: Box<[Cell<u64>]>,
+    /// How many bits of `lent` are set.
+    lent_count: Cell<u32>,
 }
 
 impl Inner {
@@ -142,6 +147,8 @@ impl Inner {
             returned: Cell::new(0),
             waiters: RefCell::new(Vec::new()),
             waiting: Cell::new(false),
+            lent: (0..count.div_ceil(64)).map(|_| Cell::new(0)).collect(),
+            lent_count: Cell::new(0),
         };
         // SAFETY: the ring mapping is page-aligned, `count` entries long and zeroed (tail
         // 0). It stays mapped while registered: `registered` is cleared only after the
@@ -310,7 +317,9 @@ impl BufRing {
             .retain(|w| !w.will_wake(waker));
     }
 
-    /// The driver's keep for a receive on this ring whose future was dropped.
+    /// What keeps the ring's memory alive for a receive on it: the driver keeps it for
+    /// a receive whose future was dropped, and for a C receive on the group (until its
+    /// final completion; see [`in_use`](Self::in_use)).
     pub(crate) fn provided(&self) -> Provided {
         Provided(self.inner.clone())
     }
@@ -319,9 +328,69 @@ impl BufRing {
     /// memory goes with the last outstanding handle.
     #[cfg(test)]
     pub(crate) fn unregister(self, ring: &Submitter<'_>) -> io::Result<()> {
-        ring.unregister_buf_ring(self.inner.bgid)?;
-        self.inner.registered.set(false);
+        self.unregister_on(ring)
+    }
+
+    /// Unregisters the group from `ring` (the ring it was registered with) without
+    /// going through the current worker: for the driver while it is torn down. After
+    /// it the drop does nothing more. An error leaves the ring registered (its memory
+    /// is then leaked on drop, see the module doc).
+    pub(crate) fn unregister_on(&self, ring: &Submitter<'_>) -> io::Result<()> {
+        if self.inner.registered.get() {
+            ring.unregister_buf_ring(self.inner.bgid)?;
+            self.inner.registered.set(false);
+        }
         Ok(())
+    }
+
+    /// For the C API: buffer `bid`, which a completion of a receive on this group just
+    /// named, is now the caller's until [`recycle`](Self::recycle). Returns its address
+    /// ([`buf_size`](Self::buf_size) bytes; the completion's result says how many hold
+    /// data). `-EINVAL` when `bid` is out of range, `-EALREADY` when it is lent already
+    /// (taken twice without a recycle between); nothing changes then.
+    ///
+    /// The caller's promise (not checked): a completion named `bid` since it was last
+    /// recycled, so the kernel no longer owns it.
+    pub(crate) fn lend(&self, bid: u16) -> Result<*mut u8, i32> {
+        let (word, bit) = self.lent_bit(bid)?;
+        let w = word.get();
+        if w & bit != 0 {
+            return Err(-libc::EALREADY);
+        }
+        word.set(w | bit);
+        self.inner.lent_count.set(self.inner.lent_count.get() + 1);
+        Ok(self.inner.buf_addr(bid))
+    }
+
+    /// For the C API: gives back buffer `bid`, lent by [`lend`](Self::lend), to the
+    /// ring (the next receive may fill it; the caller no longer touches it). `-EINVAL`
+    /// when `bid` is out of range or not lent (never taken, or recycled already);
+    /// nothing changes then.
+    pub(crate) fn recycle(&self, bid: u16) -> Result<(), i32> {
+        let (word, bit) = self.lent_bit(bid)?;
+        let w = word.get();
+        if w & bit == 0 {
+            return Err(-libc::EINVAL);
+        }
+        word.set(w & !bit);
+        self.inner.lent_count.set(self.inner.lent_count.get() - 1);
+        self.inner.give_back(bid);
+        Ok(())
+    }
+
+    /// The word of `lent` holding `bid`'s bit, and the bit; `-EINVAL` out of range.
+    fn lent_bit(&self, bid: u16) -> Result<(&Cell<u64>, u64), i32> {
+        if bid >= self.inner.count {
+            return Err(-libc::EINVAL);
+        }
+        Ok((&self.inner.lent[bid as usize / 64], 1 << (bid % 64)))
+    }
+
+    /// Whether the ring is in use: buffers are lent ([`lend`](Self::lend)), or an
+    /// operation in flight keeps it (its [`provided`](Self::provided) is alive: a
+    /// multishot receive armed on the group).
+    pub(crate) fn in_use(&self) -> bool {
+        self.inner.lent_count.get() > 0 || Rc::strong_count(&self.inner) > 1
     }
 }
 
