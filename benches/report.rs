@@ -208,6 +208,13 @@ const SYSTEMS: [(&str, &str, Option<&str>); 20] = [
         Some("veloq"),
     ),
     (
+        "veloq-c-ms",
+        "veloq's C echo server with one multishot receive per connection into a \
+         provided-buffer ring of its worker (`veloq_buf_ring_*`), echoing from the buffers \
+         (`build/examples/echo_server --multishot`)",
+        Some("veloq"),
+    ),
+    (
         "monoio",
         "Monoio, one io_uring runtime per worker thread, a listener each (SO_REUSEPORT)",
         Some("monoio"),
