@@ -133,7 +133,7 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 20] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 21] = [
     (
         "veloq",
         "this crate, default settings, workers pinned",

@@ -1036,6 +1036,17 @@ fn describe(e: io::Error, entries: u32) -> io::Error {
 mod tests {
     use super::*;
 
+    #[test]
+    fn c_completions_name_the_provided_buffer_only_when_the_kernel_did() {
+        // IORING_CQE_F_BUFFER (bit 0) with buffer id 0x1234 in the upper half, and
+        // IORING_CQE_F_MORE (bit 1), which the C flags carry on their own.
+        let kernel = 1 | 2 | (0x1234 << 16);
+        assert_eq!(c_buffer_flags(kernel), CQE_F_BUFFER | (0x1234 << CQE_BUFFER_SHIFT));
+        assert_eq!(c_buffer_flags(2), 0);
+        assert_eq!(c_buffer_flags(0x1234 << 16), 0, "an id without the flag is no buffer");
+        assert_eq!(c_buffer_flags(1), CQE_F_BUFFER, "buffer id 0");
+    }
+
     fn eventfd() -> std::os::fd::OwnedFd {
         use std::os::fd::FromRawFd;
         // SAFETY: plain syscall, result checked.
