@@ -110,14 +110,16 @@ struct chunk {
     uint16_t id;
 };
 
+#define MAX_IOV 64 /* chunks echoed by one sendmsg */
+
 /* One connection: a multishot receive into its worker's ring, and a queue of received
- * chunks (their buffers) echoed one send at a time, in order. */
+ * chunks (their buffers) echoed in order, up to MAX_IOV of them per sendmsg. */
 struct mconn {
     int fd;
     uint32_t worker;
     int64_t recv_op;
     int recv_live; /* a multishot receive is armed */
-    int send_live; /* a send of q[head] is in flight */
+    int send_live; /* a sendmsg of the first chunks of q is in flight */
     int eof;       /* no more receives: end of stream, error or shutdown */
     int dead;      /* a send failed: drop what is queued */
     int starved;   /* the ring ran dry: re-armed on the worker's next recycle */
@@ -126,6 +128,8 @@ struct mconn {
     struct chunk *q;
     uint32_t head, n, cap;
     struct mconn *next_starved;
+    struct msghdr msg; /* of the sendmsg in flight, with iov */
+    struct iovec iov[MAX_IOV];
 };
 
 /* Per worker, touched only by it (padded: no false sharing). */
@@ -191,10 +195,18 @@ static void m_recycle(veloq_ctx *ctx, struct mconn *c, uint16_t id) {
         m_wake_starved(ctx, w);
 }
 
+/* Sends the queued chunks (the first from c->sent on) with one sendmsg. */
 static void m_send(veloq_ctx *ctx, struct mconn *c) {
-    struct chunk *k = &c->q[c->head];
-    c->send_live = veloq_send(ctx, c->fd, k->data + c->sent, k->len - c->sent, MSG_NOSIGNAL,
-                              on_msend, c) > 0;
+    uint32_t i, cnt = c->n < MAX_IOV ? c->n : MAX_IOV;
+    for (i = 0; i < cnt; i++) {
+        struct chunk *k = &c->q[(c->head + i) % c->cap];
+        c->iov[i].iov_base = k->data + (i == 0 ? c->sent : 0);
+        c->iov[i].iov_len = k->len - (i == 0 ? c->sent : 0);
+    }
+    memset(&c->msg, 0, sizeof c->msg);
+    c->msg.msg_iov = c->iov;
+    c->msg.msg_iovlen = cnt;
+    c->send_live = veloq_sendmsg(ctx, c->fd, &c->msg, MSG_NOSIGNAL, on_msend, c) > 0;
     if (!c->send_live)
         c->dead = 1;
 }
@@ -202,27 +214,35 @@ static void m_send(veloq_ctx *ctx, struct mconn *c) {
 static void on_msend(veloq_ctx *ctx, int64_t res, uint32_t flags, void *arg) {
     struct mconn *c = (struct mconn *)arg;
     (void)flags;
-    c->send_live = 0;
     if (res <= 0) { /* error, -ECANCELED at shutdown */
+        c->send_live = 0;
         c->dead = 1;
         if (c->recv_live)
             veloq_cancel(ctx, c->recv_op);
         m_maybe_close(ctx, c);
         return;
     }
-    c->sent += (uint32_t)res;
     add(&g_stats[c->worker].bytes, (uint64_t)res);
-    if (c->sent < c->q[c->head].len) {
-        m_send(ctx, c);
-        return;
-    }
-    c->sent = 0;
+    /* Every chunk sent whole goes back to the ring; a partial one is resent from where
+     * the send stopped. (send_live stays set meanwhile: a recycle may re-arm starved
+     * receives, and none of that may close this connection under our feet.) */
     {
-        uint16_t id = c->q[c->head].id;
-        c->head = (c->head + 1) % c->cap;
-        c->n--;
-        m_recycle(ctx, c, id);
+        uint64_t left = (uint64_t)res;
+        while (left > 0) {
+            struct chunk *k = &c->q[c->head];
+            uint32_t rest = k->len - c->sent;
+            if (left < rest) {
+                c->sent += (uint32_t)left;
+                break;
+            }
+            left -= rest;
+            c->sent = 0;
+            c->head = (c->head + 1) % c->cap;
+            c->n--;
+            m_recycle(ctx, c, k->id);
+        }
     }
+    c->send_live = 0;
     if (c->n > 0)
         m_send(ctx, c);
     m_maybe_close(ctx, c);
