@@ -21,6 +21,11 @@
 //!
 //! A receive whose future was dropped is kept by the driver with a [`Provided`] as its
 //! memory: buffers its remaining completions name go straight back to the ring.
+//!
+//! The C API (`veloq_buf_ring_*`) uses the same rings: the worker's driver owns them by
+//! group id, a C multishot receive on such a group keeps a [`Provided`] in its slot until
+//! its final completion, and the C caller takes and gives back buffers by id
+//! ([`BufRing::lend`], [`BufRing::recycle`], which refuse what was not handed over).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -210,8 +215,8 @@ impl BufRing {
     /// a power of two in `1..=32768` and `size` in `1..=u32::MAX`, else `InvalidInput`.
     /// Errors: off a worker (an error saying so), the kernel's errors from the
     /// registration (`EINVAL` on an older kernel, `ENOMEM`), mapping failures. The
-    /// group id is picked from 0x4000 up, skipping ids already registered (e.g. by C code
-    /// through `veloq_recv_multishot`'s groups).
+    /// group id is picked from 0x4000 up, skipping ids already registered on the ring
+    /// (the C API's rings, `veloq_buf_ring_new`, are made here too).
     pub fn new(count: usize, size: usize) -> io::Result<BufRing> {
         let made = op::with_driver(|driver, owner| {
             let submitter = driver.submitter();

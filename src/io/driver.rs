@@ -1041,9 +1041,16 @@ mod tests {
         // IORING_CQE_F_BUFFER (bit 0) with buffer id 0x1234 in the upper half, and
         // IORING_CQE_F_MORE (bit 1), which the C flags carry on their own.
         let kernel = 1 | 2 | (0x1234 << 16);
-        assert_eq!(c_buffer_flags(kernel), CQE_F_BUFFER | (0x1234 << CQE_BUFFER_SHIFT));
+        assert_eq!(
+            c_buffer_flags(kernel),
+            CQE_F_BUFFER | (0x1234 << CQE_BUFFER_SHIFT)
+        );
         assert_eq!(c_buffer_flags(2), 0);
-        assert_eq!(c_buffer_flags(0x1234 << 16), 0, "an id without the flag is no buffer");
+        assert_eq!(
+            c_buffer_flags(0x1234 << 16),
+            0,
+            "an id without the flag is no buffer"
+        );
         assert_eq!(c_buffer_flags(1), CQE_F_BUFFER, "buffer id 0");
     }
 
