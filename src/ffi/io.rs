@@ -47,6 +47,17 @@ const _: () = assert!(VELOQ_CQE_BUFFER_SHIFT == crate::io::CQE_BUFFER_SHIFT);
 
 /// The one path of every worker-side call: checks `ctx` and `cb`, submits `op`.
 fn submit(ctx: *mut veloq_ctx, op: RawOp, cb: veloq_io_cb, arg: *mut c_void) -> i64 {
+    // SAFETY: the C contract (see `submit_with`).
+    submit_with(ctx, cb, |cx, cb| unsafe { cx.submit_io(op, cb, arg) })
+}
+
+/// Checks `ctx` and `cb`, then lets `go` submit with the context and the callback.
+#[inline(always)]
+fn submit_with(
+    ctx: *mut veloq_ctx,
+    cb: veloq_io_cb,
+    go: impl FnOnce(&RuntimeContext, IoCallback) -> Result<u64, i32>,
+) -> i64 {
     ffi_boundary!(VELOQ_EPANIC as i64, {
         // SAFETY: a non-null ctx is the RuntimeContext passed to the running callback
         // (the C contract), used on its own worker thread.
@@ -59,9 +70,9 @@ fn submit(ctx: *mut veloq_ctx, op: RawOp, cb: veloq_io_cb, arg: *mut c_void) -> 
         // SAFETY: the two function pointer types differ only in the pointee of the first
         // argument (`veloq_ctx` is the C name of `RuntimeContext`); same ABI.
         let cb: IoCallback = unsafe { std::mem::transmute(cb) };
-        // SAFETY: the C contract: the op's memory and `arg` stay valid until the final
-        // callback, and `cb` may be called with `arg` on this worker.
-        match unsafe { cx.submit_io(op, cb, arg) } {
+        // The C contract (for `go`'s submission): the op's memory and `arg` stay valid
+        // until the final callback, and `cb` may be called with `arg` on this worker.
+        match go(cx, cb) {
             Ok(id) => id as i64,
             Err(e) => e as i64,
         }
@@ -270,7 +281,10 @@ pub extern "C" fn veloq_recv_multishot(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    submit(ctx, RawOp::RecvMulti { fd, group, flags }, cb, arg)
+    // SAFETY: the C contract (see `submit_with`); the op has no pointer.
+    submit_with(ctx, cb, |cx, cb| unsafe {
+        cx.submit_recv_multishot(fd, group, flags, cb, arg)
+    })
 }
 
 /// `accept4(fd, NULL, NULL, SOCK_CLOEXEC)` on a listening socket. `res`: the new

@@ -37,6 +37,30 @@ impl RuntimeContext {
         Ok(id.raw())
     }
 
+    /// [`submit_io`](Self::submit_io) of `RawOp::RecvMulti { fd, group, flags }`: when
+    /// `group` is a ring of this worker made by [`buf_ring_new`](Self::buf_ring_new), the
+    /// operation keeps it in use ([`buf_ring_free`](Self::buf_ring_free) refuses) until
+    /// its final completion. Results and errors as `submit_io`.
+    ///
+    /// # Safety
+    /// As `submit_io`.
+    pub(crate) unsafe fn submit_recv_multishot(
+        &self,
+        fd: std::ffi::c_int,
+        group: u16,
+        flags: std::ffi::c_int,
+        cb: IoCallback,
+        arg: *mut c_void,
+    ) -> Result<u64, i32> {
+        // SAFETY: forwarded promise (the op has no pointer: the kernel picks buffers).
+        let id = unsafe { self.submit_io(RawOp::RecvMulti { fd, group, flags }, cb, arg) }?;
+        // Accepted and not completed yet: completions run only from the worker loop.
+        if let Some(op) = OpId::from_raw(id) {
+            self.driver.borrow_mut().keep_buf_ring(op, group);
+        }
+        Ok(id)
+    }
+
     /// Asks for operation `id` of this worker to be cancelled. It completes once more,
     /// with -ECANCELED unless it finished first. -ENOENT when `id` names no live
     /// operation of this worker (finished, never existed, or another worker's);
