@@ -7,7 +7,7 @@
 #   make examples        build the I/O examples into build/examples: echo_server (C),
 #                        echo_server_cpp (veloq.hpp), file_copy (host-side veloq_submit)
 #   make examples-test   file_copy on real files (compared with cmp), both echo servers
-#                        driven by c-tests/example_echo.c
+#                        (the C one also with --multishot) driven by c-tests/example_echo.c
 #   make test            everything CI runs (tools, Rust checks and tests, header, C/C++
 #                        tests, valgrind, install + pkg-config); see the `test` recipe
 #   make header          regenerate include/veloq.h with the pinned cbindgen
@@ -406,6 +406,9 @@ examples-test: $(IN_TREE_LIB)
 		--limit $(C_TEST_LIMIT) build/c-tests/example_echo
 	VELOQ_ECHO_SERVER=build/examples/echo_server_cpp c-tests/run.sh --label echo_server_cpp \
 		--limit $(C_TEST_LIMIT) build/c-tests/example_echo
+	VELOQ_ECHO_SERVER=build/examples/echo_server VELOQ_ECHO_SERVER_ARG=--multishot \
+		c-tests/run.sh --label echo_server_multishot --limit $(C_TEST_LIMIT) \
+		build/c-tests/example_echo
 
 build/bench/capi_bench: benches/c/capi_bench.c $(VELOQ_INCLUDE_DIR)/veloq.h
 	@mkdir -p $(@D)

@@ -133,7 +133,7 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 20] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 21] = [
     (
         "veloq",
         "this crate, default settings, workers pinned",
@@ -205,6 +205,13 @@ const SYSTEMS: [(&str, &str, Option<&str>); 20] = [
     (
         "veloq-c",
         "veloq's C echo server through the C API (`build/examples/echo_server`)",
+        Some("veloq"),
+    ),
+    (
+        "veloq-c-ms",
+        "veloq's C echo server with one multishot receive per connection into a \
+         provided-buffer ring of its worker (`veloq_buf_ring_*`), echoing from the buffers \
+         (`build/examples/echo_server --multishot`)",
         Some("veloq"),
     ),
     (

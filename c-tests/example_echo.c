@@ -3,6 +3,7 @@
  * build/examples/echo_server) for a few seconds with --port 0 --workers 2, reads the port from its first
  * line, drives 200 concurrent connections through it with checksummed messages, and then
  * checks that it stops cleanly: on SIGTERM (first run) and at --seconds (second run).
+ * $VELOQ_ECHO_SERVER_ARG, when set, is passed as one more argument (e.g. --multishot).
  * Not a load generator: a correctness client.
  */
 #define _GNU_SOURCE
@@ -12,6 +13,7 @@
 #include "vio.h"
 
 static const char *g_server;
+static const char *g_server_arg;
 
 /* Starts the server; returns its pid and the port it printed, or -1. */
 static pid_t start_server(const char *seconds, uint16_t *port, FILE **out) {
@@ -27,7 +29,7 @@ static pid_t start_server(const char *seconds, uint16_t *port, FILE **out) {
         close(p[0]);
         close(p[1]);
         execl(g_server, g_server, "--port", "0", "--workers", "2", "--seconds", seconds,
-              (char *)NULL);
+              g_server_arg, (char *)NULL);
         _exit(127);
     }
     close(p[1]);
@@ -122,12 +124,15 @@ static void stops_by_itself_after_its_seconds(void) {
 
 int main(void) {
     g_server = getenv("VELOQ_ECHO_SERVER");
+    g_server_arg = getenv("VELOQ_ECHO_SERVER_ARG");
+    if (g_server_arg && !*g_server_arg)
+        g_server_arg = NULL;
     check_init("example_echo", 120);
     if (!g_server || !*g_server) {
         printf("VELOQ_ECHO_SERVER names no program\n");
         return 2;
     }
-    printf("server: %s\n", g_server);
+    printf("server: %s%s%s\n", g_server, g_server_arg ? " " : "", g_server_arg ? g_server_arg : "");
     signal(SIGPIPE, SIG_IGN);
     RUN_CASE(echoes_200_connections_and_stops_on_sigterm);
     RUN_CASE(stops_by_itself_after_its_seconds);

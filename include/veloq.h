@@ -64,6 +64,19 @@
 #define VELOQ_CQE_F_MORE 1
 
 /**
+ * `flags` bit of a completion: the operation received into a provided buffer (see
+ * `veloq_buf_ring_new`), whose id is `flags >> VELOQ_CQE_BUFFER_SHIFT`;
+ * `veloq_buf_ring_take` turns `flags` into the buffer's address.
+ */
+#define VELOQ_CQE_F_BUFFER 2
+
+/**
+ * With `VELOQ_CQE_F_BUFFER`: the provided buffer's id is `flags >> VELOQ_CQE_BUFFER_SHIFT`
+ * (the upper 16 bits).
+ */
+#define VELOQ_CQE_BUFFER_SHIFT 16
+
+/**
  * No operation: completes with res 0. Uses no field.
  */
 #define VELOQ_OP_NOP 0
@@ -173,6 +186,11 @@
  * Largest buffer `veloq_buf_alloc` hands out: 1 GiB.
  */
 #define VELOQ_BUF_MAX_SIZE (1 << 30)
+
+/**
+ * Most buffers a provided-buffer ring may have (the kernel's limit).
+ */
+#define VELOQ_BUF_RING_MAX_COUNT 32768
 
 /**
  * An I/O buffer from a worker's pool: 4 KiB aligned, `veloq_buf_capacity` bytes, and,
@@ -999,15 +1017,20 @@ int64_t veloq_sendmsg(struct veloq_ctx *ctx,
                       void *arg);
 
 /**
- * Multishot `recv` into the buffers of provided-buffer group `group` (see the
- * `veloq_buf_*` pools): one completion per chunk received, with `VELOQ_CQE_F_MORE` while
- * more follow; the buffer used is named in the upper 16 bits of `flags`. It ends (entry
- * without the flag) on an error (-ENOBUFS when the group is empty or unknown), at end of
- * stream (res 0), or on `veloq_cancel` (-ECANCELED); the kernel may also end it on its own
- * (when the completion queue overflows), with data in that final entry: re-arm unless it
- * is -ECANCELED, -ESHUTDOWN or end of stream. Returns the op id (> 0); -EINVAL
- * (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its
- * `ctx`; `cb` runs on the same worker.
+ * Multishot `recv` into the buffers of provided-buffer group `group` (a ring made on
+ * this worker with `veloq_buf_ring_new`): one completion per chunk received, with
+ * `VELOQ_CQE_F_MORE` while more follow. A completion with data (res > 0) has
+ * `VELOQ_CQE_F_BUFFER` and names its buffer in the upper 16 bits of `flags`: take it
+ * with `veloq_buf_ring_take` (address; res bytes hold data) and give it back with
+ * `veloq_buf_ring_recycle` once done. It ends (entry without `VELOQ_CQE_F_MORE`) on an
+ * error (-ENOBUFS when the ring has no buffer left, or `group` is no ring of this
+ * worker: recycle, then call again to re-arm; the unreceived bytes wait in the socket),
+ * at end of stream (res 0), or on `veloq_cancel` (-ECANCELED; -ECANCELED too at runtime
+ * shutdown); the kernel may also end it on its own (when the completion queue
+ * overflows), with data in that final entry: re-arm unless it is an error or end of
+ * stream. While it is armed, `veloq_buf_ring_free` of its group returns -EBUSY.
+ * Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside
+ * a callback on a worker, with its `ctx`; `cb` runs on the same worker.
  */
 int64_t veloq_recv_multishot(struct veloq_ctx *ctx,
                              int fd,
@@ -1254,6 +1277,64 @@ void veloq_buf_free(struct veloq_buf *b);
  * thread; `*out` untouched). Only inside a worker callback, with its `ctx`.
  */
 int veloq_buf_pool_stats(struct veloq_ctx *ctx, struct veloq_buf_stats *out);
+
+/**
+ * Registers a ring of `count` buffers of `size` bytes each with the io_uring ring of the
+ * worker running the callback that received `ctx`, and stores its buffer group id in
+ * `*group` (pass it to `veloq_recv_multishot`). Every buffer starts in the ring, owned
+ * by the kernel until a completion names it. The ring belongs to that worker: only
+ * receives submitted on it use it, and every `veloq_buf_ring_*` call on it must be made
+ * there. Needs Linux 5.19 (multishot receives: 6.0).
+ *
+ * Returns 0; -EINVAL (NULL `group`, `count` not a power of two in
+ * 1..=VELOQ_BUF_RING_MAX_COUNT, `size` 0, `ctx` NULL or not the context of the callback
+ * running on this thread); -ENOMEM; -EOPNOTSUPP when the kernel has no provided-buffer
+ * rings; another negative errno from the kernel. On error nothing is registered and
+ * `*group` is untouched. Only inside a worker callback, with its `ctx`. Free it with
+ * `veloq_buf_ring_free`; the runtime frees what is left when its worker ends.
+ */
+int veloq_buf_ring_new(struct veloq_ctx *ctx, uint32_t count, uint32_t size, uint16_t *group);
+
+/**
+ * Takes the buffer a completion of a receive on ring `group` names: `flags` is that
+ * completion's flags (`VELOQ_CQE_F_BUFFER` set, id in the upper 16 bits). Stores the
+ * buffer's address in `*data` and returns its id (>= 0). Its first `res` bytes (the
+ * completion's result) hold the data; it has the ring's `size` bytes. It is the
+ * caller's until `veloq_buf_ring_recycle(ctx, group, id)`, also across callbacks on
+ * the same worker; the kernel does not use it meanwhile.
+ *
+ * Call it once per completion, before any recycle of that id. Returns -ENODATA when
+ * `flags` names no buffer (no `VELOQ_CQE_F_BUFFER`: e.g. an error or end of stream);
+ * -ENOENT when this worker has no ring `group` (never made, freed, or another
+ * worker's); -EALREADY when that buffer is taken already (not recycled since);
+ * -EINVAL (NULL `data`, id out of range, `ctx` NULL or not the running callback's).
+ * On error `*data` is untouched and nothing changes. Only inside a callback on the
+ * ring's worker, with its `ctx`.
+ */
+int veloq_buf_ring_take(struct veloq_ctx *ctx, uint16_t group, uint32_t flags, void **data);
+
+/**
+ * Gives buffer `id` (returned by `veloq_buf_ring_take`) back to ring `group`, where the
+ * next receive may fill it: the caller must not touch it afterwards. Returns 0;
+ * -ENOENT when this worker has no ring `group`; -EINVAL (`id` not taken: never, or
+ * recycled already; `ctx` NULL or not the running callback's), changing nothing. Only
+ * inside a callback on the ring's worker, with its `ctx`. A multishot receive that
+ * ended with -ENOBUFS is not re-armed by this: call `veloq_recv_multishot` again.
+ */
+int veloq_buf_ring_recycle(struct veloq_ctx *ctx, uint16_t group, uint16_t id);
+
+/**
+ * Unregisters ring `group` and frees its buffers. Refused with -EBUSY (the ring stays
+ * as it was) while it is in use: a buffer is taken and not recycled, or a
+ * `veloq_recv_multishot` on the group has not delivered its final completion (cancel
+ * it with `veloq_cancel` and free the ring from, or after, that final callback).
+ * Returns 0; -EBUSY; -ENOENT when this worker has no ring `group` (freed already,
+ * another worker's); -EINVAL (`ctx` NULL or not the running callback's). The group
+ * id may be reused by a later `veloq_buf_ring_new`. Only inside a callback on the
+ * ring's worker, with its `ctx`. Rings never freed are freed when the runtime's
+ * worker ends (shutdown).
+ */
+int veloq_buf_ring_free(struct veloq_ctx *ctx, uint16_t group);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -44,7 +44,7 @@ pub struct Server {
 
 /// Every echo server, veloq's first. A `Binary` that does not exist is skipped with a
 /// "not built" note, so veloq's rows appear as soon as its servers are built.
-pub const SERVERS: [Server; 8] = [
+pub const SERVERS: [Server; 9] = [
     Server {
         name: VELOQ,
         launch: Launch::Binary("target/release/examples/echo"),
@@ -63,6 +63,14 @@ pub const SERVERS: [Server; 8] = [
         name: "veloq-c",
         launch: Launch::Binary("build/examples/echo_server"),
         args: &[],
+        build: "make build/examples/echo_server",
+    },
+    Server {
+        name: "veloq-c-ms",
+        launch: Launch::Binary("build/examples/echo_server"),
+        // The C server has no idle-spin knob (its workers park at once, like
+        // veloq-ms's `--spin-us 0`).
+        args: &["--multishot"],
         build: "make build/examples/echo_server",
     },
     Server {

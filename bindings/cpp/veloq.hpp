@@ -606,6 +606,40 @@ public:
     /// callable (with -ECANCELED unless it finished first).
     int cancel(std::int64_t op) const noexcept { return ::veloq_cancel(ctx_, op); }
 
+    // Provided-buffer rings (veloq_buf_ring_*): plain calls returning 0 / an id or a
+    // negative errno, like the C ones. A ring is identified by its group id and belongs to
+    // this worker: make, take, recycle and free it only inside callbacks on this worker
+    // (no RAII owner: freeing needs a worker's context; the runtime frees what is left).
+
+    /// veloq_recv_multishot into ring `group`: `f` runs once per chunk (flags has
+    /// VELOQ_CQE_F_MORE on all but the final entry, VELOQ_CQE_F_BUFFER with data; take the
+    /// buffer with buf_ring_take) and is destroyed after the final entry.
+    template <class F>
+    std::int64_t recv_multishot(int fd, std::uint16_t group, int flags, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_recv_multishot(ctx_, fd, group, flags, cb, a);
+        });
+    }
+    /// veloq_buf_ring_new: 0 with the new ring's group id in `group` (untouched on error);
+    /// -EINVAL, -ENOMEM, -EOPNOTSUPP.
+    int buf_ring_new(std::uint32_t count, std::uint32_t size, std::uint16_t &group) const noexcept {
+        return ::veloq_buf_ring_new(ctx_, count, size, &group);
+    }
+    /// veloq_buf_ring_take: the buffer id (>= 0) a completion's `flags` name, with its
+    /// address in `data` (untouched on error); -ENODATA, -ENOENT, -EALREADY, -EINVAL.
+    int buf_ring_take(std::uint16_t group, std::uint32_t flags, void *&data) const noexcept {
+        return ::veloq_buf_ring_take(ctx_, group, flags, &data);
+    }
+    /// veloq_buf_ring_recycle: 0; -ENOENT, -EINVAL (not taken).
+    int buf_ring_recycle(std::uint16_t group, std::uint16_t id) const noexcept {
+        return ::veloq_buf_ring_recycle(ctx_, group, id);
+    }
+    /// veloq_buf_ring_free: 0; -EBUSY while a receive is armed on it or a buffer is taken;
+    /// -ENOENT.
+    int buf_ring_free(std::uint16_t group) const noexcept {
+        return ::veloq_buf_ring_free(ctx_, group);
+    }
+
 private:
     veloq_ctx *ctx_;
 };

@@ -420,6 +420,67 @@ static void io_multishot_accept_runs_per_connection_then_frees(void) {
     ::close(l);
 }
 
+static void io_recv_multishot_into_a_buffer_ring_recycles_and_frees(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(1).build();
+    veloq::CompletionQueue cq(rt, 64);
+    veloq_cq *q = cq.get();
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    struct State {
+        std::uint16_t group = 0;
+        std::string got;
+        int bad = 0;
+        int free_rc = -1;
+    } st;
+    int fd = sv[1];
+    rt.spawn_to(0, [q, fd, &st](veloq_ctx *ctx) -> std::int64_t {
+        veloq::Io io(ctx);
+        int rc = io.buf_ring_new(4, 16, st.group);
+        if (rc != 0)
+            return rc;
+        return io.recv_multishot(fd, st.group, 0, [q, &st, t = Tracked()](
+                                                       veloq::Io io, std::int64_t res,
+                                                       std::uint32_t flags) {
+            if (res > 0) {
+                void *data = nullptr;
+                int id = io.buf_ring_take(st.group, flags, data);
+                if (id < 0 || !(flags & VELOQ_CQE_F_BUFFER)) {
+                    st.bad++;
+                } else {
+                    st.got.append(static_cast<const char *>(data), static_cast<size_t>(res));
+                    if (io.buf_ring_recycle(st.group, static_cast<std::uint16_t>(id)) != 0)
+                        st.bad++;
+                }
+            }
+            if (!(flags & VELOQ_CQE_F_MORE)) {
+                st.free_rc = io.buf_ring_free(st.group);
+                veloq_cq_post(q, 2, res);
+            }
+        });
+    }, cq, 1);
+    auto first = reap(cq, 1);
+    REQUIRE(first.size() == 1 && first[0].res > 0);
+    // 100 bytes through 4 buffers of 16: only works when they are recycled.
+    std::string msg;
+    for (int i = 0; i < 100; i++)
+        msg.push_back(static_cast<char>('a' + i % 26));
+    for (size_t off = 0; off < msg.size(); off += 10) {
+        CHECK_EQ(::write(sv[0], msg.data() + off, 10), 10);
+        check_sleep_ms(1);
+    }
+    ::close(sv[0]);
+    auto last = reap(cq, 1);
+    REQUIRE(last.size() == 1);
+    CHECK_EQ(last[0].user_data, 2);
+    CHECK_EQ(last[0].res, 0);
+    CHECK(st.got == msg);
+    CHECK_EQ(st.bad, 0);
+    CHECK_EQ(st.free_rc, 0);
+    rt.shutdown();
+    CHECK_EQ(tracked_live(), 0);
+    ::close(sv[1]);
+}
+
 static void host_submit_io_posts_to_the_queue_or_throws(void) {
     veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
     veloq::CompletionQueue cq(rt, 64);
@@ -749,6 +810,7 @@ int main() {
     RUN_CASE(io_lambdas_chain_on_the_worker_and_are_freed);
     RUN_CASE(io_exceptions_never_cross_and_refusals_free_the_callable);
     RUN_CASE(io_multishot_accept_runs_per_connection_then_frees);
+    RUN_CASE(io_recv_multishot_into_a_buffer_ring_recycles_and_frees);
     RUN_CASE(host_submit_io_posts_to_the_queue_or_throws);
     RUN_CASE(blocking_lambda_result_reaches_the_queue_once);
     RUN_CASE(group_of_lambdas_completes_once_with_the_first_error);

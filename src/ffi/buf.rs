@@ -70,7 +70,10 @@ impl From<PoolStats> for veloq_buf_stats {
 /// The context of the callback running on this thread, if `ctx` is exactly that one.
 /// Compares addresses before anything is dereferenced, so a stale or foreign `ctx` is
 /// refused instead of read.
-fn running_ctx<R>(ctx: *mut veloq_ctx, f: impl FnOnce(&RuntimeContext) -> R) -> Option<R> {
+pub(super) fn running_ctx<R>(
+    ctx: *mut veloq_ctx,
+    f: impl FnOnce(&RuntimeContext) -> R,
+) -> Option<R> {
     RuntimeContext::with_current(|cx| {
         cx.filter(|cx| ptr::eq(*cx as *const RuntimeContext, ctx as *const RuntimeContext))
             .map(f)

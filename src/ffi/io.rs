@@ -32,10 +32,32 @@ pub type veloq_io_cb =
 /// multishot operation follow. The final completion comes without it.
 pub const VELOQ_CQE_F_MORE: u32 = 1;
 
+/// `flags` bit of a completion: the operation received into a provided buffer (see
+/// `veloq_buf_ring_new`), whose id is `flags >> VELOQ_CQE_BUFFER_SHIFT`;
+/// `veloq_buf_ring_take` turns `flags` into the buffer's address.
+pub const VELOQ_CQE_F_BUFFER: u32 = 2;
+
+/// With `VELOQ_CQE_F_BUFFER`: the provided buffer's id is `flags >> VELOQ_CQE_BUFFER_SHIFT`
+/// (the upper 16 bits).
+pub const VELOQ_CQE_BUFFER_SHIFT: u32 = 16;
+
 const _: () = assert!(VELOQ_CQE_F_MORE == crate::io::CQE_F_MORE);
+const _: () = assert!(VELOQ_CQE_F_BUFFER == crate::io::CQE_F_BUFFER);
+const _: () = assert!(VELOQ_CQE_BUFFER_SHIFT == crate::io::CQE_BUFFER_SHIFT);
 
 /// The one path of every worker-side call: checks `ctx` and `cb`, submits `op`.
 fn submit(ctx: *mut veloq_ctx, op: RawOp, cb: veloq_io_cb, arg: *mut c_void) -> i64 {
+    // SAFETY: the C contract (see `submit_with`).
+    submit_with(ctx, cb, |cx, cb| unsafe { cx.submit_io(op, cb, arg) })
+}
+
+/// Checks `ctx` and `cb`, then lets `go` submit with the context and the callback.
+#[inline(always)]
+fn submit_with(
+    ctx: *mut veloq_ctx,
+    cb: veloq_io_cb,
+    go: impl FnOnce(&RuntimeContext, IoCallback) -> Result<u64, i32>,
+) -> i64 {
     ffi_boundary!(VELOQ_EPANIC as i64, {
         // SAFETY: a non-null ctx is the RuntimeContext passed to the running callback
         // (the C contract), used on its own worker thread.
@@ -48,9 +70,9 @@ fn submit(ctx: *mut veloq_ctx, op: RawOp, cb: veloq_io_cb, arg: *mut c_void) -> 
         // SAFETY: the two function pointer types differ only in the pointee of the first
         // argument (`veloq_ctx` is the C name of `RuntimeContext`); same ABI.
         let cb: IoCallback = unsafe { std::mem::transmute(cb) };
-        // SAFETY: the C contract: the op's memory and `arg` stay valid until the final
-        // callback, and `cb` may be called with `arg` on this worker.
-        match unsafe { cx.submit_io(op, cb, arg) } {
+        // The C contract (for `go`'s submission): the op's memory and `arg` stay valid
+        // until the final callback, and `cb` may be called with `arg` on this worker.
+        match go(cx, cb) {
             Ok(id) => id as i64,
             Err(e) => e as i64,
         }
@@ -236,15 +258,20 @@ pub extern "C" fn veloq_sendmsg(
     submit(ctx, RawOp::SendMsg { fd, msg, flags }, cb, arg)
 }
 
-/// Multishot `recv` into the buffers of provided-buffer group `group` (see the
-/// `veloq_buf_*` pools): one completion per chunk received, with `VELOQ_CQE_F_MORE` while
-/// more follow; the buffer used is named in the upper 16 bits of `flags`. It ends (entry
-/// without the flag) on an error (-ENOBUFS when the group is empty or unknown), at end of
-/// stream (res 0), or on `veloq_cancel` (-ECANCELED); the kernel may also end it on its own
-/// (when the completion queue overflows), with data in that final entry: re-arm unless it
-/// is -ECANCELED, -ESHUTDOWN or end of stream. Returns the op id (> 0); -EINVAL
-/// (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its
-/// `ctx`; `cb` runs on the same worker.
+/// Multishot `recv` into the buffers of provided-buffer group `group` (a ring made on
+/// this worker with `veloq_buf_ring_new`): one completion per chunk received, with
+/// `VELOQ_CQE_F_MORE` while more follow. A completion with data (res > 0) has
+/// `VELOQ_CQE_F_BUFFER` and names its buffer in the upper 16 bits of `flags`: take it
+/// with `veloq_buf_ring_take` (address; res bytes hold data) and give it back with
+/// `veloq_buf_ring_recycle` once done. It ends (entry without `VELOQ_CQE_F_MORE`) on an
+/// error (-ENOBUFS when the ring has no buffer left, or `group` is no ring of this
+/// worker: recycle, then call again to re-arm; the unreceived bytes wait in the socket),
+/// at end of stream (res 0), or on `veloq_cancel` (-ECANCELED; -ECANCELED too at runtime
+/// shutdown); the kernel may also end it on its own (when the completion queue
+/// overflows), with data in that final entry: re-arm unless it is an error or end of
+/// stream. While it is armed, `veloq_buf_ring_free` of its group returns -EBUSY.
+/// Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside
+/// a callback on a worker, with its `ctx`; `cb` runs on the same worker.
 #[no_mangle]
 pub extern "C" fn veloq_recv_multishot(
     ctx: *mut veloq_ctx,
@@ -254,7 +281,10 @@ pub extern "C" fn veloq_recv_multishot(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    submit(ctx, RawOp::RecvMulti { fd, group, flags }, cb, arg)
+    // SAFETY: the C contract (see `submit_with`); the op has no pointer.
+    submit_with(ctx, cb, |cx, cb| unsafe {
+        cx.submit_recv_multishot(fd, group, flags, cb, arg)
+    })
 }
 
 /// `accept4(fd, NULL, NULL, SOCK_CLOEXEC)` on a listening socket. `res`: the new

@@ -39,9 +39,12 @@ mod group;
 // After the others in the header (cbindgen keeps this order): buffers come last, as in
 // the API contract.
 mod buf;
+// Provided-buffer rings: after the buffers.
+mod buf_ring;
 
 pub use blocking::*;
 pub use buf::*;
+pub use buf_ring::*;
 pub use cq::*;
 pub use error::*;
 pub use group::*;

@@ -21,6 +21,11 @@
 //!
 //! A receive whose future was dropped is kept by the driver with a [`Provided`] as its
 //! memory: buffers its remaining completions name go straight back to the ring.
+//!
+//! The C API (`veloq_buf_ring_*`) uses the same rings: the worker's driver owns them by
+//! group id, a C multishot receive on such a group keeps a [`Provided`] in its slot until
+//! its final completion, and the C caller takes and gives back buffers by id
+//! ([`BufRing::lend`], [`BufRing::recycle`], which refuse what was not handed over).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -55,6 +60,11 @@ pub(crate) struct Inner {
     waiters: RefCell<Vec<Waker>>,
     /// Whether `waiters` may be non-empty (checked on every give-back).
     waiting: Cell<bool>,
+    /// Buffers lent to a C caller ([`BufRing::lend`]), one bit per buffer id: only
+    /// these may be [recycled](BufRing::recycle), once each.
+    lent: Box<[Cell<u64>]>,
+    /// How many bits of `lent` are set.
+    lent_count: Cell<u32>,
 }
 
 impl Inner {
@@ -142,6 +152,8 @@ impl Inner {
             returned: Cell::new(0),
             waiters: RefCell::new(Vec::new()),
             waiting: Cell::new(false),
+            lent: (0..count.div_ceil(64)).map(|_| Cell::new(0)).collect(),
+            lent_count: Cell::new(0),
         };
         // SAFETY: the ring mapping is page-aligned, `count` entries long and zeroed (tail
         // 0). It stays mapped while registered: `registered` is cleared only after the
@@ -203,8 +215,8 @@ impl BufRing {
     /// a power of two in `1..=32768` and `size` in `1..=u32::MAX`, else `InvalidInput`.
     /// Errors: off a worker (an error saying so), the kernel's errors from the
     /// registration (`EINVAL` on an older kernel, `ENOMEM`), mapping failures. The
-    /// group id is picked from 0x4000 up, skipping ids already registered (e.g. by C code
-    /// through `veloq_recv_multishot`'s groups).
+    /// group id is picked from 0x4000 up, skipping ids already registered on the ring
+    /// (the C API's rings, `veloq_buf_ring_new`, are made here too).
     pub fn new(count: usize, size: usize) -> io::Result<BufRing> {
         let made = op::with_driver(|driver, owner| {
             let submitter = driver.submitter();
@@ -310,7 +322,9 @@ impl BufRing {
             .retain(|w| !w.will_wake(waker));
     }
 
-    /// The driver's keep for a receive on this ring whose future was dropped.
+    /// What keeps the ring's memory alive for a receive on it: the driver keeps it for
+    /// a receive whose future was dropped, and for a C receive on the group (until its
+    /// final completion; see [`in_use`](Self::in_use)).
     pub(crate) fn provided(&self) -> Provided {
         Provided(self.inner.clone())
     }
@@ -319,9 +333,69 @@ impl BufRing {
     /// memory goes with the last outstanding handle.
     #[cfg(test)]
     pub(crate) fn unregister(self, ring: &Submitter<'_>) -> io::Result<()> {
-        ring.unregister_buf_ring(self.inner.bgid)?;
-        self.inner.registered.set(false);
+        self.unregister_on(ring)
+    }
+
+    /// Unregisters the group from `ring` (the ring it was registered with) without
+    /// going through the current worker: for the driver while it is torn down. After
+    /// it the drop does nothing more. An error leaves the ring registered (its memory
+    /// is then leaked on drop, see the module doc).
+    pub(crate) fn unregister_on(&self, ring: &Submitter<'_>) -> io::Result<()> {
+        if self.inner.registered.get() {
+            ring.unregister_buf_ring(self.inner.bgid)?;
+            self.inner.registered.set(false);
+        }
         Ok(())
+    }
+
+    /// For the C API: buffer `bid`, which a completion of a receive on this group just
+    /// named, is now the caller's until [`recycle`](Self::recycle). Returns its address
+    /// ([`buf_size`](Self::buf_size) bytes; the completion's result says how many hold
+    /// data). `-EINVAL` when `bid` is out of range, `-EALREADY` when it is lent already
+    /// (taken twice without a recycle between); nothing changes then.
+    ///
+    /// The caller's promise (not checked): a completion named `bid` since it was last
+    /// recycled, so the kernel no longer owns it.
+    pub(crate) fn lend(&self, bid: u16) -> Result<*mut u8, i32> {
+        let (word, bit) = self.lent_bit(bid)?;
+        let w = word.get();
+        if w & bit != 0 {
+            return Err(-libc::EALREADY);
+        }
+        word.set(w | bit);
+        self.inner.lent_count.set(self.inner.lent_count.get() + 1);
+        Ok(self.inner.buf_addr(bid))
+    }
+
+    /// For the C API: gives back buffer `bid`, lent by [`lend`](Self::lend), to the
+    /// ring (the next receive may fill it; the caller no longer touches it). `-EINVAL`
+    /// when `bid` is out of range or not lent (never taken, or recycled already);
+    /// nothing changes then.
+    pub(crate) fn recycle(&self, bid: u16) -> Result<(), i32> {
+        let (word, bit) = self.lent_bit(bid)?;
+        let w = word.get();
+        if w & bit == 0 {
+            return Err(-libc::EINVAL);
+        }
+        word.set(w & !bit);
+        self.inner.lent_count.set(self.inner.lent_count.get() - 1);
+        self.inner.give_back(bid);
+        Ok(())
+    }
+
+    /// The word of `lent` holding `bid`'s bit, and the bit; `-EINVAL` out of range.
+    fn lent_bit(&self, bid: u16) -> Result<(&Cell<u64>, u64), i32> {
+        if bid >= self.inner.count {
+            return Err(-libc::EINVAL);
+        }
+        Ok((&self.inner.lent[bid as usize / 64], 1 << (bid % 64)))
+    }
+
+    /// Whether the ring is in use: buffers are lent ([`lend`](Self::lend)), or an
+    /// operation in flight keeps it (its [`provided`](Self::provided) is alive: a
+    /// multishot receive armed on the group).
+    pub(crate) fn in_use(&self) -> bool {
+        self.inner.lent_count.get() > 0 || Rc::strong_count(&self.inner) > 1
     }
 }
 
@@ -477,6 +551,29 @@ mod tests {
             let e = BufRing::register(&ring.submitter(), 1, count, size).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{count} x {size}");
         }
+    }
+
+    #[test]
+    fn lent_buffers_are_recycled_once_each_and_keep_the_ring_in_use() {
+        let ring = IoUring::new(4).unwrap();
+        let bufs = BufRing::register(&ring.submitter(), 5, 4, 64).unwrap();
+        assert!(!bufs.in_use());
+        assert_eq!(bufs.recycle(2), Err(-libc::EINVAL), "never lent");
+        assert_eq!(bufs.lend(4).unwrap_err(), -libc::EINVAL, "out of range");
+        // Nothing is armed on this ring, so the kernel reads none of its entries: lending
+        // a buffer still in the ring (a real caller lends only what a completion named)
+        // exercises only the bookkeeping.
+        let p = bufs.lend(2).unwrap();
+        assert_eq!(p, bufs.inner.buf_addr(2));
+        assert_eq!(bufs.lend(2).unwrap_err(), -libc::EALREADY);
+        assert!(bufs.in_use());
+        let keep = bufs.provided();
+        assert_eq!(bufs.recycle(2), Ok(()));
+        assert_eq!(bufs.recycle(2), Err(-libc::EINVAL), "recycled twice");
+        assert!(bufs.in_use(), "a receive's keep still holds it");
+        drop(keep);
+        assert!(!bufs.in_use());
+        bufs.unregister(&ring.submitter()).unwrap();
     }
 
     #[test]

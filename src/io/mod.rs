@@ -23,7 +23,7 @@ pub(crate) mod vectored;
 
 pub use buf::{AlignedBuf, IoBuf, IoBufMut};
 pub use buf_ring::{BufRing, RecvBuf};
-pub use driver::CQE_F_MORE;
+pub use driver::{CQE_BUFFER_SHIFT, CQE_F_BUFFER, CQE_F_MORE};
 pub use op_table::IoCallback;
 pub use ops::RawOp;
 

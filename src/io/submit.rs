@@ -3,6 +3,7 @@
 
 use std::ffi::c_void;
 
+use super::buf_ring::BufRing;
 use super::op_table::{IoCallback, OpId, Target};
 use super::ops::{validate, RawOp};
 use crate::runtime::completion::{CompletionQueue, Cqe};
@@ -36,6 +37,30 @@ impl RuntimeContext {
         Ok(id.raw())
     }
 
+    /// [`submit_io`](Self::submit_io) of `RawOp::RecvMulti { fd, group, flags }`: when
+    /// `group` is a ring of this worker made by [`buf_ring_new`](Self::buf_ring_new), the
+    /// operation keeps it in use ([`buf_ring_free`](Self::buf_ring_free) refuses) until
+    /// its final completion. Results and errors as `submit_io`.
+    ///
+    /// # Safety
+    /// As `submit_io`.
+    pub(crate) unsafe fn submit_recv_multishot(
+        &self,
+        fd: std::ffi::c_int,
+        group: u16,
+        flags: std::ffi::c_int,
+        cb: IoCallback,
+        arg: *mut c_void,
+    ) -> Result<u64, i32> {
+        // SAFETY: forwarded promise (the op has no pointer: the kernel picks buffers).
+        let id = unsafe { self.submit_io(RawOp::RecvMulti { fd, group, flags }, cb, arg) }?;
+        // Accepted and not completed yet: completions run only from the worker loop.
+        if let Some(op) = OpId::from_raw(id) {
+            self.driver.borrow_mut().keep_buf_ring(op, group);
+        }
+        Ok(id)
+    }
+
     /// Asks for operation `id` of this worker to be cancelled. It completes once more,
     /// with -ECANCELED unless it finished first. -ENOENT when `id` names no live
     /// operation of this worker (finished, never existed, or another worker's);
@@ -43,6 +68,56 @@ impl RuntimeContext {
     pub fn cancel_io(&self, id: u64) -> Result<(), i32> {
         let id = OpId::from_raw(id).ok_or(-libc::ENOENT)?;
         self.driver.borrow_mut().cancel(id)
+    }
+}
+
+/// Provided-buffer rings for callback-style multishot receives: the worker's driver owns
+/// them, by buffer group id (what `RawOp::RecvMulti` names).
+impl RuntimeContext {
+    /// Registers a ring of `count` buffers of `size` bytes with this worker's io_uring
+    /// ring ([`BufRing::new`]) and keeps it here until [`buf_ring_free`]
+    /// (Self::buf_ring_free) or the worker's end. Returns its group id. Errors (nothing
+    /// is registered then): -EINVAL (`count` not a power of two in 1..=32768, `size`
+    /// 0), -EOPNOTSUPP (the kernel has no provided-buffer rings: before Linux 5.19),
+    /// -ENOMEM, or the kernel's errno.
+    pub(crate) fn buf_ring_new(&self, count: usize, size: usize) -> Result<u16, i32> {
+        let ring = BufRing::new(count, size).map_err(|e| match e.raw_os_error() {
+            // The shape is checked before the kernel is asked, so a kernel EINVAL means
+            // it does not know the request.
+            Some(libc::EINVAL) => -libc::EOPNOTSUPP,
+            _ => -crate::runtime::OsError::errno_of(&e),
+        })?;
+        let group = ring.bgid();
+        self.driver.borrow_mut().adopt_buf_ring(ring);
+        Ok(group)
+    }
+
+    /// Lends buffer `bid` of group `group`'s ring to the caller ([`BufRing::lend`]):
+    /// its address. -ENOENT when this worker has no such ring; -EINVAL, -EALREADY as
+    /// `lend`.
+    ///
+    /// The caller's promise (not checked): a completion of a receive on the group named
+    /// `bid`, and it was not lent since.
+    pub(crate) fn buf_ring_take(&self, group: u16, bid: u16) -> Result<*mut u8, i32> {
+        let driver = self.driver.borrow();
+        driver.buf_ring(group).ok_or(-libc::ENOENT)?.lend(bid)
+    }
+
+    /// Gives lent buffer `bid` back to group `group`'s ring ([`BufRing::recycle`]).
+    /// -ENOENT when this worker has no such ring; -EINVAL when `bid` is not lent.
+    pub(crate) fn buf_ring_recycle(&self, group: u16, bid: u16) -> Result<(), i32> {
+        let driver = self.driver.borrow();
+        driver.buf_ring(group).ok_or(-libc::ENOENT)?.recycle(bid)
+    }
+
+    /// Unregisters group `group`'s ring and frees its memory. -ENOENT when this worker
+    /// has no such ring; -EBUSY while a buffer is lent or a multishot receive on the
+    /// group has not delivered its final completion (the ring stays as it was).
+    pub(crate) fn buf_ring_free(&self, group: u16) -> Result<(), i32> {
+        let ring = self.driver.borrow_mut().release_buf_ring(group)?;
+        // Dropped once the driver is no longer borrowed: the drop unregisters it.
+        drop(ring);
+        Ok(())
     }
 }
 
