@@ -246,11 +246,12 @@ impl OpTable {
             self.grow();
         }
         let index = self.free_head;
-        // The free list only ever names slots of existing chunks.
         let i = index as usize;
-        let Some(chunk) = self.chunks.get_mut(i >> CHUNK_SHIFT) else {
-            unreachable!("free list names a slot past the table");
-        };
+        debug_assert!(i >> CHUNK_SHIFT < self.chunks.len());
+        // SAFETY: the free list only ever names slots of existing chunks (`grow` links
+        // a new chunk's slots, `remove` a slot `get_mut` found), and chunks are never
+        // dropped while the table lives.
+        let chunk = unsafe { self.chunks.get_unchecked_mut(i >> CHUNK_SHIFT) };
         let slot = &mut chunk[i & (CHUNK - 1)];
         self.free_head = slot.next_free;
         // 1..=GENERATION_MASK, never 0, without a division.
