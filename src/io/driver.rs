@@ -145,7 +145,7 @@ pub(crate) const fn cqe_batch() -> CqeBatch {
 /// Counters of one driver, published with the worker's statistics (`WorkerStats::io_*`).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct DriverStats {
-    /// Operations accepted (C, Rust and host-side).
+    /// Operations accepted (C, Rust and host-side): the op table's inserts.
     pub(crate) submitted: u64,
     /// Operations that delivered their final completion.
     pub(crate) completed: u64,
@@ -189,7 +189,7 @@ pub(crate) struct Driver {
     /// Shutdown: everything was cancelled and new operations are refused.
     closed: bool,
     /// The ring's TASKRUN / CQ_OVERFLOW flags stayed up after an enter that had nothing
-    /// for us; they are ignored until the next completion, submission or park.
+    /// for us; they are ignored until the next completion, enter that submits, or park.
     flags_stale: bool,
     stats: DriverStats,
     /// The worker this driver belongs to (stamped on completion-queue entries).
@@ -267,6 +267,7 @@ impl Driver {
     /// This driver's counters.
     pub(crate) fn stats(&self) -> DriverStats {
         DriverStats {
+            submitted: self.table.inserted(),
             stale: self.table.stale(),
             backlog: self.backlog.len() as u64,
             ..self.stats
@@ -356,21 +357,33 @@ impl Driver {
         // no copy of the entry through the backlog's `Pending`.
         if self.in_flight < self.fast_limit {
             debug_assert!(!self.closed && self.backlog.is_empty());
-            let mut sq = self.ring.submission();
-            if !sq.is_full() {
-                let id = self.table.insert(target, multishot, Phase::InFlight);
-                // SAFETY: as in `push_entries`: the entry's pointers stay valid until
-                // its final completion, kept alive by the operation's owner.
-                let pushed = unsafe { sq.push(&entry.user_data(id.raw())) };
-                debug_assert!(pushed.is_ok(), "checked for room above");
-                drop(sq);
-                self.stats.submitted += 1;
-                self.flags_stale = false;
+            // The slot first, then the entry: the queue's room is looked at once, by
+            // the push.
+            let mut entry = entry;
+            let id = self.table.insert(target, multishot, Phase::InFlight);
+            entry.set_user_data(id.raw());
+            // SAFETY: as in `push_entries`: the entry's pointers stay valid until its
+            // final completion, kept alive by the operation's owner.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 self.in_flight += 1;
                 return Ok(id);
             }
+            self.submit_when_full(id, entry);
+            return Ok(id);
         }
         self.submit_queued(entry, target, multishot)
+    }
+
+    /// [`submit`](Self::submit)'s fast path found the submission queue full: operation
+    /// `id` (inserted, its `entry` complete) goes through [`enqueue`](Self::enqueue)
+    /// like any other.
+    #[cold]
+    #[inline(never)]
+    fn submit_when_full(&mut self, id: OpId, entry: Entry) {
+        if let Some(slot) = self.table.get_mut(id) {
+            slot.phase = Phase::Backlog;
+        }
+        self.enqueue(Pending::One(id, entry));
     }
 
     /// [`submit`](Self::submit) off its fast path: shut down, or the operation goes
@@ -475,7 +488,6 @@ impl Driver {
         if self.closed {
             return Err(-libc::ESHUTDOWN);
         }
-        self.stats.submitted += 1;
         Ok(self.table.insert(target, multishot, Phase::Backlog))
     }
 
@@ -618,6 +630,10 @@ impl Driver {
         }
         let sq = self.ring.submission();
         let queued = !sq.is_empty();
+        if queued {
+            // New submissions: the kernel's flags are worth a look again.
+            self.flags_stale = false;
+        }
         let flagged = !self.flags_stale && (sq.taskrun() || sq.cq_overflow());
         drop(sq);
         // Completions already posted are reaped first: the kernel's "work pending" flag
@@ -645,6 +661,7 @@ impl Driver {
     /// are any (before a descriptor they name is closed: see `IoFd`).
     pub(crate) fn flush_queued(&mut self) {
         if !self.ring.submission().is_empty() {
+            self.flags_stale = false;
             self.enter(0);
         }
     }
@@ -742,9 +759,10 @@ impl Driver {
             self.complete_internal(user_data);
             return Completed::Nothing;
         }
-        let Some((id, slot)) = self.table.in_flight_mut(user_data) else {
+        let Some(op) = self.table.in_flight(user_data) else {
             return Completed::Nothing;
         };
+        let slot = &mut *op.slot;
         if slot.multishot {
             if let (true, Target::Future(waker)) = (cqueue::more(flags), &mut slot.target) {
                 // A multishot receive's (or accept's) entry with more to come: queued for
@@ -755,13 +773,17 @@ impl Driver {
             }
             return Completed::Other;
         }
-        let completed = match &mut slot.target {
+        // Each arm ends the operation's flight itself (no join before the caller's
+        // match on the result).
+        match &mut slot.target {
             &mut Target::Callback { cb, arg } => {
-                self.table.remove_plain(id);
                 // Single-shot: no C operation of one shot selects a provided buffer (only
                 // `RawOp::RecvMulti` does), so the flags are 0. Not reading the buffer bits
                 // here saves ~7 instructions per completion (nop_prof cb: 291.8 -> 284.9).
                 debug_assert_eq!(c_buffer_flags(flags), 0);
+                op.remove_plain();
+                self.in_flight -= 1;
+                self.stats.completed += 1;
                 Completed::Deliver(Delivery::Call {
                     cb,
                     arg,
@@ -773,13 +795,13 @@ impl Driver {
                 slot.results.push_back(OpResult { res, flags });
                 slot.phase = Phase::Done;
                 // A future collects its result (and frees the slot) when polled.
-                Completed::wake(waker.take())
+                let waker = waker.take();
+                self.in_flight -= 1;
+                self.stats.completed += 1;
+                Completed::wake(waker)
             }
-            _ => return Completed::Other,
-        };
-        self.in_flight -= 1;
-        self.stats.completed += 1;
-        completed
+            _ => Completed::Other,
+        }
     }
 
     /// A completion of the driver's own: the wake read, a cancellation or a linked

@@ -186,13 +186,15 @@ impl RuntimeContext {
         let mut batch = cqe_batch();
         while handled < REAP_BATCH {
             let cqes = self.driver.borrow_mut().take_completions(&mut batch);
-            if cqes.is_empty() {
-                break;
-            }
-            handled += cqes.len();
+            let taken = cqes.len();
+            handled += taken;
             for cqe in cqes {
                 let driver = self.driver.borrow_mut();
                 self.complete_io(driver, cqe.user_data(), cqe.result(), cqe.flags(), watch);
+            }
+            if taken < batch.len() {
+                // The ring had no more; what arrives meanwhile is for the next turn.
+                break;
             }
         }
         if handled > 0 {
