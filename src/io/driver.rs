@@ -347,7 +347,7 @@ impl Driver {
     #[inline(always)]
     pub(crate) fn submit(
         &mut self,
-        entry: Entry,
+        mut entry: Entry,
         target: Target,
         multishot: bool,
     ) -> Result<OpId, i32> {
@@ -359,7 +359,6 @@ impl Driver {
             debug_assert!(!self.closed && self.backlog.is_empty());
             // The slot first, then the entry: the queue's room is looked at once, by
             // the push.
-            let mut entry = entry;
             let id = self.table.insert(target, multishot, Phase::InFlight);
             entry.set_user_data(id.raw());
             // SAFETY: as in `push_entries`: the entry's pointers stay valid until its
