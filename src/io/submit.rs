@@ -19,10 +19,10 @@ impl RuntimeContext {
     /// # Safety
     /// `op`'s pointers must stay valid until the final callback; `cb` must be safe to
     /// call with `arg` on this thread.
-    // Inlined: a caller submitting a known operation gets the driver's fast path with
-    // that operation's checks and entry folded in (the group and backlog paths stay
-    // out of line).
-    #[inline]
+    // Always inlined: a caller submitting a known operation (each C call, a Rust loop)
+    // gets the driver's fast path with that operation's checks and entry folded in (the
+    // group and backlog paths stay out of line).
+    #[inline(always)]
     pub unsafe fn submit_io(
         &self,
         op: RawOp,
