@@ -5,8 +5,10 @@
 //! Rust future, a C callback on this worker, or a completion queue. Submissions are
 //! batched: pushed into the submission queue as they come and handed to the kernel by
 //! one `io_uring_enter` per worker loop turn ([`Driver::flush`]), which also collects
-//! completions. Completions are turned into [`Delivery`]s, carried out by the worker
-//! once it no longer borrows the driver (a callback may submit more).
+//! completions. The worker copies them out of the ring a batch at a time
+//! ([`Driver::take_completions`]) and turns each into a [`Delivery`]
+//! ([`Driver::complete`]), which it carries out at once, no longer borrowing the driver
+//! (a callback may submit more).
 //!
 //! Operations wait in the backlog only while the submission queue is full, so a full
 //! ring never fails an operation. Operations in flight are not bounded by the
