@@ -52,6 +52,71 @@ fn a_ring_of_8_entries_takes_10000_outstanding_operations() {
     assert_eq!(done.load(SeqCst), 10_000);
 }
 
+/// How many times each operation's callback ran (indexed by the `arg` it was given).
+struct CallbackCounts {
+    calls: Vec<AtomicUsize>,
+    failed: AtomicUsize,
+    total: AtomicUsize,
+}
+
+unsafe extern "C" fn count_call(
+    _: *mut veloq::RuntimeContext,
+    res: i64,
+    flags: u32,
+    arg: *mut std::ffi::c_void,
+) {
+    // SAFETY: `arg` names an entry of the `CallbackCounts` the test keeps alive until
+    // every callback ran.
+    let (counts, i) = unsafe { *(arg as *const (&CallbackCounts, usize)) };
+    if res != 0 || flags != 0 {
+        counts.failed.fetch_add(1, SeqCst);
+    }
+    counts.calls[i].fetch_add(1, SeqCst);
+    counts.total.fetch_add(1, SeqCst);
+}
+
+#[test]
+fn callback_nops_past_a_full_submission_queue_each_complete_once() {
+    // 1000 callback operations submitted at once on a ring of 8 entries: all but the
+    // first few find the submission queue full and wait for room; each completes once.
+    const N: usize = 1000;
+    let rt = runtime(1, 8);
+    let h = rt
+        .spawn_local_to(0, move || async move {
+            let counts = CallbackCounts {
+                calls: (0..N).map(|_| AtomicUsize::new(0)).collect(),
+                failed: AtomicUsize::new(0),
+                total: AtomicUsize::new(0),
+            };
+            let args: Vec<(&CallbackCounts, usize)> = (0..N).map(|i| (&counts, i)).collect();
+            let ids: Vec<u64> = veloq::RuntimeContext::with_current(|cx| {
+                let cx = cx.expect("on a worker");
+                args.iter()
+                    .map(|a| {
+                        let arg = a as *const (&CallbackCounts, usize) as *mut std::ffi::c_void;
+                        // SAFETY: a NOP uses no memory; `count_call` may be called with
+                        // `arg` on this worker, and `args` outlives every callback
+                        // (awaited below).
+                        unsafe { cx.submit_io(veloq::io::RawOp::Nop, count_call, arg) }
+                            .expect("nop accepted")
+                    })
+                    .collect()
+            });
+            while counts.total.load(SeqCst) < N {
+                veloq::yield_now().await;
+            }
+            let mut distinct = ids.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), N, "every operation has its own id");
+            assert!(ids.iter().all(|&id| id > 0 && (id as i64) > 0));
+            assert_eq!(counts.failed.load(SeqCst), 0);
+            assert!(counts.calls.iter().all(|c| c.load(SeqCst) == 1));
+        })
+        .unwrap();
+    rt.block_on(h).unwrap();
+}
+
 #[test]
 fn sleep_waits_and_timeout_cancels() {
     let rt = runtime(2, 64);

@@ -45,10 +45,21 @@ const _: () = assert!(VELOQ_CQE_F_MORE == crate::io::CQE_F_MORE);
 const _: () = assert!(VELOQ_CQE_F_BUFFER == crate::io::CQE_F_BUFFER);
 const _: () = assert!(VELOQ_CQE_BUFFER_SHIFT == crate::io::CQE_BUFFER_SHIFT);
 
-/// The one path of every worker-side call: checks `ctx` and `cb`, submits `op`.
-fn submit(ctx: *mut veloq_ctx, op: RawOp, cb: veloq_io_cb, arg: *mut c_void) -> i64 {
+/// The one path of every worker-side call: checks `ctx` and `cb`, submits the operation
+/// `op` makes. `op` runs inside the call's panic boundary: each call's submission is
+/// then built for its own kind of operation (checks and entry known, folded into the
+/// driver's fast path) rather than for any `RawOp` passed through memory.
+#[inline(always)]
+fn submit(
+    ctx: *mut veloq_ctx,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+    op: impl FnOnce() -> RawOp,
+) -> i64 {
     // SAFETY: the C contract (see `submit_with`).
-    submit_with(ctx, cb, |cx, cb| unsafe { cx.submit_io(op, cb, arg) })
+    submit_with(ctx, cb, move |cx, cb| unsafe {
+        cx.submit_io(op(), cb, arg)
+    })
 }
 
 /// Checks `ctx` and `cb`, then lets `go` submit with the context and the callback.
@@ -85,7 +96,7 @@ fn submit_with(
 /// `cb` runs once on the same worker. `arg` stays the caller's.
 #[no_mangle]
 pub extern "C" fn veloq_nop(ctx: *mut veloq_ctx, cb: veloq_io_cb, arg: *mut c_void) -> i64 {
-    submit(ctx, RawOp::Nop, cb, arg)
+    submit(ctx, cb, arg, move || RawOp::Nop)
 }
 
 /// `pread(fd, buf, len, offset)`; `offset` UINT64_MAX reads at the file position. `res`:
@@ -103,13 +114,12 @@ pub extern "C" fn veloq_read(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    let op = RawOp::Read {
+    submit(ctx, cb, arg, move || RawOp::Read {
         fd,
         buf: buf.cast(),
         len,
         offset,
-    };
-    submit(ctx, op, cb, arg)
+    })
 }
 
 /// `pwrite(fd, buf, len, offset)`; `offset` UINT64_MAX writes at the file position. `res`:
@@ -127,13 +137,12 @@ pub extern "C" fn veloq_write(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    let op = RawOp::Write {
+    submit(ctx, cb, arg, move || RawOp::Write {
         fd,
         buf: buf.cast(),
         len,
         offset,
-    };
-    submit(ctx, op, cb, arg)
+    })
 }
 
 /// `preadv(fd, iov, iovcnt, offset)` (`offset` UINT64_MAX: the file position). `res`:
@@ -151,13 +160,12 @@ pub extern "C" fn veloq_readv(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    let op = RawOp::Readv {
+    submit(ctx, cb, arg, move || RawOp::Readv {
         fd,
         iov,
         iovcnt,
         offset,
-    };
-    submit(ctx, op, cb, arg)
+    })
 }
 
 /// `pwritev(fd, iov, iovcnt, offset)` (`offset` UINT64_MAX: the file position). `res`:
@@ -172,13 +180,12 @@ pub extern "C" fn veloq_writev(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    let op = RawOp::Writev {
+    submit(ctx, cb, arg, move || RawOp::Writev {
         fd,
         iov,
         iovcnt,
         offset,
-    };
-    submit(ctx, op, cb, arg)
+    })
 }
 
 /// `recv(fd, buf, len, flags)` (`flags`: MSG_*). `res`: bytes received (0: the peer closed)
@@ -197,13 +204,12 @@ pub extern "C" fn veloq_recv(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    let op = RawOp::Recv {
+    submit(ctx, cb, arg, move || RawOp::Recv {
         fd,
         buf: buf.cast(),
         len,
         flags,
-    };
-    submit(ctx, op, cb, arg)
+    })
 }
 
 /// `send(fd, buf, len, flags)` (`flags`: MSG_*; add MSG_NOSIGNAL to get -EPIPE rather
@@ -219,13 +225,12 @@ pub extern "C" fn veloq_send(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    let op = RawOp::Send {
+    submit(ctx, cb, arg, move || RawOp::Send {
         fd,
         buf: buf.cast(),
         len,
         flags,
-    };
-    submit(ctx, op, cb, arg)
+    })
 }
 
 /// `recvmsg(fd, msg, flags)`. `res`: bytes received or a negative errno. Returns the op
@@ -241,7 +246,7 @@ pub extern "C" fn veloq_recvmsg(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    submit(ctx, RawOp::RecvMsg { fd, msg, flags }, cb, arg)
+    submit(ctx, cb, arg, move || RawOp::RecvMsg { fd, msg, flags })
 }
 
 /// `sendmsg(fd, msg, flags)`. `res`: bytes sent or a negative errno. Errors, ownership
@@ -255,7 +260,7 @@ pub extern "C" fn veloq_sendmsg(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    submit(ctx, RawOp::SendMsg { fd, msg, flags }, cb, arg)
+    submit(ctx, cb, arg, move || RawOp::SendMsg { fd, msg, flags })
 }
 
 /// Multishot `recv` into the buffers of provided-buffer group `group` (a ring made on
@@ -304,16 +309,17 @@ pub extern "C" fn veloq_accept(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    let op = if multishot {
-        RawOp::AcceptMulti { fd }
-    } else {
-        RawOp::Accept {
-            fd,
-            addr: std::ptr::null_mut(),
-            addrlen: std::ptr::null_mut(),
+    submit(ctx, cb, arg, move || {
+        if multishot {
+            RawOp::AcceptMulti { fd }
+        } else {
+            RawOp::Accept {
+                fd,
+                addr: std::ptr::null_mut(),
+                addrlen: std::ptr::null_mut(),
+            }
         }
-    };
-    submit(ctx, op, cb, arg)
+    })
 }
 
 /// `connect(fd, addr, addrlen)`. `res`: 0 or a negative errno (-ECONNREFUSED, ...).
@@ -329,7 +335,7 @@ pub extern "C" fn veloq_connect(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    submit(ctx, RawOp::Connect { fd, addr, addrlen }, cb, arg)
+    submit(ctx, cb, arg, move || RawOp::Connect { fd, addr, addrlen })
 }
 
 /// `socket(domain, type, protocol)` (SOCK_CLOEXEC added). `res`: the new fd or a negative
@@ -344,12 +350,11 @@ pub extern "C" fn veloq_socket(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    let op = RawOp::Socket {
+    submit(ctx, cb, arg, move || RawOp::Socket {
         domain,
         socket_type: r#type,
         protocol,
-    };
-    submit(ctx, op, cb, arg)
+    })
 }
 
 /// `shutdown(fd, how)` (SHUT_RD, SHUT_WR, SHUT_RDWR). `res`: 0 or a negative errno.
@@ -363,7 +368,7 @@ pub extern "C" fn veloq_socket_shutdown(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    submit(ctx, RawOp::Shutdown { fd, how }, cb, arg)
+    submit(ctx, cb, arg, move || RawOp::Shutdown { fd, how })
 }
 
 /// `close(fd)`. `res`: 0 or a negative errno (-EBADF). Returns the op id (> 0); -EINVAL
@@ -376,7 +381,7 @@ pub extern "C" fn veloq_close(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    submit(ctx, RawOp::Close { fd }, cb, arg)
+    submit(ctx, cb, arg, move || RawOp::Close { fd })
 }
 
 /// `openat(dirfd, path, flags, mode)` (O_CLOEXEC added; `dirfd` AT_FDCWD for the working
@@ -394,13 +399,12 @@ pub extern "C" fn veloq_openat(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    let op = RawOp::OpenAt {
+    submit(ctx, cb, arg, move || RawOp::OpenAt {
         dirfd,
         path,
         flags,
         mode,
-    };
-    submit(ctx, op, cb, arg)
+    })
 }
 
 /// `fsync(fd)`. `res`: 0 or a negative errno. Returns the op id (> 0); -EINVAL (NULL
@@ -413,11 +417,10 @@ pub extern "C" fn veloq_fsync(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    let op = RawOp::Fsync {
+    submit(ctx, cb, arg, move || RawOp::Fsync {
         fd,
         datasync: false,
-    };
-    submit(ctx, op, cb, arg)
+    })
 }
 
 /// `fdatasync(fd)`. Same results, errors and threads as `veloq_fsync`.
@@ -428,7 +431,7 @@ pub extern "C" fn veloq_fdatasync(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    submit(ctx, RawOp::Fsync { fd, datasync: true }, cb, arg)
+    submit(ctx, cb, arg, move || RawOp::Fsync { fd, datasync: true })
 }
 
 /// Completes after `ns` nanoseconds with res -ETIME (or -ECANCELED when cancelled first).
@@ -441,7 +444,7 @@ pub extern "C" fn veloq_timeout(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    submit(ctx, RawOp::Timeout { ns }, cb, arg)
+    submit(ctx, cb, arg, move || RawOp::Timeout { ns })
 }
 
 /// Completes once `fd` polls with any of `events` (POLLIN, POLLOUT, ...): `res` is the
@@ -456,7 +459,7 @@ pub extern "C" fn veloq_poll_add(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    submit(ctx, RawOp::PollAdd { fd, events }, cb, arg)
+    submit(ctx, cb, arg, move || RawOp::PollAdd { fd, events })
 }
 
 /// Asks for operation `op` (an id returned on this worker) to be cancelled. It still

@@ -5,8 +5,10 @@
 //! Rust future, a C callback on this worker, or a completion queue. Submissions are
 //! batched: pushed into the submission queue as they come and handed to the kernel by
 //! one `io_uring_enter` per worker loop turn ([`Driver::flush`]), which also collects
-//! completions. Completions are turned into [`Delivery`]s, carried out by the worker
-//! once it no longer borrows the driver (a callback may submit more).
+//! completions. The worker copies them out of the ring a batch at a time
+//! ([`Driver::take_completions`]) and turns each into a [`Delivery`]
+//! ([`Driver::complete`]), which it carries out at once, no longer borrowing the driver
+//! (a callback may submit more).
 //!
 //! Operations wait in the backlog only while the submission queue is full, so a full
 //! ring never fails an operation. Operations in flight are not bounded by the
@@ -46,8 +48,10 @@ const WAKE_TOKEN: u64 = u64::MAX;
 const INTERNAL_TOKEN: u64 = INTERNAL_BIT | 1;
 /// Completion-queue room kept for the wake read and the driver's own entries.
 const RESERVED_CQES: usize = 8;
-/// Completions turned into deliveries per call of [`Driver::reap`].
-const REAP_BATCH: usize = 256;
+/// Completions handled per reap (one worker loop turn, or one call of [`Driver::reap`]).
+pub(crate) const REAP_BATCH: usize = 256;
+/// Completions copied out of the ring at a time (one head update per batch).
+pub(crate) const CQE_BATCH: usize = 64;
 
 /// `flags` bit of a C completion: more completions follow for this operation
 /// (multishot). The last one comes without it.
@@ -88,6 +92,26 @@ pub(crate) enum Delivery {
     },
 }
 
+/// What [`Driver::complete`] made of a completion.
+pub(crate) enum Completed {
+    /// Carry this out once the driver is no longer borrowed.
+    Deliver(Delivery),
+    /// Nothing to deliver (a stale or internal completion, or a future not waiting).
+    Nothing,
+    /// A rarer case: hand the same completion to [`Driver::complete_other`].
+    Other,
+}
+
+impl Completed {
+    #[inline(always)]
+    fn wake(waker: Option<Waker>) -> Completed {
+        match waker {
+            Some(w) => Completed::Deliver(Delivery::Wake(w)),
+            None => Completed::Nothing,
+        }
+    }
+}
+
 /// An operation waiting for room: one entry, or an entry and its linked timeout, which
 /// must reach the kernel together.
 enum Pending {
@@ -112,10 +136,18 @@ impl Pending {
     }
 }
 
+/// A place for a batch of completions copied out of the ring ([`Driver::take_completions`]).
+pub(crate) type CqeBatch = [MaybeUninit<cqueue::Entry>; CQE_BATCH];
+
+/// An empty [`CqeBatch`].
+pub(crate) const fn cqe_batch() -> CqeBatch {
+    [const { MaybeUninit::uninit() }; CQE_BATCH]
+}
+
 /// Counters of one driver, published with the worker's statistics (`WorkerStats::io_*`).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct DriverStats {
-    /// Operations accepted (C, Rust and host-side).
+    /// Operations accepted (C, Rust and host-side): the op table's inserts.
     pub(crate) submitted: u64,
     /// Operations that delivered their final completion.
     pub(crate) completed: u64,
@@ -151,10 +183,15 @@ pub(crate) struct Driver {
     /// Most entries in flight at once: unbounded when the kernel keeps overflowing
     /// completions (NODROP), else the completion queue's size less a reserve.
     max_in_flight: usize,
+    /// `in_flight`'s bound on [`submit`](Self::submit)'s fast path: `max_in_flight`
+    /// while the driver is open and the backlog empty, else 0 (every submission takes
+    /// the queued path). One comparison instead of three; kept by
+    /// [`backlog_changed`](Self::backlog_changed).
+    fast_limit: usize,
     /// Shutdown: everything was cancelled and new operations are refused.
     closed: bool,
     /// The ring's TASKRUN / CQ_OVERFLOW flags stayed up after an enter that had nothing
-    /// for us; they are ignored until the next completion, submission or park.
+    /// for us; they are ignored until the next completion, enter that submits, or park.
     flags_stale: bool,
     stats: DriverStats,
     /// The worker this driver belongs to (stamped on completion-queue entries).
@@ -191,6 +228,13 @@ impl Driver {
         let (ring, flags) = Self::build_ring(entries, park_in_poll)?;
         let cq_entries = ring.params().cq_entries() as usize;
         let nodrop = ring.params().is_feature_nodrop();
+        let max_in_flight = if nodrop {
+            usize::MAX
+        } else {
+            cq_entries
+                .saturating_sub(RESERVED_CQES.min(cq_entries / 4))
+                .max(1)
+        };
         Ok(Driver {
             ring,
             eventfd,
@@ -202,13 +246,8 @@ impl Driver {
             backlog: VecDeque::new(),
             synthetic: VecDeque::new(),
             in_flight: 0,
-            max_in_flight: if nodrop {
-                usize::MAX
-            } else {
-                cq_entries
-                    .saturating_sub(RESERVED_CQES.min(cq_entries / 4))
-                    .max(1)
-            },
+            max_in_flight,
+            fast_limit: max_in_flight,
             closed: false,
             flags_stale: false,
             stats: DriverStats::default(),
@@ -230,6 +269,7 @@ impl Driver {
     /// This driver's counters.
     pub(crate) fn stats(&self) -> DriverStats {
         DriverStats {
+            submitted: self.table.inserted(),
             stale: self.table.stale(),
             backlog: self.backlog.len() as u64,
             ..self.stats
@@ -309,7 +349,7 @@ impl Driver {
     #[inline(always)]
     pub(crate) fn submit(
         &mut self,
-        entry: Entry,
+        mut entry: Entry,
         target: Target,
         multishot: bool,
     ) -> Result<OpId, i32> {
@@ -317,22 +357,34 @@ impl Driver {
         // room in the submission queue and the completion budget. The slot goes
         // straight to InFlight and the entry straight into the ring: one table access,
         // no copy of the entry through the backlog's `Pending`.
-        if !self.closed && self.backlog.is_empty() && self.in_flight < self.max_in_flight {
-            let mut sq = self.ring.submission();
-            if !sq.is_full() {
-                let id = self.table.insert(target, multishot, Phase::InFlight);
-                // SAFETY: as in `push_entries`: the entry's pointers stay valid until
-                // its final completion, kept alive by the operation's owner.
-                let pushed = unsafe { sq.push(&entry.user_data(id.raw())) };
-                debug_assert!(pushed.is_ok(), "checked for room above");
-                drop(sq);
-                self.stats.submitted += 1;
-                self.flags_stale = false;
+        if self.in_flight < self.fast_limit {
+            debug_assert!(!self.closed && self.backlog.is_empty());
+            // The slot first, then the entry: the queue's room is looked at once, by
+            // the push.
+            let id = self.table.insert(target, multishot, Phase::InFlight);
+            entry.set_user_data(id.raw());
+            // SAFETY: as in `push_entries`: the entry's pointers stay valid until its
+            // final completion, kept alive by the operation's owner.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 self.in_flight += 1;
                 return Ok(id);
             }
+            self.submit_when_full(id, entry);
+            return Ok(id);
         }
         self.submit_queued(entry, target, multishot)
+    }
+
+    /// [`submit`](Self::submit)'s fast path found the submission queue full: operation
+    /// `id` (inserted, its `entry` complete) goes through [`enqueue`](Self::enqueue)
+    /// like any other.
+    #[cold]
+    #[inline(never)]
+    fn submit_when_full(&mut self, id: OpId, entry: Entry) {
+        if let Some(slot) = self.table.get_mut(id) {
+            slot.phase = Phase::Backlog;
+        }
+        self.enqueue(Pending::One(id, entry));
     }
 
     /// [`submit`](Self::submit) off its fast path: shut down, or the operation goes
@@ -437,7 +489,6 @@ impl Driver {
         if self.closed {
             return Err(-libc::ESHUTDOWN);
         }
-        self.stats.submitted += 1;
         Ok(self.table.insert(target, multishot, Phase::Backlog))
     }
 
@@ -448,6 +499,7 @@ impl Driver {
             // A cancellation must not wait behind the operations it is meant to end.
             if !self.try_push(&pending) {
                 self.backlog.push_front(pending);
+                self.backlog_changed();
             }
             return;
         }
@@ -455,6 +507,17 @@ impl Driver {
             return;
         }
         self.backlog.push_back(pending);
+        self.backlog_changed();
+    }
+
+    /// Recomputes [`fast_limit`](Self::fast_limit) after the backlog or `closed`
+    /// changed.
+    fn backlog_changed(&mut self) {
+        self.fast_limit = if self.closed || !self.backlog.is_empty() {
+            0
+        } else {
+            self.max_in_flight
+        };
     }
 
     fn try_push(&mut self, pending: &Pending) -> bool {
@@ -509,6 +572,12 @@ impl Driver {
     /// Moves backlog entries into the submission queue while there is room; entries of
     /// operations cancelled meanwhile are dropped.
     fn drain_backlog(&mut self) {
+        self.drain_backlog_entries();
+        self.backlog_changed();
+    }
+
+    /// [`drain_backlog`](Self::drain_backlog)'s loop.
+    fn drain_backlog_entries(&mut self) {
         while let Some(pending) = self.backlog.front() {
             if let Some(id) = pending.op() {
                 let live = self
@@ -557,9 +626,15 @@ impl Driver {
     /// Hands the queued entries to the kernel and lets it post pending completions: at
     /// most one `io_uring_enter`, none when there is nothing to do.
     pub(crate) fn flush(&mut self) {
-        self.drain_backlog();
+        if !self.backlog.is_empty() {
+            self.drain_backlog();
+        }
         let sq = self.ring.submission();
         let queued = !sq.is_empty();
+        if queued {
+            // New submissions: the kernel's flags are worth a look again.
+            self.flags_stale = false;
+        }
         let flagged = !self.flags_stale && (sq.taskrun() || sq.cq_overflow());
         drop(sq);
         // Completions already posted are reaped first: the kernel's "work pending" flag
@@ -587,6 +662,7 @@ impl Driver {
     /// are any (before a descriptor they name is closed: see `IoFd`).
     pub(crate) fn flush_queued(&mut self) {
         if !self.ring.submission().is_empty() {
+            self.flags_stale = false;
             self.enter(0);
         }
     }
@@ -602,94 +678,131 @@ impl Driver {
     // ------------------------------------------------------------ completing
 
     /// Turns up to a batch of completions into deliveries (into `out`), freeing the
-    /// operations they finish. Returns how many completions were handled.
+    /// operations they finish. Returns how many completions were handled. The worker
+    /// loop does the same a completion at a time (`RuntimeContext::poll_io`, with
+    /// [`pop_synthetic`](Self::pop_synthetic), [`take_completions`](Self::take_completions),
+    /// [`complete`](Self::complete) and [`reaped`](Self::reaped)), delivering each one as
+    /// soon as it is resolved; this is for the driver's own drain and its tests.
     pub(crate) fn reap(&mut self, out: &mut Vec<Delivery>) -> usize {
         let mut handled = 0;
         while handled < REAP_BATCH {
-            let Some((user_data, res, flags)) = self.synthetic.pop_front() else {
+            let Some((user_data, res, flags)) = self.pop_synthetic() else {
                 break;
             };
-            self.complete(user_data, res, flags, out);
+            out.extend(self.complete_any(user_data, res, flags));
             handled += 1;
         }
-        // Completions are copied out of the ring a batch at a time (one head update per
-        // batch), then handled once the ring is no longer borrowed.
-        let mut batch = [const { MaybeUninit::<cqueue::Entry>::uninit() }; 64];
+        let mut batch = cqe_batch();
         while handled < REAP_BATCH {
-            let cqes = self.ring.completion().fill(&mut batch);
+            let cqes = self.take_completions(&mut batch);
             if cqes.is_empty() {
                 break;
             }
             handled += cqes.len();
-            for cqe in &*cqes {
-                self.complete(cqe.user_data(), cqe.result(), cqe.flags(), out);
+            for cqe in cqes {
+                out.extend(self.complete_any(cqe.user_data(), cqe.result(), cqe.flags()));
             }
         }
         if handled > 0 {
-            self.flags_stale = false;
-            if !self.backlog.is_empty() {
-                self.drain_backlog();
-            }
+            self.reaped();
         }
         handled
     }
 
-    /// One completion: the common cases (a C callback's or a future's operation ending)
-    /// here, the rest in [`complete_other`](Self::complete_other).
+    /// The oldest completion made up by the driver (an operation cancelled before the
+    /// kernel saw it), to be handled like the kernel's, before them.
+    #[inline]
+    pub(crate) fn pop_synthetic(&mut self) -> Option<(u64, i32, u32)> {
+        if self.synthetic.is_empty() {
+            return None;
+        }
+        self.synthetic.pop_front()
+    }
+
+    /// Copies up to a batch of posted completions out of the ring (moving its head once),
+    /// for [`complete`](Self::complete) one by one. Each must be completed: the ring no
+    /// longer holds them.
+    #[inline]
+    pub(crate) fn take_completions<'a>(&mut self, batch: &'a mut CqeBatch) -> &'a [cqueue::Entry] {
+        self.ring.completion().fill(batch)
+    }
+
+    /// After a reap that handled completions: the kernel's flags are worth a look
+    /// again, and operations waiting in the backlog may have room now.
+    #[inline]
+    pub(crate) fn reaped(&mut self) {
+        self.flags_stale = false;
+        if !self.backlog.is_empty() {
+            self.drain_backlog();
+        }
+    }
+
+    /// [`complete`](Self::complete) and, for what it leaves,
+    /// [`complete_other`](Self::complete_other).
+    fn complete_any(&mut self, user_data: u64, res: i32, flags: u32) -> Option<Delivery> {
+        match self.complete(user_data, res, flags) {
+            Completed::Deliver(d) => Some(d),
+            Completed::Nothing => None,
+            Completed::Other => self.complete_other(user_data, res, flags),
+        }
+    }
+
+    /// One completion (from the ring or [`pop_synthetic`](Self::pop_synthetic)): what
+    /// the worker must do for it, once it no longer borrows the driver. An operation's
+    /// final completion frees it (a future's, once collected). Handles the common cases
+    /// (a C callback's or a future's operation ending, a multishot future's entry) and
+    /// leaves the rest ([`Completed::Other`]) to
+    /// [`complete_other`](Self::complete_other), out of line: that way the caller's
+    /// match on the result folds into this one's branches.
     #[inline(always)]
-    fn complete(&mut self, user_data: u64, res: i32, flags: u32, out: &mut Vec<Delivery>) {
+    pub(crate) fn complete(&mut self, user_data: u64, res: i32, flags: u32) -> Completed {
         if user_data & INTERNAL_BIT != 0 {
             self.complete_internal(user_data);
-            return;
+            return Completed::Nothing;
         }
-        let Some((id, slot)) = self.table.in_flight_mut(user_data) else {
-            return;
+        let Some(op) = self.table.in_flight(user_data) else {
+            return Completed::Nothing;
         };
+        let slot = &mut *op.slot;
         if slot.multishot {
             if let (true, Target::Future(waker)) = (cqueue::more(flags), &mut slot.target) {
                 // A multishot receive's (or accept's) entry with more to come: queued for
                 // its future, woken once per batch (the next Pending poll leaves its
                 // waker again).
                 slot.results.push_back(OpResult { res, flags });
-                if let Some(w) = waker.take() {
-                    out.push(Delivery::Wake(w));
-                }
-                return;
+                return Completed::wake(waker.take());
             }
-            self.complete_other(user_data, res, flags, out);
-            return;
+            return Completed::Other;
         }
+        // Each arm ends the operation's flight itself (no join before the caller's
+        // match on the result).
         match &mut slot.target {
             &mut Target::Callback { cb, arg } => {
-                // The slot is freed first: pushing may reallocate `out`, after which the
-                // compiler would read the slot again.
-                self.table.remove_plain(id);
                 // Single-shot: no C operation of one shot selects a provided buffer (only
                 // `RawOp::RecvMulti` does), so the flags are 0. Not reading the buffer bits
                 // here saves ~7 instructions per completion (nop_prof cb: 291.8 -> 284.9).
                 debug_assert_eq!(c_buffer_flags(flags), 0);
-                out.push(Delivery::Call {
+                op.remove_plain();
+                self.in_flight -= 1;
+                self.stats.completed += 1;
+                Completed::Deliver(Delivery::Call {
                     cb,
                     arg,
                     res: res as i64,
                     flags: 0,
-                });
+                })
             }
             Target::Future(waker) => {
                 slot.results.push_back(OpResult { res, flags });
                 slot.phase = Phase::Done;
                 // A future collects its result (and frees the slot) when polled.
-                if let Some(w) = waker.take() {
-                    out.push(Delivery::Wake(w));
-                }
+                let waker = waker.take();
+                self.in_flight -= 1;
+                self.stats.completed += 1;
+                Completed::wake(waker)
             }
-            _ => {
-                self.complete_other(user_data, res, flags, out);
-                return;
-            }
+            _ => Completed::Other,
         }
-        self.in_flight -= 1;
-        self.stats.completed += 1;
     }
 
     /// A completion of the driver's own: the wake read, a cancellation or a linked
@@ -710,30 +823,33 @@ impl Driver {
     /// The completions [`complete`](Self::complete) leaves: multishot entries with more
     /// to come, completion queues and orphans.
     #[inline(never)]
-    fn complete_other(&mut self, user_data: u64, res: i32, flags: u32, out: &mut Vec<Delivery>) {
+    pub(crate) fn complete_other(
+        &mut self,
+        user_data: u64,
+        res: i32,
+        flags: u32,
+    ) -> Option<Delivery> {
         let more = cqueue::more(flags);
-        let Some((id, slot)) = self.table.in_flight_mut(user_data) else {
-            return;
-        };
+        let (id, slot) = self.table.in_flight_mut(user_data)?;
+        let mut delivery = None;
         let result = OpResult { res, flags };
         let future = matches!(slot.target, Target::Future(_));
         let finished = !more || !slot.multishot;
         match &mut slot.target {
             Target::Future(waker) => {
                 slot.results.push_back(result);
-                if let Some(w) = if finished {
+                delivery = if finished {
                     waker.take()
                 } else {
                     waker.clone()
-                } {
-                    out.push(Delivery::Wake(w));
                 }
+                .map(Delivery::Wake);
                 if finished {
                     slot.phase = Phase::Done;
                 }
             }
             Target::Callback { cb, arg } => {
-                out.push(Delivery::Call {
+                delivery = Some(Delivery::Call {
                     cb: *cb,
                     arg: *arg,
                     res: res as i64,
@@ -770,6 +886,7 @@ impl Driver {
                 self.table.remove(id);
             }
         }
+        delivery
     }
 
     // ------------------------------------------------------------ futures
@@ -876,6 +993,7 @@ impl Driver {
             return;
         }
         self.closed = true;
+        self.backlog_changed();
         for (id, phase) in self.table.live_ids() {
             if matches!(phase, Phase::Backlog | Phase::InFlight) {
                 let _ = self.cancel(id);

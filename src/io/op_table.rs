@@ -5,8 +5,10 @@
 //! so a slot's address is stable (the kernel may be handed pointers into it, e.g. a
 //! timeout's `timespec`). An operation is named by its [`OpId`]: the slot index in the low
 //! 32 bits and the slot's generation in the next 31, bumped every time the slot is
-//! reused. A completion whose id does not name an operation in flight (stale, foreign,
-//! or corrupted) is counted and ignored, never dereferenced.
+//! freed. A slot keeps the whole id of its current (or, while free, its next) operation,
+//! so taking a slot reads its id and checking a completion compares one word. A
+//! completion whose id does not name an operation in flight (stale, foreign, or
+//! corrupted) is counted and ignored, never dereferenced.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -24,6 +26,8 @@ const CHUNK: usize = 64;
 const CHUNK_SHIFT: u32 = CHUNK.trailing_zeros();
 /// Ids with this bit set are the driver's own (wake read, cancellations); never a slot.
 pub(crate) const INTERNAL_BIT: u64 = 1 << 63;
+/// The largest generation.
+#[cfg(test)]
 const GENERATION_MASK: u32 = (1 << 31) - 1;
 
 /// An operation's name: slot index and generation; always > 0 and < 2^63, so it fits the
@@ -32,8 +36,21 @@ const GENERATION_MASK: u32 = (1 << 31) - 1;
 pub(crate) struct OpId(u64);
 
 impl OpId {
-    fn new(index: u32, generation: u32) -> OpId {
-        OpId(((generation as u64) << 32) | index as u64)
+    /// Slot `index`'s first id (generation 1).
+    fn first(index: u32) -> OpId {
+        OpId((1 << 32) | index as u64)
+    }
+
+    /// The id of the same slot's next operation: the generation goes 1, 2, ...,
+    /// `GENERATION_MASK`, then 1 again (never 0, so the id stays > 0 and < 2^63).
+    #[inline(always)]
+    fn next(self) -> OpId {
+        let next = self.0 + (1 << 32);
+        if next & INTERNAL_BIT != 0 {
+            OpId::first(self.index() as u32)
+        } else {
+            OpId(next)
+        }
     }
 
     /// The id as submitted in `user_data`.
@@ -51,6 +68,7 @@ impl OpId {
         (self.0 & 0xffff_ffff) as usize
     }
 
+    #[cfg(test)]
     fn generation(self) -> u32 {
         (self.0 >> 32) as u32
     }
@@ -153,7 +171,9 @@ impl Results {
 
 /// One operation's state.
 pub(crate) struct Slot {
-    generation: u32,
+    /// The id of the slot's operation while it is live; of its next one while it is
+    /// free (the generation is bumped when the slot is freed).
+    id: OpId,
     pub(crate) phase: Phase,
     pub(crate) target: Target,
     /// Results a future has not collected yet (one for single-shot operations, any number
@@ -174,9 +194,9 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn empty(next_free: u32) -> Slot {
+    fn empty(index: u32, next_free: u32) -> Slot {
         Slot {
-            generation: 0,
+            id: OpId::first(index),
             phase: Phase::Free,
             target: Target::Orphan,
             results: Results::new(),
@@ -217,12 +237,42 @@ pub(crate) fn close_orphan_fd(fd: i32) {
 
 const NO_FREE: u32 = u32::MAX;
 
+/// An in-flight operation found by [`OpTable::in_flight`].
+pub(crate) struct InFlight<'a> {
+    pub(crate) id: OpId,
+    pub(crate) slot: &'a mut Slot,
+    free_head: &'a mut u32,
+    removed: &'a mut u64,
+}
+
+impl InFlight<'_> {
+    /// [`OpTable::remove`] for an operation whose slot holds neither results nor kept
+    /// memory (those belong to futures only: a callback's or a queue's operation never
+    /// has any), so there is nothing to drop but the id; no second lookup.
+    #[inline(always)]
+    pub(crate) fn remove_plain(self) {
+        let slot = self.slot;
+        debug_assert!(slot.results.is_empty() && slot.keep.is_none());
+        debug_assert!(!matches!(slot.target, Target::Future(_)));
+        slot.phase = Phase::Free;
+        slot.id = self.id.next();
+        // Not a future's (see above): the old target owns nothing, no drop glue.
+        std::mem::forget(std::mem::replace(&mut slot.target, Target::Orphan));
+        slot.next_free = *self.free_head;
+        *self.free_head = self.id.index() as u32;
+        *self.removed += 1;
+    }
+}
+
 /// The table. Owned by one driver, used only on its worker thread.
 pub(crate) struct OpTable {
     /// Fixed-size chunks: a place within one needs no bounds check.
     chunks: Vec<Box<[Slot; CHUNK]>>,
     free_head: u32,
-    live: usize,
+    /// Operations ever inserted, and removed: `live` is the difference (one count per
+    /// insert doubles as the driver's count of accepted operations).
+    inserted: u64,
+    removed: u64,
     /// Completions that named no live operation.
     stale: u64,
 }
@@ -232,7 +282,8 @@ impl OpTable {
         OpTable {
             chunks: Vec::new(),
             free_head: NO_FREE,
-            live: 0,
+            inserted: 0,
+            removed: 0,
             stale: 0,
         }
     }
@@ -246,19 +297,15 @@ impl OpTable {
             self.grow();
         }
         let index = self.free_head;
-        // The free list only ever names slots of existing chunks.
         let i = index as usize;
-        let Some(chunk) = self.chunks.get_mut(i >> CHUNK_SHIFT) else {
-            unreachable!("free list names a slot past the table");
-        };
+        debug_assert!(i >> CHUNK_SHIFT < self.chunks.len());
+        // SAFETY: the free list only ever names slots of existing chunks (`grow` links
+        // a new chunk's slots, `remove` a slot `get_mut` found), and chunks are never
+        // dropped while the table lives.
+        let chunk = unsafe { self.chunks.get_unchecked_mut(i >> CHUNK_SHIFT) };
         let slot = &mut chunk[i & (CHUNK - 1)];
         self.free_head = slot.next_free;
-        // 1..=GENERATION_MASK, never 0, without a division.
-        slot.generation = if slot.generation >= GENERATION_MASK {
-            1
-        } else {
-            slot.generation + 1
-        };
+        debug_assert_eq!(slot.id.index(), i);
         debug_assert!(phase != Phase::Free && phase != Phase::Done);
         slot.phase = phase;
         // A free slot's target is always `Orphan` (see `remove`), which owns nothing:
@@ -269,9 +316,8 @@ impl OpTable {
         slot.cancel_sent = false;
         slot.result_is_fd = false;
         debug_assert!(slot.results.is_empty() && slot.keep.is_none());
-        let id = OpId::new(index, slot.generation);
-        self.live += 1;
-        id
+        self.inserted += 1;
+        slot.id
     }
 
     #[cold]
@@ -285,7 +331,7 @@ impl OpTable {
                 } else {
                     NO_FREE
                 };
-                Slot::empty(next)
+                Slot::empty(base + i, next)
             })
             .collect();
         let Ok(chunk) = chunk.try_into() else {
@@ -306,28 +352,43 @@ impl OpTable {
     #[inline]
     pub(crate) fn get_mut(&mut self, id: OpId) -> Option<&mut Slot> {
         let slot = self.slot(id.index())?;
-        (slot.generation == id.generation() && slot.phase != Phase::Free).then_some(slot)
+        (slot.id == id && slot.phase != Phase::Free).then_some(slot)
     }
 
     /// Resolves a completion's `user_data` to its in-flight slot; anything else is
     /// counted as stale and yields None.
     #[inline]
     pub(crate) fn in_flight_mut(&mut self, user_data: u64) -> Option<(OpId, &mut Slot)> {
-        // No `OpId::from_raw`: an id of generation 0 names no live slot anyway (a live
-        // slot's generation is never 0), so only the internal bit needs a test.
-        if user_data & INTERNAL_BIT == 0 {
-            let id = OpId(user_data);
-            // Two-step so the borrow of the slot ends on the stale path.
-            let live = self
-                .slot(id.index())
-                .is_some_and(|s| s.generation == id.generation() && s.phase == Phase::InFlight);
-            if live {
-                let slot = self.slot(id.index())?;
-                return Some((id, slot));
+        self.in_flight(user_data).map(|op| (op.id, op.slot))
+    }
+
+    /// [`in_flight_mut`](Self::in_flight_mut), with the means to free the slot without
+    /// looking it up again.
+    #[inline(always)]
+    pub(crate) fn in_flight(&mut self, user_data: u64) -> Option<InFlight<'_>> {
+        // No `OpId::from_raw`: the comparison with the slot's whole id rejects anything
+        // else (a slot's id has neither generation 0 nor the internal bit).
+        let id = OpId(user_data);
+        let index = id.index();
+        let found = match self.chunks.get_mut(index >> CHUNK_SHIFT) {
+            Some(chunk) => {
+                let slot = &mut chunk[index & (CHUNK - 1)];
+                (slot.id == id && slot.phase == Phase::InFlight).then_some(slot)
+            }
+            None => None,
+        };
+        match found {
+            Some(slot) => Some(InFlight {
+                id,
+                slot,
+                free_head: &mut self.free_head,
+                removed: &mut self.removed,
+            }),
+            None => {
+                self.stale += 1;
+                None
             }
         }
-        self.stale += 1;
-        None
     }
 
     /// Frees `id`'s slot, dropping whatever it kept (and closing descriptors among
@@ -340,37 +401,24 @@ impl OpTable {
             return;
         };
         slot.phase = Phase::Free;
+        slot.id = id.next();
         slot.target = Target::Orphan;
         if !slot.results.is_empty() || slot.keep.is_some() {
             slot.release_kept();
         }
         slot.next_free = head;
         self.free_head = id.index() as u32;
-        self.live -= 1;
-    }
-
-    /// [`remove`](Self::remove) for an operation whose slot holds neither results nor
-    /// kept memory: those belong to futures only (a callback's or a queue's operation
-    /// never has any), so there is nothing to drop but the id.
-    #[inline(always)]
-    pub(crate) fn remove_plain(&mut self, id: OpId) {
-        let head = self.free_head;
-        let Some(slot) = self.get_mut(id) else {
-            debug_assert!(false, "removing a free slot");
-            return;
-        };
-        debug_assert!(slot.results.is_empty() && slot.keep.is_none());
-        debug_assert!(!matches!(slot.target, Target::Future(_)));
-        slot.phase = Phase::Free;
-        slot.target = Target::Orphan;
-        slot.next_free = head;
-        self.free_head = id.index() as u32;
-        self.live -= 1;
+        self.removed += 1;
     }
 
     /// Operations in any phase but Free.
     pub(crate) fn live(&self) -> usize {
-        self.live
+        (self.inserted - self.removed) as usize
+    }
+
+    /// Operations ever inserted.
+    pub(crate) fn inserted(&self) -> u64 {
+        self.inserted
     }
 
     /// Completions that named no live operation.
@@ -380,14 +428,11 @@ impl OpTable {
 
     /// Every live operation's id and phase (for shutdown's cancel sweep).
     pub(crate) fn live_ids(&self) -> Vec<(OpId, Phase)> {
-        let mut out = Vec::with_capacity(self.live);
-        for (c, chunk) in self.chunks.iter().enumerate() {
-            for (i, slot) in chunk.iter().enumerate() {
+        let mut out = Vec::with_capacity(self.live());
+        for chunk in &self.chunks {
+            for slot in chunk.iter() {
                 if slot.phase != Phase::Free {
-                    out.push((
-                        OpId::new((c * CHUNK + i) as u32, slot.generation),
-                        slot.phase,
-                    ));
+                    out.push((slot.id, slot.phase));
                 }
             }
         }
@@ -431,6 +476,15 @@ mod tests {
         assert_ne!(a, b);
         assert!(t.get_mut(a).is_none(), "old id no longer names it");
         assert!(t.get_mut(b).is_some());
+    }
+
+    #[test]
+    fn a_generation_wraps_to_1_never_0() {
+        let last = OpId(((GENERATION_MASK as u64) << 32) | 5);
+        let next = last.next();
+        assert_eq!((next.generation(), next.index()), (1, 5));
+        assert_eq!(OpId::first(5).next().generation(), 2);
+        assert!(OpId::from_raw(next.raw()).is_some());
     }
 
     #[test]

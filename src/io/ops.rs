@@ -236,7 +236,8 @@ pub enum RawOp {
 }
 
 /// What an operation cannot be, checked before it is accepted (a negative errno).
-#[inline]
+/// Always inlined, as [`RawOp::entry`]: a known variant folds to its few checks.
+#[inline(always)]
 pub(crate) fn validate(op: &RawOp) -> Result<(), i32> {
     let bad = match *op {
         RawOp::Read { fd, buf, len, .. } | RawOp::Recv { fd, buf, len, .. } => {
@@ -303,7 +304,8 @@ impl RawOp {
 
     /// The submission entry (without `user_data`). `Timeout` needs a stable `timespec`
     /// from the driver and is built there ([`crate::io::driver::Driver::submit_raw`]).
-    #[inline]
+    /// Always inlined: a known variant folds to its few stores.
+    #[inline(always)]
     pub(crate) fn entry(&self) -> Entry {
         use types::Fd;
         match *self {

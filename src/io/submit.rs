@@ -19,16 +19,19 @@ impl RuntimeContext {
     /// # Safety
     /// `op`'s pointers must stay valid until the final callback; `cb` must be safe to
     /// call with `arg` on this thread.
+    // Always inlined: a caller submitting a known operation (each C call, a Rust loop)
+    // gets the driver's fast path with that operation's checks and entry folded in (the
+    // group and backlog paths stay out of line).
+    #[inline(always)]
     pub unsafe fn submit_io(
         &self,
         op: RawOp,
         cb: IoCallback,
         arg: *mut c_void,
     ) -> Result<u64, i32> {
-        if let Some(group) = crate::runtime::group::current(self) {
-            // Inside a task group's callback: the operation joins the group.
+        if !self.group.get().is_null() {
             // SAFETY: forwarded promise.
-            return unsafe { crate::runtime::group::submit_in_group(self, group, &op, cb, arg) };
+            return unsafe { self.submit_io_in_group(&op, cb, arg) };
         }
         let id = self
             .driver
@@ -59,6 +62,28 @@ impl RuntimeContext {
             self.driver.borrow_mut().keep_buf_ring(op, group);
         }
         Ok(id)
+    }
+
+    /// [`submit_io`](Self::submit_io) inside a task group's callback: the operation
+    /// joins the group.
+    ///
+    /// # Safety
+    /// As `submit_io`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn submit_io_in_group(
+        &self,
+        op: &RawOp,
+        cb: IoCallback,
+        arg: *mut c_void,
+    ) -> Result<u64, i32> {
+        match crate::runtime::group::current(self) {
+            // SAFETY: forwarded promise.
+            Some(group) => unsafe {
+                crate::runtime::group::submit_in_group(self, group, op, cb, arg)
+            },
+            None => unreachable!("called with a current group"),
+        }
     }
 
     /// Asks for operation `id` of this worker to be cancelled. It completes once more,

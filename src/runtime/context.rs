@@ -49,9 +49,6 @@ pub struct RuntimeContext {
     pub(crate) rng: Cell<u64>,
     pub(crate) mesh_cursor: Cell<usize>,
     pub(crate) driver: RefCell<Driver>,
-    /// Completions taken from the driver, carried out once it is no longer borrowed
-    /// (kept to reuse its allocation).
-    pub(crate) io_deliveries: RefCell<Vec<crate::io::driver::Delivery>>,
     /// Shutdown reached the driver: its operations were cancelled.
     pub(crate) io_closed: Cell<bool>,
     /// The worker's buffer pool, registered with `driver`'s ring. Declared after
@@ -92,7 +89,6 @@ impl RuntimeContext {
             rng: Cell::new(random_seed()),
             mesh_cursor: Cell::new(0),
             driver: RefCell::new(driver),
-            io_deliveries: RefCell::new(Vec::with_capacity(64)),
             io_closed: Cell::new(false),
             buffers,
             stats: Default::default(),

@@ -8,7 +8,7 @@
 
 pub(crate) mod spawner;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefMut};
 use std::sync::atomic::{
     AtomicU64,
     Ordering::{Relaxed, SeqCst},
@@ -20,7 +20,7 @@ use crossbeam_deque::Steal;
 use super::context::RuntimeContext;
 use super::introspect::coarse_ms;
 use super::job::{InboxJob, Job, JobParts};
-use crate::io::driver::Delivery;
+use crate::io::driver::{cqe_batch, Completed, Delivery, Driver, REAP_BATCH};
 use spawner::{below, next_random};
 
 /// Where a job came from (for statistics).
@@ -148,52 +148,107 @@ impl RuntimeContext {
             self.io_closed.set(true);
             self.driver.borrow_mut().close();
         }
-        let mut deliveries = self.io_deliveries.take();
-        let handled = {
+        {
             let mut driver = self.driver.borrow_mut();
             if !driver.has_completions() {
                 // Submissions alone, with nothing else for this worker to do, wait for the
                 // park that follows: one enter hands them over and sleeps (see `idle`).
                 if !driver.has_queued() || self.may_defer_submissions() {
-                    self.io_deliveries.replace(deliveries);
                     return 0;
                 }
             }
             driver.flush();
-            driver.reap(&mut deliveries)
-        };
-        self.deliver(&mut deliveries);
-        self.io_deliveries.replace(deliveries);
+        }
+        let handled = self.reap_io();
         if handled > 0 {
             self.publish_io_stats();
         }
         handled
     }
 
-    /// Carries out the deliveries of one reap (the driver no longer borrowed: a
-    /// callback may submit more I/O), leaving `deliveries` empty.
+    /// Carries out up to `REAP_BATCH` completions, one at a time: each is resolved with
+    /// the driver borrowed, then delivered (a future woken, a C callback run) once it no
+    /// longer is, since a callback may submit more I/O. The driver's own completions
+    /// (cancelled before the kernel saw them) come first, as in `Driver::reap`.
     #[inline(never)]
-    fn deliver(&self, deliveries: &mut Vec<Delivery>) {
+    fn reap_io(&self) -> usize {
         // `bump_progress` with the worker's watch looked up once for the batch.
         let watch = &self.me().watch.progress;
-        for delivery in deliveries.drain(..) {
-            match delivery {
-                Delivery::Wake(waker) => waker.wake(),
-                Delivery::Call {
-                    cb,
-                    arg,
-                    res,
-                    flags,
-                } => {
-                    let p = self.stats.progress.get().wrapping_add(1);
-                    self.stats.progress.set(p);
-                    watch.store(p, Relaxed);
-                    let ctx = self as *const RuntimeContext as *mut RuntimeContext;
-                    // SAFETY: the C I/O contract: `cb` may be called with `arg` on this
-                    // worker, once per completion of the operation it was given with.
-                    unsafe { cb(ctx, res, flags, arg) };
-                    self.flush_notifications();
+        let mut handled = 0;
+        while handled < REAP_BATCH {
+            let mut driver = self.driver.borrow_mut();
+            let Some((user_data, res, flags)) = driver.pop_synthetic() else {
+                break;
+            };
+            self.complete_io(driver, user_data, res, flags, watch);
+            handled += 1;
+        }
+        let mut batch = cqe_batch();
+        while handled < REAP_BATCH {
+            let cqes = self.driver.borrow_mut().take_completions(&mut batch);
+            let taken = cqes.len();
+            handled += taken;
+            for cqe in cqes {
+                let driver = self.driver.borrow_mut();
+                self.complete_io(driver, cqe.user_data(), cqe.result(), cqe.flags(), watch);
+            }
+            if taken < batch.len() {
+                // The ring had no more; what arrives meanwhile is for the next turn.
+                break;
+            }
+        }
+        if handled > 0 {
+            self.driver.borrow_mut().reaped();
+        }
+        handled
+    }
+
+    /// Resolves one completion with the `driver` borrow it is given, then carries out
+    /// what it calls for once that borrow is released.
+    #[inline(always)]
+    fn complete_io(
+        &self,
+        mut driver: RefMut<'_, Driver>,
+        user_data: u64,
+        res: i32,
+        flags: u32,
+        watch: &AtomicU64,
+    ) {
+        match driver.complete(user_data, res, flags) {
+            Completed::Deliver(d) => {
+                drop(driver);
+                self.deliver(d, watch);
+            }
+            Completed::Nothing => {}
+            Completed::Other => {
+                let d = driver.complete_other(user_data, res, flags);
+                drop(driver);
+                if let Some(d) = d {
+                    self.deliver(d, watch);
                 }
+            }
+        }
+    }
+
+    /// Carries out one completion's delivery (the driver no longer borrowed).
+    #[inline(always)]
+    fn deliver(&self, delivery: Delivery, watch: &AtomicU64) {
+        match delivery {
+            Delivery::Wake(waker) => waker.wake(),
+            Delivery::Call {
+                cb,
+                arg,
+                res,
+                flags,
+            } => {
+                let p = self.stats.progress.get().wrapping_add(1);
+                self.stats.progress.set(p);
+                watch.store(p, Relaxed);
+                let ctx = self as *const RuntimeContext as *mut RuntimeContext;
+                // SAFETY: the C I/O contract: `cb` may be called with `arg` on this
+                // worker, once per completion of the operation it was given with.
+                unsafe { cb(ctx, res, flags, arg) };
+                self.flush_notifications();
             }
         }
     }
