@@ -34,6 +34,7 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use super::context::{self, RuntimeContext};
 use super::coop;
 use super::executor::spawner::WorkerShared;
+use super::intake::Link;
 use super::introspect::{DumpRequest, TaskName, TaskState};
 use super::join::{JoinError, LocalJoin, Output, SharedJoin};
 
@@ -79,6 +80,8 @@ pub(crate) struct Header {
     /// Links of the owner's list of unfinished tasks.
     live_prev: Cell<*const Header>,
     live_next: Cell<*const Header>,
+    /// The link of a worker's task intake, used while the (unadopted) task waits in it.
+    queue_link: Link,
 }
 
 /// Operations that depend on the task's future and output types.
@@ -291,6 +294,7 @@ impl TaskRef {
                 owner: AtomicPtr::new(owner),
                 live_prev: Cell::new(ptr::null()),
                 live_next: Cell::new(ptr::null()),
+                queue_link: Link::new(),
             },
             join: J::new(),
             future: UnsafeCell::new(Some(future)),
@@ -298,6 +302,21 @@ impl TaskRef {
         });
         // SAFETY: Box::into_raw is never null.
         TaskRef(unsafe { NonNull::new_unchecked(Box::into_raw(cell) as *mut Header) })
+    }
+
+    /// The link through which an unadopted task waits in a worker's task intake.
+    pub(crate) fn queue_link(self) -> NonNull<Link> {
+        NonNull::from(&self.header().queue_link)
+    }
+
+    /// The task whose [`queue_link`](Self::queue_link) `link` is.
+    ///
+    /// # Safety
+    /// `link` was returned by `queue_link` of a task that is still allocated.
+    pub(crate) unsafe fn from_queue_link(link: NonNull<Link>) -> TaskRef {
+        let offset = std::mem::offset_of!(Header, queue_link);
+        // SAFETY: caller's promise: `link` lies `offset` bytes into a live header.
+        TaskRef(unsafe { NonNull::new_unchecked(link.as_ptr().byte_sub(offset) as *mut Header) })
     }
 
     /// The worker that received an unadopted `Send` task takes it over with `refs`
