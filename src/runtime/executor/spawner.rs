@@ -324,6 +324,11 @@ impl WorkerShared {
 
 /// All workers' shared state, the mesh and the runtime-wide flags. Every worker, every
 /// `Handle` and every `JoinHandle` holds it through an `Arc`.
+///
+/// Aligned to a pair of cache lines so that, inside the `Arc`, the reference counts
+/// (written by every `JoinHandle` made and dropped: twice per spawn from outside) do not
+/// share a line with the fields every worker reads every turn (`workers`, `mesh`, flags).
+#[repr(align(128))]
 pub(crate) struct ExecutorRegistry {
     pub(crate) workers: Box<[CachePadded<WorkerShared>]>,
     pub(crate) mesh: MeshMatrix<Job>,
