@@ -7,7 +7,9 @@
 //!
 //! `outside_spawn_prof N [any|balanced|to]`: `any` (default) is `Handle::spawn`,
 //! `balanced` is `spawn_balanced`, `to` is `spawn_to` alternating between the workers;
-//! `tokio` is the bench's peer (`Handle::spawn` onto a 2-worker multi_thread runtime).
+//! `local` and `inside` are the bench's other spawn rows, for checking they did not get
+//! dearer: N `spawn_local` on one worker, or N `spawn_balanced` over two from a task on
+//! worker 0, then all joined; `tokio` is the outside row's peer (`Handle::spawn` onto a 2-worker multi_thread runtime).
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -22,6 +24,9 @@ fn main() {
     let mode = args.next().unwrap_or_else(|| "any".into());
     if mode == "tokio" {
         return tokio_from_outside(n);
+    }
+    if mode == "local" || mode == "inside" {
+        return from_a_worker(n, mode == "local");
     }
     let rt = veloq::Runtime::builder()
         .workers(2)
@@ -78,4 +83,38 @@ fn tokio_from_outside(n: usize) {
         "{n} tasks ran in {:.1} ns/task",
         start.elapsed().as_nanos() as f64 / n as f64
     );
+}
+
+fn from_a_worker(n: usize, local: bool) {
+    let rt = veloq::Runtime::builder()
+        .workers(if local { 1 } else { 2 })
+        .pin_workers(std::env::var_os("PIN").is_some())
+        .stall_threshold(Duration::from_secs(10))
+        .build()
+        .expect("veloq runtime");
+    let root = rt
+        .spawn_local_to(0, move || async move {
+            let start = std::time::Instant::now();
+            if local {
+                let mut handles = Vec::with_capacity(n);
+                for _ in 0..n {
+                    handles.push(veloq::spawn_local(async {}).expect("spawn_local"));
+                }
+                for handle in handles {
+                    handle.await.expect("task completed");
+                }
+            } else {
+                let mut handles = Vec::with_capacity(n);
+                for _ in 0..n {
+                    handles.push(veloq::spawn_balanced(async {}).expect("spawn_balanced"));
+                }
+                for handle in handles {
+                    handle.await.expect("task completed");
+                }
+            }
+            start.elapsed().as_nanos() as f64 / n as f64
+        })
+        .expect("spawn root");
+    let ns = rt.block_on(root).expect("root task");
+    println!("{n} tasks ran in {ns:.1} ns/task");
 }

@@ -45,6 +45,19 @@ impl Link {
             next: AtomicPtr::new(ptr::null_mut()),
         }
     }
+
+    /// The word, for a node in no queue (a task reuses it once taken out: see
+    /// `task::Header::live_prev`).
+    #[inline]
+    pub(crate) fn get(&self) -> *mut Link {
+        self.next.load(Relaxed)
+    }
+
+    /// Sets the word of a node in no queue.
+    #[inline]
+    pub(crate) fn set(&self, value: *mut Link) {
+        self.next.store(value, Relaxed);
+    }
 }
 
 /// A multi-producer queue of nodes, taken from a batch at a time by one consumer at a
