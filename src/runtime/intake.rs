@@ -6,7 +6,9 @@
 //! queue's tail and one store into the previous task's link, with no slot array to
 //! allocate and zero, no per-slot state word, and no cache line touched besides the tail
 //! and the two tasks. Taking is done under a try-lock, by the owning worker or a thief,
-//! a batch at a time.
+//! a batch at a time. Tasks keep their order among themselves, callbacks theirs; a task
+//! and a callback queued on one worker may run in either order (stealable work never
+//! promised one: a thief may take either).
 //!
 //! The queue (a Mellor-Crummey / Vyukov style linked list):
 //! - `tail` is the last node pushed, null when the queue is empty. Only a consumer makes
