@@ -158,6 +158,19 @@ impl Drop for Job {
 }
 
 impl Job {
+    /// The task of a task job (now in the caller's hands: not dropped here), or the job
+    /// itself.
+    #[inline]
+    pub(crate) fn into_task(self) -> Result<TaskRef, Job> {
+        match self {
+            Job::Task(_) => match self.into_parts() {
+                JobParts::Task(task) => Ok(task),
+                JobParts::Raw(_) => unreachable!(),
+            },
+            job => Err(job),
+        }
+    }
+
     /// Consumes the job without running its drop hook (the task was adopted or run).
     pub(crate) fn into_parts(self) -> JobParts {
         let mut this = std::mem::ManuallyDrop::new(self);

@@ -6,6 +6,7 @@ mod context;
 pub mod coop;
 pub(crate) mod executor;
 pub mod group;
+mod intake;
 mod introspect;
 mod job;
 mod join;

@@ -715,12 +715,38 @@ impl Handle {
         }) {
             return result;
         }
-        context::place_task(
-            &self.registry,
-            value.take().expect("not taken off a worker"),
-            alloc.take().expect("not taken off a worker"),
-            |make| self.submit_outside(placement, make),
-        )
+        let value = value.take().expect("not taken off a worker");
+        let alloc = alloc.take().expect("not taken off a worker");
+        self.spawn_task_outside(placement, value, alloc)
+    }
+
+    /// `spawn_task` from a thread that is not one of our workers: `submit_outside` for a
+    /// task, the task allocated only once the submission is admitted.
+    #[inline]
+    fn spawn_task_outside<V, T>(
+        &self,
+        placement: Placement,
+        value: V,
+        alloc: impl FnOnce(V) -> TaskRef,
+    ) -> Result<JoinHandle<T>, SpawnError<V>> {
+        let registry = &self.registry;
+        let (target, pinned) = match self.outside_target(placement) {
+            Ok(target) => target,
+            Err(kind) => return Err(SpawnError::new(kind, value)),
+        };
+        let worker = registry.worker(target);
+        if !registry.admit(worker) {
+            return Err(SpawnError::new(SpawnErrorKind::Shutdown, value));
+        }
+        let task = alloc(value);
+        let handle = JoinHandle::new(task, registry.clone());
+        if pinned {
+            worker.inbox.push(InboxJob::One(Job::Task(task)));
+        } else {
+            worker.injector.push(Job::Task(task));
+        }
+        worker.notify();
+        Ok(handle)
     }
 
     /// Queues a callback job. From a worker of this runtime it takes the worker's path.
@@ -896,7 +922,27 @@ impl Handle {
         make: impl FnOnce() -> Job,
     ) -> Result<(), SpawnErrorKind> {
         let registry = &*self.registry;
-        let (target, pinned) = match placement {
+        let (target, pinned) = self.outside_target(placement)?;
+        let worker = registry.worker(target);
+        if !registry.admit(worker) {
+            return Err(SpawnErrorKind::Shutdown);
+        }
+        let job = make();
+        if pinned {
+            worker.inbox.push(InboxJob::One(job));
+        } else {
+            worker.injector.push(job);
+        }
+        worker.notify();
+        Ok(())
+    }
+
+    /// Where a job from a thread that is not one of our workers goes: the worker, and
+    /// whether it is pinned there (its inbox) rather than stealable (its injector).
+    #[inline]
+    fn outside_target(&self, placement: Placement) -> Result<(usize, bool), SpawnErrorKind> {
+        let registry = &*self.registry;
+        Ok(match placement {
             Placement::Any => {
                 let next = OUTSIDE_CURSOR.with(|c| next_outside(c, registry.len()));
                 // Not onto a stalled worker's injector (nobody may be idle to steal it).
@@ -914,19 +960,7 @@ impl Handle {
             ),
             Placement::Worker(w) if w < registry.len() => (w, true),
             Placement::Worker(_) => return Err(SpawnErrorKind::InvalidWorker),
-        };
-        let worker = registry.worker(target);
-        if !registry.admit(worker) {
-            return Err(SpawnErrorKind::Shutdown);
-        }
-        let job = make();
-        if pinned {
-            worker.inbox.push(InboxJob::One(job));
-        } else {
-            worker.injector.push(job);
-        }
-        worker.notify();
-        Ok(())
+        })
     }
 
     /// Whether shutdown has started.
@@ -976,10 +1010,17 @@ fn for_each_cq_run(tasks: &[RawTask], mut f: impl FnMut(&super::completion::Comp
 }
 
 /// Round robin over the workers, per outside thread (no shared counter to contend on).
+/// The cursor stays below `workers` after its first use, so a step costs a compare, not a
+/// division.
+#[inline]
 fn next_outside(cursor: &Cell<usize>, workers: usize) -> usize {
-    let i = cursor.get().wrapping_add(1);
+    let mut i = cursor.get().wrapping_add(1);
+    if i >= workers {
+        // Wrapped, or the random seed of this thread's first call.
+        i = if i == workers { 0 } else { i % workers };
+    }
     cursor.set(i);
-    i % workers
+    i
 }
 
 thread_local! {

@@ -34,6 +34,7 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use super::context::{self, RuntimeContext};
 use super::coop;
 use super::executor::spawner::WorkerShared;
+use super::intake::Link;
 use super::introspect::{DumpRequest, TaskName, TaskState};
 use super::join::{JoinError, LocalJoin, Output, SharedJoin};
 
@@ -76,9 +77,26 @@ pub(crate) struct Header {
     /// The owning worker; written once when the task is adopted, before any waker of it
     /// exists. Atomic because a `JoinHandle::abort` on another thread reads it.
     owner: AtomicPtr<WorkerShared>,
-    /// Links of the owner's list of unfinished tasks.
-    live_prev: Cell<*const Header>,
+    /// Links of the owner's list of unfinished tasks. The previous one is kept in
+    /// `queue_link` (see `live_prev`).
     live_next: Cell<*const Header>,
+    /// The link of a worker's task intake while the unadopted task waits in it; from its
+    /// adoption on (the intake is done with it once it is taken out), the live list's
+    /// link to the previous task. One word for both saves every task 8 bytes.
+    queue_link: Link,
+}
+
+impl Header {
+    /// The previous task of the owner's live list (owner thread).
+    #[inline]
+    fn live_prev(&self) -> *const Header {
+        self.queue_link.get() as *const Header
+    }
+
+    #[inline]
+    fn set_live_prev(&self, prev: *const Header) {
+        self.queue_link.set(prev as *mut Link);
+    }
 }
 
 /// Operations that depend on the task's future and output types.
@@ -289,8 +307,8 @@ impl TaskRef {
                 foreign_pending: AtomicU32::new(0),
                 spawned_ms: Cell::new(0),
                 owner: AtomicPtr::new(owner),
-                live_prev: Cell::new(ptr::null()),
                 live_next: Cell::new(ptr::null()),
+                queue_link: Link::new(),
             },
             join: J::new(),
             future: UnsafeCell::new(Some(future)),
@@ -298,6 +316,21 @@ impl TaskRef {
         });
         // SAFETY: Box::into_raw is never null.
         TaskRef(unsafe { NonNull::new_unchecked(Box::into_raw(cell) as *mut Header) })
+    }
+
+    /// The link through which an unadopted task waits in a worker's task intake.
+    pub(crate) fn queue_link(self) -> NonNull<Link> {
+        NonNull::from(&self.header().queue_link)
+    }
+
+    /// The task whose [`queue_link`](Self::queue_link) `link` is.
+    ///
+    /// # Safety
+    /// `link` was returned by `queue_link` of a task that is still allocated.
+    pub(crate) unsafe fn from_queue_link(link: NonNull<Link>) -> TaskRef {
+        let offset = std::mem::offset_of!(Header, queue_link);
+        // SAFETY: caller's promise: `link` lies `offset` bytes into a live header.
+        TaskRef(unsafe { NonNull::new_unchecked(link.as_ptr().byte_sub(offset) as *mut Header) })
     }
 
     /// The worker that received an unadopted `Send` task takes it over with `refs`
@@ -549,23 +582,23 @@ impl TaskRef {
 
     pub(crate) fn link_live(&self, head: &Cell<Option<TaskRef>>) {
         let h = self.header();
-        h.live_prev.set(ptr::null());
+        h.set_live_prev(ptr::null());
         h.live_next
             .set(head.get().map_or(ptr::null(), |t| t.0.as_ptr()));
         if let Some(old) = head.get() {
-            old.header().live_prev.set(self.0.as_ptr());
+            old.header().set_live_prev(self.0.as_ptr());
         }
         head.set(Some(*self));
     }
 
     pub(crate) fn unlink_live(&self, head: &Cell<Option<TaskRef>>) {
         let h = self.header();
-        let prev = h.live_prev.get();
+        let prev = h.live_prev();
         let next = h.live_next.get();
         // SAFETY: linked tasks are alive (the list holds their live reference).
         unsafe {
             if let Some(next) = next.as_ref() {
-                next.live_prev.set(prev);
+                next.set_live_prev(prev);
             }
             match prev.as_ref() {
                 Some(prev) => prev.live_next.set(next),

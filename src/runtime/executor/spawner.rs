@@ -11,6 +11,7 @@ use std::time::Duration;
 use crossbeam_deque::Injector;
 use crossbeam_utils::CachePadded;
 
+use crate::runtime::intake::StealQueue;
 use crate::runtime::introspect::{DumpRequest, WorkerWatch};
 use crate::runtime::job::{InboxJob, Job};
 use crate::runtime::mesh::MeshMatrix;
@@ -80,7 +81,7 @@ struct Submitted {
 /// The part of a worker that other threads may touch.
 pub(crate) struct WorkerShared {
     /// Stealable work: `spawn` from this worker, `spawn` / `spawn_balanced` from outside.
-    pub(crate) injector: Injector<Job>,
+    pub(crate) injector: StealQueue,
     /// Pinned work that did not come over the mesh (from outside, or overflow): never
     /// stolen.
     pub(crate) inbox: Injector<InboxJob>,
@@ -119,7 +120,7 @@ unsafe impl Sync for WorkerShared {}
 impl WorkerShared {
     fn new(eventfd: OwnedFd) -> Self {
         WorkerShared {
-            injector: Injector::new(),
+            injector: StealQueue::new(),
             inbox: Injector::new(),
             remote: Injector::new(),
             park: CachePadded::new(ParkState::new()),
@@ -323,6 +324,11 @@ impl WorkerShared {
 
 /// All workers' shared state, the mesh and the runtime-wide flags. Every worker, every
 /// `Handle` and every `JoinHandle` holds it through an `Arc`.
+///
+/// Aligned to a pair of cache lines so that, inside the `Arc`, the reference counts
+/// (written by every `JoinHandle` made and dropped: twice per spawn from outside) do not
+/// share a line with the fields every worker reads every turn (`workers`, `mesh`, flags).
+#[repr(align(128))]
 pub(crate) struct ExecutorRegistry {
     pub(crate) workers: Box<[CachePadded<WorkerShared>]>,
     pub(crate) mesh: MeshMatrix<Job>,
@@ -497,7 +503,18 @@ impl ExecutorRegistry {
     }
 
     /// `start`, or the first worker after it that is not stalled (`start` when all are).
+    #[inline]
     pub(crate) fn unstalled_from(&self, start: usize) -> usize {
+        // Nothing stalled (the usual case): no look at any worker's flag, whose line the
+        // worker writes every turn.
+        if self.stalled_workers.load(Relaxed) == 0 {
+            return start;
+        }
+        self.first_unstalled_from(start)
+    }
+
+    #[inline(never)]
+    fn first_unstalled_from(&self, start: usize) -> usize {
         let n = self.len();
         (0..n)
             .map(|k| (start + k) % n)
