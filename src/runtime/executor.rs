@@ -4,7 +4,8 @@
 //! local run queue, the inbound mesh channels, the pinned inbox and the own injector.
 //! A turn that found nothing steals a batch from a random peer's injector, spins a
 //! little (running mesh messages as soon as they arrive, the other sources in the turn
-//! that follows), then parks in the io_uring ring until notified.
+//! that follows; for as long as the worker's recent spins make worth it, see `spin.rs`),
+//! then parks in the io_uring ring until notified.
 
 pub(crate) mod spawner;
 
