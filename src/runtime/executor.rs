@@ -621,6 +621,16 @@ impl RuntimeContext {
         self.publish_io_stats();
         self.driver.borrow_mut().park();
         me.park.unparked();
+        // Woken by a peer (a mesh message, a pinned or injected job): peers answer one
+        // another quickly unless parked, so the next spin is the whole configured time
+        // (two workers parking at once for a short exchange would otherwise stay so).
+        if me.has_remote()
+            || !me.inbox.is_empty()
+            || !me.injector.is_empty()
+            || self.mesh_has_work()
+        {
+            self.spin.woken_by_peer();
+        }
     }
 
     /// Shutdown limit passed: drop every unfinished future owned here.

@@ -14,6 +14,10 @@
 //! the rounds it made, so the limit never stays far above what that time allows. At zero
 //! the worker parks at once, but every [`AdaptiveSpin::PROBE_EVERY`]th idle it spins
 //! [`AdaptiveSpin::MIN_ROUNDS`] rounds, so short waits coming back grow the limit again.
+//! A park ended by a peer (a mesh message, a job sent to the worker) restores the whole
+//! configured time: peers answer fast unless parked, and a wake (tens of µs) outlasts
+//! any probe, so two workers exchanging messages must not both settle on parking.
+//! An I/O-bound worker is woken by its ring's completions instead, and keeps its limit.
 //!
 //! Only the owning worker touches it (plain cells), and only on the idle path.
 
@@ -79,6 +83,18 @@ impl AdaptiveSpin {
                 .clamp(Self::MIN_ROUNDS, Self::MAX_ROUNDS),
         );
         self.idles_at_zero.set(0);
+    }
+
+    /// The worker parked and a peer woke it (a mesh message, a job for it): the next
+    /// spin may last the whole configured time. A peer answers within a spin unless it
+    /// parked too, and its wake takes longer than any short spin: two workers whose short
+    /// spins both failed would otherwise keep parking for every message of an exchange
+    /// their spins would carry.
+    pub(crate) fn woken_by_peer(&self) {
+        if !self.disabled {
+            self.limit.set(Self::MAX_ROUNDS);
+            self.idles_at_zero.set(0);
+        }
     }
 
     /// The spin made all its rounds and found nothing: the next lasts half as long, none
@@ -151,6 +167,18 @@ mod tests {
             s.found();
         }
         assert_eq!(s.rounds(), AdaptiveSpin::MAX_ROUNDS);
+    }
+
+    #[test]
+    fn a_park_ended_by_a_peer_restores_the_whole_spin() {
+        let s = AdaptiveSpin::new(true);
+        s.timed_out(40);
+        assert_eq!(s.rounds(), 0);
+        s.woken_by_peer();
+        assert_eq!(s.rounds(), AdaptiveSpin::MAX_ROUNDS);
+        let off = AdaptiveSpin::new(false);
+        off.woken_by_peer();
+        assert_eq!(off.rounds(), 0);
     }
 
     #[test]
