@@ -136,7 +136,8 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 const SYSTEMS: [(&str, &str, Option<&str>); 21] = [
     (
         "veloq",
-        "this crate, default settings, workers pinned",
+        "this crate, default settings, workers pinned (the I/O bench's echo server: \
+         `examples/echo`, one multishot receive per connection into a provided-buffer ring)",
         Some("veloq"),
     ),
     (
@@ -197,9 +198,9 @@ const SYSTEMS: [(&str, &str, Option<&str>); 21] = [
         None,
     ),
     (
-        "veloq-ms",
-        "veloq's Rust echo server with one multishot receive per connection into a \
-         provided-buffer ring, idle workers parking at once (`examples/echo --multishot --spin-us 0`)",
+        "veloq-recv",
+        "veloq's Rust echo server submitting one receive per request into a buffer moved \
+         through each operation (`examples/echo --recv-per-request`)",
         Some("veloq"),
     ),
     (

@@ -1,18 +1,21 @@
 //! A multi-worker TCP echo server on veloq.
 //!
 //! ```text
-//! cargo run --release --example echo -- [--port 7878] [--workers 2] [--seconds N] [--multishot]
-//!     [--spin-us US]
+//! cargo run --release --example echo -- [--port 7878] [--workers 2] [--seconds N]
+//!     [--recv-per-request] [--spin-us US]
 //! ```
 //!
 //! Each worker binds its own `SO_REUSEPORT` listener (the kernel spreads connections
 //! over them) and accepts with one multishot accept; each connection is a local task
-//! looping read → write_all with one 4 KiB buffer that moves into each operation and
-//! back, so the per-request path allocates nothing. With `--multishot` a connection
-//! instead keeps one multishot receive armed (`TcpStream::recv_multishot`) into a
+//! that keeps one multishot receive armed (`TcpStream::recv_multishot`) into a
 //! provided-buffer ring its worker shares among its connections, and writes each chunk
-//! straight from its ring buffer: no receive submitted per request. `--spin-us` sets
-//! how long an idle worker spins before it parks (the runtime's default otherwise).
+//! straight from its ring buffer: no receive submitted per request. With
+//! `--recv-per-request` a connection instead loops read → write_all with one 4 KiB
+//! buffer that moves into each operation and back (one receive submitted per request);
+//! either way the per-request path allocates nothing. `--spin-us` sets the longest an
+//! idle worker spins before it parks (the runtime's default otherwise; the spin adapts
+//! below it, see `RuntimeBuilder::spin_before_park`). `--multishot`, the default, is
+//! still accepted.
 //! Runs until SIGINT/SIGTERM, or for `--seconds N`.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -35,12 +38,14 @@ struct Args {
     port: u16,
     workers: usize,
     seconds: Option<u64>,
+    /// One multishot receive per connection (the default), or one receive submitted
+    /// per request (`--recv-per-request`).
     multishot: bool,
     /// `spin_before_park` override (`--spin-us`); the runtime's default otherwise.
     spin: Option<Duration>,
 }
 
-/// Buffers in each worker's ring (`--multishot`) and their size.
+/// Buffers in each worker's ring (multishot mode) and their size.
 const RING_BUFS: usize = 1024;
 const RING_BUF_SIZE: usize = 4096;
 
@@ -49,7 +54,7 @@ fn parse_args() -> Result<Args, String> {
         port: 7878,
         workers: 2,
         seconds: None,
-        multishot: false,
+        multishot: true,
         spin: None,
     };
     let mut it = std::env::args().skip(1);
@@ -64,14 +69,18 @@ fn parse_args() -> Result<Args, String> {
                 args.seconds = Some(value()?.parse().map_err(|e| format!("--seconds: {e}"))?)
             }
             "--multishot" => args.multishot = true,
+            "--recv-per-request" => args.multishot = false,
             "--spin-us" => {
                 let us: u64 = value()?.parse().map_err(|e| format!("--spin-us: {e}"))?;
                 args.spin = Some(Duration::from_micros(us));
             }
-            "-h" | "--help" => return Err(
-                "usage: echo [--port P] [--workers W] [--seconds N] [--multishot] [--spin-us US]"
-                    .into(),
-            ),
+            "-h" | "--help" => {
+                return Err(
+                    "usage: echo [--port P] [--workers W] [--seconds N] [--recv-per-request] \
+                 [--spin-us US]"
+                        .into(),
+                )
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -181,7 +190,7 @@ fn main() {
     let mode = if args.multishot {
         " (multishot receive)"
     } else {
-        ""
+        " (one receive per request)"
     };
     println!(
         "echo: listening on {addr} with {} workers{mode}",

@@ -48,15 +48,15 @@ pub const SERVERS: [Server; 9] = [
     Server {
         name: VELOQ,
         launch: Launch::Binary("target/release/examples/echo"),
+        // The example's default: one multishot receive per connection, the runtime's
+        // default (adaptive) idle spin.
         args: &[],
         build: "cargo build --release --example echo",
     },
     Server {
-        name: "veloq-ms",
+        name: "veloq-recv",
         launch: Launch::Binary("target/release/examples/echo"),
-        // No idle spin: with no receive to submit per request, a spinning worker would
-        // burn the core the load generator shares with it (measured: 28% of samples).
-        args: &["--multishot", "--spin-us", "0"],
+        args: &["--recv-per-request"],
         build: "cargo build --release --example echo",
     },
     Server {
@@ -68,8 +68,7 @@ pub const SERVERS: [Server; 9] = [
     Server {
         name: "veloq-c-ms",
         launch: Launch::Binary("build/examples/echo_server"),
-        // The C server has no idle-spin knob (its workers park at once, like
-        // veloq-ms's `--spin-us 0`).
+        // The C server has no idle-spin knob: its workers spin as the runtime's default.
         args: &["--multishot"],
         build: "make build/examples/echo_server",
     },

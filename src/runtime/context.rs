@@ -46,6 +46,8 @@ pub struct RuntimeContext {
     pub(crate) any_notify_pending: Cell<bool>,
     /// Counted in the registry's shutdown idle count.
     pub(crate) counted_idle: Cell<bool>,
+    /// How long this worker's next idle spin may last (see `spin.rs`).
+    pub(crate) spin: super::spin::AdaptiveSpin,
     pub(crate) rng: Cell<u64>,
     pub(crate) mesh_cursor: Cell<usize>,
     pub(crate) driver: RefCell<Driver>,
@@ -86,6 +88,7 @@ impl RuntimeContext {
             notify_pending: (0..n).map(|_| Cell::new(false)).collect(),
             any_notify_pending: Cell::new(false),
             counted_idle: Cell::new(false),
+            spin: super::spin::AdaptiveSpin::new(!registry.config.spin_before_park.is_zero()),
             rng: Cell::new(random_seed()),
             mesh_cursor: Cell::new(0),
             driver: RefCell::new(driver),

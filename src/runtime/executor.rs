@@ -4,7 +4,8 @@
 //! local run queue, the inbound mesh channels, the pinned inbox and the own injector.
 //! A turn that found nothing steals a batch from a random peer's injector, spins a
 //! little (running mesh messages as soon as they arrive, the other sources in the turn
-//! that follows), then parks in the io_uring ring until notified.
+//! that follows; for as long as the worker's recent spins make worth it, see `spin.rs`),
+//! then parks in the io_uring ring until notified.
 
 pub(crate) mod spawner;
 
@@ -605,7 +606,8 @@ impl RuntimeContext {
         }
     }
 
-    /// Nothing to do: spin for the configured time, then park in the ring.
+    /// Nothing to do: spin (for as many rounds as the worker's adaptive limit allows,
+    /// at most the configured time), then park in the ring.
     #[inline(never)]
     fn idle(&self, cancelled: bool) {
         let spin = self.registry.config.spin_before_park;
@@ -615,7 +617,10 @@ impl RuntimeContext {
             .driver
             .try_borrow_mut()
             .is_ok_and(|mut d| d.has_queued());
-        if !spin.is_zero() && !queued {
+        // 0 when spinning is configured off, or when this worker's recent spins kept
+        // finding nothing (see `spin.rs`); asked only when a spin may start.
+        let limit = if queued { 0 } else { self.spin.rounds() };
+        if limit > 0 {
             // The clock is first read at the 64th round (so the spin lasts up to 64 rounds,
             // a few µs, longer than `spin`): a worker whose wait is short reads none.
             let mut start = None;
@@ -624,19 +629,27 @@ impl RuntimeContext {
                 // Mesh messages are what a spinning worker most often waits for: look at
                 // its inbound channels every round, at everything else every 16th.
                 if self.mesh_has_work() {
+                    self.spin.found();
                     self.run_mesh_turn();
                     return;
                 }
                 if rounds % 16 == 0 && self.has_work() {
+                    self.spin.found();
                     return;
                 }
                 rounds += 1;
+                if rounds >= limit {
+                    self.spin.ran_out();
+                    break;
+                }
                 if rounds % 64 == 0 {
                     self.bump_progress();
                     if self.steal(self.registry.config.budget) {
+                        self.spin.found();
                         return;
                     }
                     if start.get_or_insert_with(Instant::now).elapsed() >= spin {
+                        self.spin.timed_out(rounds);
                         break;
                     }
                 }
@@ -663,6 +676,16 @@ impl RuntimeContext {
         self.publish_io_stats();
         self.driver.borrow_mut().park();
         me.park.unparked();
+        // Woken by a peer (a mesh message, a pinned or injected job): peers answer one
+        // another quickly unless parked, so the next spin is the whole configured time
+        // (two workers parking at once for a short exchange would otherwise stay so).
+        if me.has_remote()
+            || !me.inbox.is_empty()
+            || !me.injector.is_empty()
+            || self.mesh_has_work()
+        {
+            self.spin.woken_by_peer();
+        }
     }
 
     /// Shutdown limit passed: drop every unfinished future owned here.

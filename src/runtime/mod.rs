@@ -16,6 +16,7 @@ mod park;
 #[allow(clippy::module_inception)]
 mod runtime;
 pub mod scope;
+mod spin;
 mod task;
 mod watchdog;
 
