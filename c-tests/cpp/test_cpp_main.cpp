@@ -451,7 +451,7 @@ static void io_recv_multishot_into_a_buffer_ring_recycles_and_frees(void) {
                     if (io.buf_ring_recycle(st.group, static_cast<std::uint16_t>(id)) != 0)
                         st.bad++;
                 }
-                veloq_cq_post(q, 1, res); // recycled: the host may send the next chunk
+                veloq_cq_post(q, 3, res); // recycled: the host may send the next chunk
             }
             if (!(flags & VELOQ_CQE_F_MORE)) {
                 st.free_rc = io.buf_ring_free(st.group);
@@ -472,7 +472,7 @@ static void io_recv_multishot_into_a_buffer_ring_recycles_and_frees(void) {
         CHECK_EQ(::write(sv[0], msg.data() + off, 10), 10);
         while (received < static_cast<std::int64_t>(off + 10)) {
             auto got = reap(cq, 1);
-            REQUIRE(got.size() == 1 && got[0].user_data == 1);
+            REQUIRE(got.size() == 1 && got[0].user_data == 3);
             received += got[0].res;
         }
     }
