@@ -117,6 +117,89 @@ fn callback_nops_past_a_full_submission_queue_each_complete_once() {
     rt.block_on(h).unwrap();
 }
 
+/// Operations whose callback cancels the others (see the test below).
+struct Cancelling {
+    ids: Vec<std::sync::atomic::AtomicU64>,
+    calls: Vec<AtomicUsize>,
+    odd_result: AtomicUsize,
+    odd_cancel: AtomicUsize,
+    total: AtomicUsize,
+}
+
+unsafe extern "C" fn cancel_the_others(
+    cx: *mut veloq::RuntimeContext,
+    res: i64,
+    flags: u32,
+    arg: *mut std::ffi::c_void,
+) {
+    // SAFETY: `arg` names an entry of the args the test keeps alive until every callback
+    // ran; `cx` is the worker's live context (the callback contract).
+    let ((ops, i), cx) = unsafe { (*(arg as *const (&Cancelling, usize)), &*cx) };
+    if !(res == 0 || res == -(libc::ECANCELED as i64)) || flags != 0 {
+        ops.odd_result.fetch_add(1, SeqCst);
+    }
+    if ops.calls[i].fetch_add(1, SeqCst) == 0 {
+        // Every other operation: those completed already (earlier in this batch) are
+        // gone, those later in it or still in flight take the cancel.
+        for (j, id) in ops.ids.iter().enumerate() {
+            if j != i {
+                match cx.cancel_io(id.load(SeqCst)) {
+                    Ok(()) => {}
+                    Err(e) if e == -libc::ENOENT || e == -libc::EALREADY => {}
+                    Err(_) => {
+                        ops.odd_cancel.fetch_add(1, SeqCst);
+                    }
+                }
+            }
+        }
+    }
+    ops.total.fetch_add(1, SeqCst);
+}
+
+#[test]
+fn callbacks_cancelling_operations_of_their_own_batch_run_once_each() {
+    // 64 callback NOPs complete together; each callback cancels all the others, among
+    // them operations whose completions were already taken from the ring with its own
+    // and are delivered after it. Each still completes exactly once (res 0, or
+    // -ECANCELED), and the driver's cancellations add no completion.
+    const N: usize = 64;
+    let rt = runtime(1, 256);
+    let h = rt
+        .spawn_local_to(0, move || async move {
+            let ops = Cancelling {
+                ids: (0..N).map(|_| Default::default()).collect(),
+                calls: (0..N).map(|_| AtomicUsize::new(0)).collect(),
+                odd_result: AtomicUsize::new(0),
+                odd_cancel: AtomicUsize::new(0),
+                total: AtomicUsize::new(0),
+            };
+            let args: Vec<(&Cancelling, usize)> = (0..N).map(|i| (&ops, i)).collect();
+            veloq::RuntimeContext::with_current(|cx| {
+                let cx = cx.expect("on a worker");
+                for (i, a) in args.iter().enumerate() {
+                    let arg = a as *const (&Cancelling, usize) as *mut std::ffi::c_void;
+                    // SAFETY: a NOP uses no memory; the callback may run with `arg` on
+                    // this worker, and `args` outlives every callback (awaited below).
+                    let id = unsafe { cx.submit_io(veloq::io::RawOp::Nop, cancel_the_others, arg) }
+                        .expect("nop accepted");
+                    ops.ids[i].store(id, SeqCst);
+                }
+            });
+            while ops.total.load(SeqCst) < N {
+                veloq::yield_now().await;
+            }
+            // Two more trips through the ring: a stray extra completion would show.
+            io::nop().await.expect("nop");
+            io::nop().await.expect("nop");
+            assert_eq!(ops.total.load(SeqCst), N);
+            assert!(ops.calls.iter().all(|c| c.load(SeqCst) == 1));
+            assert_eq!(ops.odd_result.load(SeqCst), 0);
+            assert_eq!(ops.odd_cancel.load(SeqCst), 0);
+        })
+        .unwrap();
+    rt.block_on(h).unwrap();
+}
+
 #[test]
 fn sleep_waits_and_timeout_cancels() {
     let rt = runtime(2, 64);

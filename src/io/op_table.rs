@@ -186,7 +186,9 @@ pub(crate) struct Slot {
     /// closes those nobody will collect (orphaned operation) rather than leak them.
     pub(crate) result_is_fd: bool,
     /// Memory the kernel may still read or write (buffers, addresses) of an operation
-    /// whose future was dropped; freed with the slot, after the final completion.
+    /// whose future was dropped, or the provided-buffer ring a C multishot receive
+    /// selects from (`Driver::keep_buf_ring`); freed with the slot, after the final
+    /// completion.
     pub(crate) keep: Option<Box<dyn Any>>,
     /// A timeout's duration; the kernel is given its address.
     pub(crate) timespec: Timespec,
@@ -246,9 +248,9 @@ pub(crate) struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
-    /// [`OpTable::remove`] for an operation whose slot holds neither results nor kept
-    /// memory (those belong to futures only: a callback's or a queue's operation never
-    /// has any), so there is nothing to drop but the id; no second lookup.
+    /// [`OpTable::remove`] for a single-shot callback operation: its slot holds neither
+    /// results (a future's) nor kept memory (a future's, or a multishot receive's ring),
+    /// so there is nothing to drop but the id; no second lookup.
     #[inline(always)]
     pub(crate) fn remove_plain(self) {
         let slot = self.slot;
