@@ -1327,7 +1327,9 @@ int veloq_buf_ring_recycle(struct veloq_ctx *ctx, uint16_t group, uint16_t id);
  * Unregisters ring `group` and frees its buffers. Refused with -EBUSY (the ring stays
  * as it was) while it is in use: a buffer is taken and not recycled, or a
  * `veloq_recv_multishot` on the group has not delivered its final completion (cancel
- * it with `veloq_cancel` and free the ring from, or after, that final callback).
+ * it with `veloq_cancel` and free the ring from, or after, that final callback). A
+ * buffer a delivered completion names but nobody took does not hold the ring: freeing
+ * drops its data (take it first).
  * Returns 0; -EBUSY; -ENOENT when this worker has no ring `group` (freed already,
  * another worker's); -EINVAL (`ctx` NULL or not the running callback's). The group
  * id may be reused by a later `veloq_buf_ring_new`. Only inside a callback on the

@@ -288,7 +288,7 @@ pub extern "C" fn veloq_recv_multishot(
 ) -> i64 {
     // SAFETY: the C contract (see `submit_with`); the op has no pointer.
     submit_with(ctx, cb, |cx, cb| unsafe {
-        cx.submit_recv_multishot(fd, group, flags, cb, arg)
+        cx.submit_io(RawOp::RecvMulti { fd, group, flags }, cb, arg)
     })
 }
 

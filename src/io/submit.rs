@@ -14,14 +14,18 @@ impl RuntimeContext {
     /// `cb(ctx, res, flags, arg)` runs on this worker once per completion: once for a
     /// single-shot operation, and for a multishot one with `flags & 1` (more follow) on
     /// every completion but the last. Errors (a negative errno, and `cb` never runs):
-    /// -EINVAL for an invalid op, -ESHUTDOWN once shutdown has started.
+    /// -EINVAL for an invalid op, -ESHUTDOWN once shutdown has started. A
+    /// `RawOp::RecvMulti` whose `group` is a ring of this worker made by
+    /// [`buf_ring_new`](Self::buf_ring_new) keeps that ring in use
+    /// ([`buf_ring_free`](Self::buf_ring_free) refuses) until its final completion.
     ///
     /// # Safety
     /// `op`'s pointers must stay valid until the final callback; `cb` must be safe to
     /// call with `arg` on this thread.
     // Always inlined: a caller submitting a known operation (each C call, a Rust loop)
     // gets the driver's fast path with that operation's checks and entry folded in (the
-    // group and backlog paths stay out of line).
+    // group, backlog and buffer-ring paths stay out of line, and fold away for other
+    // operations).
     #[inline(always)]
     pub unsafe fn submit_io(
         &self,
@@ -29,39 +33,30 @@ impl RuntimeContext {
         cb: IoCallback,
         arg: *mut c_void,
     ) -> Result<u64, i32> {
-        if !self.group.get().is_null() {
+        let id = if !self.group.get().is_null() {
             // SAFETY: forwarded promise.
-            return unsafe { self.submit_io_in_group(&op, cb, arg) };
+            unsafe { self.submit_io_in_group(&op, cb, arg) }?
+        } else {
+            self.driver
+                .borrow_mut()
+                .submit_raw(&op, Target::Callback { cb, arg })?
+                .raw()
+        };
+        if let RawOp::RecvMulti { group, .. } = op {
+            self.keep_buf_ring(id, group);
         }
-        let id = self
-            .driver
-            .borrow_mut()
-            .submit_raw(&op, Target::Callback { cb, arg })?;
-        Ok(id.raw())
+        Ok(id)
     }
 
-    /// [`submit_io`](Self::submit_io) of `RawOp::RecvMulti { fd, group, flags }`: when
-    /// `group` is a ring of this worker made by [`buf_ring_new`](Self::buf_ring_new), the
-    /// operation keeps it in use ([`buf_ring_free`](Self::buf_ring_free) refuses) until
-    /// its final completion. Results and errors as `submit_io`.
-    ///
-    /// # Safety
-    /// As `submit_io`.
-    pub(crate) unsafe fn submit_recv_multishot(
-        &self,
-        fd: std::ffi::c_int,
-        group: u16,
-        flags: std::ffi::c_int,
-        cb: IoCallback,
-        arg: *mut c_void,
-    ) -> Result<u64, i32> {
-        // SAFETY: forwarded promise (the op has no pointer: the kernel picks buffers).
-        let id = unsafe { self.submit_io(RawOp::RecvMulti { fd, group, flags }, cb, arg) }?;
+    /// A multishot receive `id` just accepted keeps ring `group` (when it is one of this
+    /// worker's C rings) until its final completion.
+    #[cold]
+    #[inline(never)]
+    fn keep_buf_ring(&self, id: u64, group: u16) {
         // Accepted and not completed yet: completions run only from the worker loop.
         if let Some(op) = OpId::from_raw(id) {
             self.driver.borrow_mut().keep_buf_ring(op, group);
         }
-        Ok(id)
     }
 
     /// [`submit_io`](Self::submit_io) inside a task group's callback: the operation
