@@ -454,20 +454,22 @@ fn udp_datagrams_round_trip_with_their_addresses() {
 fn shutdown_ends_a_thousand_in_flight_receives() {
     const CONNS: usize = 1000;
     let rt = runtime(2);
-    let listener = TcpListener::bind_with("127.0.0.1:0", false, 4096).unwrap();
+    // The peers live on a plain thread and stay open (and silent) until the end: were they
+    // the runtime's, shutdown could close one before its client's receive is cancelled,
+    // and that receive would rightly end with its real result, end of stream.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: a listening socket we own; listen again only raises its backlog.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 4096) }, 0);
     let addr = listener.local_addr().unwrap();
+    let (release_peers, peers_released) = std::sync::mpsc::channel::<()>();
+    let peers = std::thread::spawn(move || {
+        let streams: Vec<_> = (0..CONNS)
+            .map(|_| listener.accept().expect("accepted").0)
+            .collect();
+        peers_released.recv().ok();
+        streams.len()
+    });
     let started = Arc::new(AtomicUsize::new(0));
-    // The server keeps every connection open (and silent).
-    let server = rt
-        .spawn(async move {
-            let mut incoming = listener.incoming();
-            let mut streams = Vec::new();
-            while let Some(s) = incoming.next().await {
-                streams.push(s.expect("accepted"));
-            }
-            streams.len()
-        })
-        .unwrap();
     let handles: Vec<_> = (0..CONNS)
         .map(|_| {
             let started = started.clone();
@@ -498,7 +500,8 @@ fn shutdown_ends_a_thousand_in_flight_receives() {
             "{errno:?}"
         );
     }
-    assert_eq!(rt.block_on(server).unwrap(), CONNS);
+    release_peers.send(()).unwrap();
+    assert_eq!(peers.join().unwrap(), CONNS);
 }
 
 #[test]
