@@ -5,6 +5,7 @@
 //! created by their producer on first use; a runtime whose workers talk to few peers pays
 //! only for the channels it uses.
 
+use std::alloc::{self, Layout};
 use std::mem::MaybeUninit;
 use std::ptr;
 
@@ -39,8 +40,66 @@ const DRAIN_CHUNK: usize = 32;
 pub(crate) struct Channel<T> {
     producer: CachePadded<ProducerSide>,
     consumer: CachePadded<ConsumerSide>,
-    slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
+    slots: Slots<T>,
     mask: usize,
+}
+
+/// Alignment of a channel's slot array: whole cache lines (a pair of them, as the
+/// adjacent-line prefetcher fetches), so that a slot whose size divides 64 never
+/// straddles two lines. A plain boxed slice is only 8- or 16-byte aligned: depending on
+/// where the allocator put it, every other 32-byte job touched two lines.
+const SLOTS_ALIGN: usize = 128;
+
+/// A channel's slots: one allocation aligned to [`SLOTS_ALIGN`].
+struct Slots<T> {
+    ptr: ptr::NonNull<UnsafeCell<MaybeUninit<T>>>,
+    len: usize,
+}
+
+impl<T> Slots<T> {
+    fn layout(len: usize) -> Layout {
+        Layout::array::<UnsafeCell<MaybeUninit<T>>>(len)
+            .and_then(|l| l.align_to(SLOTS_ALIGN))
+            .expect("mesh channel size overflows")
+    }
+
+    fn new(len: usize) -> Self {
+        let layout = Self::layout(len);
+        let ptr = if layout.size() == 0 {
+            ptr::NonNull::dangling()
+        } else {
+            // SAFETY: the layout's size is not zero.
+            let raw = unsafe { alloc::alloc(layout) } as *mut UnsafeCell<MaybeUninit<T>>;
+            let Some(ptr) = ptr::NonNull::new(raw) else {
+                alloc::handle_alloc_error(layout)
+            };
+            ptr
+        };
+        for i in 0..len {
+            // SAFETY: `i < len`: in the allocation, which nothing else uses yet.
+            unsafe {
+                ptr.as_ptr()
+                    .add(i)
+                    .write(UnsafeCell::new(MaybeUninit::uninit()))
+            };
+        }
+        Slots { ptr, len }
+    }
+}
+
+impl<T> Drop for Slots<T> {
+    fn drop(&mut self) {
+        // The cells only (MaybeUninit drops no value: the channel took them out first).
+        for i in 0..self.len {
+            // SAFETY: cell `i` was written in `new` and is dropped once, here.
+            unsafe { ptr::drop_in_place(self.ptr.as_ptr().add(i)) };
+        }
+        let layout = Self::layout(self.len);
+        if layout.size() != 0 {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { alloc::dealloc(self.ptr.as_ptr() as *mut u8, layout) };
+        }
+    }
 }
 
 /// The producer's line: written by the producer only, read by the consumer for `tail`.
@@ -72,9 +131,7 @@ impl<T> Channel<T> {
     /// A channel holding at least `capacity` values (rounded up to a power of two).
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(2).next_power_of_two();
-        let slots = (0..capacity)
-            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-            .collect();
+        let slots = Slots::new(capacity);
         Channel {
             producer: CachePadded::new(ProducerSide {
                 tail: AtomicUsize::new(0),
@@ -93,9 +150,9 @@ impl<T> Channel<T> {
     /// The slot of ring position `index`.
     #[inline(always)]
     fn slot(&self, index: usize) -> &UnsafeCell<MaybeUninit<T>> {
-        // SAFETY: `mask` is `slots.len() - 1` and the length a power of two, so the
-        // masked index is in bounds.
-        unsafe { self.slots.get_unchecked(index & self.mask) }
+        // SAFETY: `mask` is `slots.len - 1` and the length a power of two, so the masked
+        // index is in bounds.
+        unsafe { &*self.slots.ptr.as_ptr().add(index & self.mask) }
     }
 
     /// Bytes one channel of `capacity` slots occupies.
@@ -226,14 +283,10 @@ impl<T> Channel<T> {
         while left > 0 {
             let n = left.min(DRAIN_CHUNK);
             let mut chunk = Chunk::<T>::new();
-            for k in 0..n {
-                // SAFETY: slots head..tail were published by the producer (Acquire load
-                // of tail, now or earlier) and are each read exactly once.
-                let value = self
-                    .slot(head.wrapping_add(k))
-                    .with(|p| unsafe { (*p).assume_init_read() });
-                chunk.values[k].write(value);
-            }
+            // SAFETY: slots head..head + n were published by the producer (Acquire load
+            // of tail, now or earlier) and are each read exactly once; the chunk has room
+            // for `n <= DRAIN_CHUNK` values.
+            unsafe { self.copy_out(head, n, chunk.values.as_mut_ptr()) };
             chunk.len = n;
             head = head.wrapping_add(n);
             // The slots are free: their values are in `chunk`.
@@ -249,6 +302,39 @@ impl<T> Channel<T> {
             left -= n;
         }
         total
+    }
+
+    /// Moves the values of ring positions `head..head + n` to `dst`: at most two
+    /// contiguous copies (one `memcpy` each), or slot by slot under loom, which tracks
+    /// every slot access.
+    ///
+    /// # Safety
+    /// The consumer calls it, for published positions it has not read yet, then treats
+    /// them as read; `dst` has room for `n <= capacity` values.
+    #[inline(always)]
+    unsafe fn copy_out(&self, head: usize, n: usize, dst: *mut MaybeUninit<T>) {
+        #[cfg(not(veloq_loom))]
+        {
+            let start = head & self.mask;
+            let first = n.min(self.mask + 1 - start);
+            // `UnsafeCell` is transparent: the slots are one array of `MaybeUninit<T>`.
+            let slots = self.slots.ptr.as_ptr() as *const MaybeUninit<T>;
+            // SAFETY: positions start..start + first and 0..n - first are in bounds (n is
+            // at most the capacity) and do not overlap `dst` (the caller's buffer).
+            unsafe {
+                ptr::copy_nonoverlapping(slots.add(start), dst, first);
+                ptr::copy_nonoverlapping(slots, dst.add(first), n - first);
+            }
+        }
+        #[cfg(veloq_loom)]
+        for k in 0..n {
+            // SAFETY: as promised by the caller.
+            let value = self
+                .slot(head.wrapping_add(k))
+                .with(|p| unsafe { ptr::read(p) });
+            // SAFETY: `dst` has room for `n` values.
+            unsafe { dst.add(k).write(value) };
+        }
     }
 
     /// Values waiting, pushed or published, as the producer sees them (exact for the
@@ -499,8 +585,26 @@ mod tests {
         for _ in 0..5 {
             unsafe { ch.push(counter.clone()) }.unwrap();
         }
+        for _ in 0..2 {
+            assert!(unsafe { ch.push_with(|| counter.clone()) }.is_ok());
+        }
         drop(ch);
-        assert_eq!(std::sync::Arc::strong_count(&counter), 1);
+        assert_eq!(
+            std::sync::Arc::strong_count(&counter),
+            1,
+            "published or not, every value is dropped"
+        );
+    }
+
+    #[test]
+    fn slots_start_on_a_cache_line_pair() {
+        for capacity in [2, 16, 256] {
+            let ch = Channel::<[u64; 4]>::new(capacity);
+            assert_eq!(ch.slot(0).with(|p| p as usize) % SLOTS_ALIGN, 0);
+        }
+        let zero_sized = Channel::<()>::new(4);
+        assert!(unsafe { zero_sized.push(()) }.is_ok());
+        assert_eq!(unsafe { zero_sized.pop() }, Some(()));
     }
 
     #[test]
