@@ -19,11 +19,8 @@ pub(crate) use std::sync::{
 };
 
 /// `UnsafeCell` with loom's closure-based access API, so code reads the same under both.
-/// Transparent: a slice of them is laid out as a slice of `T` (the mesh copies runs of
-/// slots at once).
 #[cfg(not(veloq_loom))]
 #[derive(Debug, Default)]
-#[repr(transparent)]
 pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
 #[cfg(not(veloq_loom))]

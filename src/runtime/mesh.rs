@@ -21,9 +21,6 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 /// does so when the job that pushed returns).
 pub(crate) const PUBLISH_EVERY: usize = 8;
 
-/// Most values [`Channel::drain`] copies out of the ring before it hands any on.
-const DRAIN_CHUNK: usize = 32;
-
 /// A bounded lock-free SPSC ring.
 ///
 /// Each side caches the other side's index, so in steady state a push touches the
@@ -35,8 +32,8 @@ const DRAIN_CHUNK: usize = 32;
 ///
 /// The producer publishes its tail every [`PUBLISH_EVERY`] pushes, when the ring is full,
 /// and when it calls [`Channel::publish`]; values pushed since are invisible to the
-/// consumer until then. The consumer frees the slots of a batch before it hands on the
-/// first value of it (see [`Channel::drain`]).
+/// consumer until then. The consumer frees a value's slot before it hands the value on
+/// (see [`Channel::drain`]).
 pub(crate) struct Channel<T> {
     producer: CachePadded<ProducerSide>,
     consumer: CachePadded<ConsumerSide>,
@@ -258,12 +255,11 @@ impl<T> Channel<T> {
         Some(value)
     }
 
-    /// Removes up to `max` published values, oldest first, handing each to `f`. Values
-    /// are copied out in chunks of up to [`DRAIN_CHUNK`] and each chunk's slots are freed
-    /// (one store of head) before its first value reaches `f`: the producer's view of the
-    /// ring changes once per chunk, and a value that `f` has seen never holds a slot (a
-    /// producer that knows how many of its values ran knows how many slots are free).
-    /// Values a panicking `f` leaves are dropped. Returns how many were taken.
+    /// Removes up to `max` published values, oldest first, handing each to `f`. Each
+    /// value's slot is freed (a store of head, on the consumer's own line) before the
+    /// value reaches `f`: a value `f` has seen never holds a slot, so a producer that
+    /// knows how many of its values ran knows how many slots are free, and values a
+    /// panicking `f` leaves stay queued. Returns how many were taken.
     ///
     /// # Safety
     /// Only one thread ever calls `pop` or `drain` on this channel, and `f` does not
@@ -271,70 +267,26 @@ impl<T> Channel<T> {
     #[inline]
     pub(crate) unsafe fn drain(&self, max: usize, mut f: impl FnMut(T)) -> usize {
         let c = &*self.consumer;
-        let mut head = c.head.load(Relaxed);
+        let head = c.head.load(Relaxed);
         // SAFETY: tail_cache is consumer-private (caller is the single consumer).
         let mut tail = c.tail_cache.with(|t| unsafe { *t });
         if head == tail {
             tail = self.producer.tail.load(Acquire);
             c.tail_cache.with_mut(|t| unsafe { *t = tail });
         }
-        let total = tail.wrapping_sub(head).min(max);
-        let mut left = total;
-        while left > 0 {
-            let n = left.min(DRAIN_CHUNK);
-            let mut chunk = Chunk::<T>::new();
-            // SAFETY: slots head..head + n were published by the producer (Acquire load
-            // of tail, now or earlier) and are each read exactly once; the chunk has room
-            // for `n <= DRAIN_CHUNK` values.
-            unsafe { self.copy_out(head, n, chunk.values.as_mut_ptr()) };
-            chunk.len = n;
-            head = head.wrapping_add(n);
-            // The slots are free: their values are in `chunk`.
-            c.head.store(head, Release);
-            while chunk.next < chunk.len {
-                // SAFETY: `next < len <= DRAIN_CHUNK`; values next..len of the chunk are
-                // initialised and each is taken exactly once (`next` moves past it first,
-                // so the drop guard skips it).
-                let value = unsafe { chunk.values.get_unchecked(chunk.next).assume_init_read() };
-                chunk.next += 1;
-                f(value);
-            }
-            left -= n;
-        }
-        total
-    }
-
-    /// Moves the values of ring positions `head..head + n` to `dst`: at most two
-    /// contiguous copies (one `memcpy` each), or slot by slot under loom, which tracks
-    /// every slot access.
-    ///
-    /// # Safety
-    /// The consumer calls it, for published positions it has not read yet, then treats
-    /// them as read; `dst` has room for `n <= capacity` values.
-    #[inline(always)]
-    unsafe fn copy_out(&self, head: usize, n: usize, dst: *mut MaybeUninit<T>) {
-        #[cfg(not(veloq_loom))]
-        {
-            let start = head & self.mask;
-            let first = n.min(self.mask + 1 - start);
-            // `UnsafeCell` is transparent: the slots are one array of `MaybeUninit<T>`.
-            let slots = self.slots.ptr.as_ptr() as *const MaybeUninit<T>;
-            // SAFETY: positions start..start + first and 0..n - first are in bounds (n is
-            // at most the capacity) and do not overlap `dst` (the caller's buffer).
-            unsafe {
-                ptr::copy_nonoverlapping(slots.add(start), dst, first);
-                ptr::copy_nonoverlapping(slots, dst.add(first), n - first);
-            }
-        }
-        #[cfg(veloq_loom)]
+        let n = tail.wrapping_sub(head).min(max);
         for k in 0..n {
-            // SAFETY: as promised by the caller.
+            let index = head.wrapping_add(k);
+            // SAFETY: slots head..tail were published by the producer (Acquire load of
+            // tail, now or earlier) and are each read exactly once: head moves past this
+            // one before anything else happens.
             let value = self
-                .slot(head.wrapping_add(k))
-                .with(|p| unsafe { ptr::read(p) });
-            // SAFETY: `dst` has room for `n` values.
-            unsafe { dst.add(k).write(value) };
+                .slot(index)
+                .with(|p| unsafe { (*p).assume_init_read() });
+            c.head.store(index.wrapping_add(1), Release);
+            f(value);
         }
+        n
     }
 
     /// Values waiting, pushed or published, as the producer sees them (exact for the
@@ -355,35 +307,6 @@ impl<T> Channel<T> {
     /// thread but the two sides; shutdown reads it once every worker is idle).
     pub(crate) fn is_drained(&self) -> bool {
         self.consumer.head.load(Acquire) == self.producer.next.load(Acquire)
-    }
-}
-
-/// Values `Channel::drain` copied out of the ring and has not handed on yet; those left
-/// when `f` panics are dropped with it.
-struct Chunk<T> {
-    values: [MaybeUninit<T>; DRAIN_CHUNK],
-    /// Values `next..len` are initialised and not taken.
-    next: usize,
-    len: usize,
-}
-
-impl<T> Chunk<T> {
-    #[inline(always)]
-    fn new() -> Self {
-        Chunk {
-            values: [const { MaybeUninit::uninit() }; DRAIN_CHUNK],
-            next: 0,
-            len: 0,
-        }
-    }
-}
-
-impl<T> Drop for Chunk<T> {
-    fn drop(&mut self) {
-        for value in &mut self.values[self.next..self.len] {
-            // SAFETY: `next..len` are initialised and not taken (see the field).
-            unsafe { value.assume_init_drop() };
-        }
     }
 }
 
@@ -648,7 +571,7 @@ mod tests {
     }
 
     #[test]
-    fn drain_frees_the_slots_before_handing_values_on() {
+    fn drain_frees_each_slot_before_handing_its_value_on() {
         let ch = Channel::new(4);
         for i in 0..4 {
             unsafe { ch.push(i) }.unwrap();
@@ -656,12 +579,8 @@ mod tests {
         let mut got = Vec::new();
         unsafe {
             ch.drain(usize::MAX, |v| {
-                // Every value of the batch is out of the ring already: room for four.
-                if v == 0 {
-                    for j in 10..14 {
-                        ch.push(j).unwrap();
-                    }
-                }
+                // The value's slot is free already: room for one more.
+                ch.push(v + 10).unwrap();
                 got.push(v);
             })
         };
@@ -671,7 +590,7 @@ mod tests {
     }
 
     #[test]
-    fn drain_takes_more_than_a_chunk_in_order() {
+    fn drain_takes_at_most_max_in_order() {
         let ch = Channel::new(256);
         for i in 0..200 {
             unsafe { ch.push(i) }.unwrap();
@@ -683,25 +602,22 @@ mod tests {
     }
 
     #[test]
-    fn values_a_panicking_drain_leaves_are_dropped_once() {
-        let counter = std::sync::Arc::new(());
+    fn values_a_panicking_drain_leaves_stay_queued() {
         let ch = Channel::new(8);
-        for _ in 0..5 {
-            unsafe { ch.push(counter.clone()) }.unwrap();
+        for i in 0..5 {
+            unsafe { ch.push(i) }.unwrap();
         }
-        let mut seen = 0;
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
             ch.drain(usize::MAX, |v| {
-                drop(v);
-                seen += 1;
-                if seen == 2 {
+                if v == 1 {
                     panic!("callback panics");
                 }
             })
         }));
         assert!(panicked.is_err());
-        assert_eq!(std::sync::Arc::strong_count(&counter), 1, "none leaked");
-        assert_eq!(unsafe { ch.pop() }, None, "none taken twice");
+        let mut rest = Vec::new();
+        unsafe { ch.drain(usize::MAX, |v| rest.push(v)) };
+        assert_eq!(rest, vec![2, 3, 4], "none lost, none taken twice");
     }
 
     #[test]
@@ -787,9 +703,10 @@ mod loom_tests {
         });
     }
 
-    /// The same through `drain`, which frees a whole batch of slots with one store of
-    /// `head`: the producer never writes a slot the consumer has not read yet (loom
-    /// tracks every slot access), and every value arrives exactly once, in order.
+    /// The same through `drain`, which frees each slot (a store of `head`) before it
+    /// hands the value on: the producer never writes a slot the consumer has not read
+    /// yet (loom tracks every slot access), and every value arrives exactly once, in
+    /// order.
     #[test]
     fn loom_spsc_drain_frees_slots_only_after_reading_them() {
         loom::model(|| {
