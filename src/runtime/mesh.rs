@@ -25,16 +25,19 @@ pub(crate) const PUBLISH_EVERY: usize = 8;
 ///
 /// Each side caches the other side's index, so in steady state a push touches the
 /// consumer's cache line only when the cached view says the ring is full, and a pop
-/// touches the producer's line only when its cached view says the ring is empty. Each
-/// side's index and its private cache share one line, which only that side writes: a
-/// side touches one line of its own per operation, and the other side's line only when
-/// its cached view runs out.
+/// touches the producer's line only when its cached view says the ring is empty.
 ///
-/// The producer publishes its tail every [`PUBLISH_EVERY`] pushes, when the ring is full,
-/// and when it calls [`Channel::publish`]; values pushed since are invisible to the
-/// consumer until then. The consumer frees a value's slot before it hands the value on
-/// (see [`Channel::drain`]).
+/// Three lines, each written by one side only: the producer's private line (where it
+/// writes on every push), the published `tail` (written every [`PUBLISH_EVERY`] pushes,
+/// when the ring is full, and by [`Channel::publish`]; values pushed since are invisible
+/// to the consumer until then) and the consumer's line (its `head`, stored as it takes
+/// each value: a value is handed on only once its slot is free, see [`Channel::drain`]).
 pub(crate) struct Channel<T> {
+    /// Values published to the consumer: stored by the producer only (every
+    /// [`PUBLISH_EVERY`] pushes, on a full ring, in `publish`), polled by the consumer. On
+    /// a line of its own: the producer's per-push writes stay off the line the consumer
+    /// polls.
+    tail: CachePadded<AtomicUsize>,
     producer: CachePadded<ProducerSide>,
     consumer: CachePadded<ConsumerSide>,
     slots: Slots<T>,
@@ -99,10 +102,9 @@ impl<T> Drop for Slots<T> {
     }
 }
 
-/// The producer's line: written by the producer only, read by the consumer for `tail`.
+/// The producer's private line: written and read by the producer only (other threads
+/// read `next` for hints).
 struct ProducerSide {
-    /// Values published to the consumer; stored by the producer only.
-    tail: AtomicUsize,
     /// Next slot to write: `tail` plus the values pushed but not published yet. Stored
     /// by the producer only (an atomic so that other threads may read it as a hint).
     next: AtomicUsize,
@@ -130,8 +132,8 @@ impl<T> Channel<T> {
         let capacity = capacity.max(2).next_power_of_two();
         let slots = Slots::new(capacity);
         Channel {
+            tail: CachePadded::new(AtomicUsize::new(0)),
             producer: CachePadded::new(ProducerSide {
-                tail: AtomicUsize::new(0),
                 next: AtomicUsize::new(0),
                 head_cache: UnsafeCell::new(0),
             }),
@@ -193,7 +195,7 @@ impl<T> Channel<T> {
         let next = next.wrapping_add(1);
         p.next.store(next, Relaxed);
         if next & (PUBLISH_EVERY - 1) == 0 {
-            p.tail.store(next, Release);
+            self.tail.store(next, Release);
         }
         Ok(())
     }
@@ -225,10 +227,9 @@ impl<T> Channel<T> {
     /// Only one thread ever calls `push`, `push_with` or `publish` on this channel.
     #[inline]
     pub(crate) unsafe fn publish(&self) {
-        let p = &*self.producer;
-        let next = p.next.load(Relaxed);
-        if p.tail.load(Relaxed) != next {
-            p.tail.store(next, Release);
+        let next = self.producer.next.load(Relaxed);
+        if self.tail.load(Relaxed) != next {
+            self.tail.store(next, Release);
         }
     }
 
@@ -242,7 +243,7 @@ impl<T> Channel<T> {
         // SAFETY: tail_cache is consumer-private (caller is the single consumer).
         let mut tail = c.tail_cache.with(|t| unsafe { *t });
         if head == tail {
-            tail = self.producer.tail.load(Acquire);
+            tail = self.tail.load(Acquire);
             c.tail_cache.with_mut(|t| unsafe { *t = tail });
             if head == tail {
                 return None;
@@ -271,7 +272,7 @@ impl<T> Channel<T> {
         // SAFETY: tail_cache is consumer-private (caller is the single consumer).
         let mut tail = c.tail_cache.with(|t| unsafe { *t });
         if head == tail {
-            tail = self.producer.tail.load(Acquire);
+            tail = self.tail.load(Acquire);
             c.tail_cache.with_mut(|t| unsafe { *t = tail });
         }
         let n = tail.wrapping_sub(head).min(max);
@@ -300,7 +301,7 @@ impl<T> Channel<T> {
     /// exact only for the consumer).
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.consumer.head.load(Acquire) == self.producer.tail.load(Acquire)
+        self.consumer.head.load(Acquire) == self.tail.load(Acquire)
     }
 
     /// Whether every value ever pushed has been taken, published or not (a hint for any
