@@ -304,13 +304,19 @@ impl RuntimeContext {
             self.submit_here(placement, make());
             return Ok(());
         }
+        let cell = self.mesh_cell(target);
         // SAFETY: this thread is worker `self.index`, the only producer of its row; the
         // push is published at the latest by `flush_notifications`, which every job is
         // followed by.
-        if let Err(make) = unsafe { registry.mesh.push_with(self.mesh_cell(target), make) } {
+        if let Err(make) = unsafe { registry.mesh.push_with(cell, make) } {
             self.overflow(target, pinned, make());
         }
-        self.notify_later(target);
+        if self.notify_later(target) {
+            // The job's first message to this worker (a ping, a reply) goes out at once;
+            // the rest of a burst every `PUBLISH_EVERY` and when the job returns.
+            // SAFETY: as for the push.
+            unsafe { MeshMatrix::publish(cell) };
+        }
         Ok(())
     }
 
@@ -349,13 +355,14 @@ impl RuntimeContext {
     }
 
     /// Records that `worker` must be notified once the current job returns (and our
-    /// channel to it published).
+    /// channel to it published); true when it was not recorded yet.
     #[inline(always)]
-    fn notify_later(&self, worker: usize) {
+    fn notify_later(&self, worker: usize) -> bool {
         debug_assert!(worker < self.notify_pending.len());
         // SAFETY: callers pass a worker index, and there is one flag per worker.
-        unsafe { self.notify_pending.get_unchecked(worker) }.set(true);
+        let first = !unsafe { self.notify_pending.get_unchecked(worker) }.replace(true);
         self.any_notify_pending.set(true);
+        first
     }
 
     /// Publishes our mesh channel to every worker we handed work to since the last
