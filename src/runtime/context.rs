@@ -14,6 +14,7 @@ use super::executor::spawner::{random_seed, ExecutorRegistry, WorkerShared};
 use super::introspect::TaskName;
 use super::job::{InboxJob, Job, JobParts, RawTask};
 use super::join::{JoinHandle, LocalJoinHandle};
+use super::mesh::{MeshCell, MeshMatrix};
 use super::runtime::{Handle, Placement, SpawnError, SpawnErrorKind};
 use super::task::TaskRef;
 use crate::io::buffers::{BufferPool, PoolBuf, PoolStats};
@@ -32,6 +33,9 @@ pub struct RuntimeContext {
     pub(crate) registry: Arc<ExecutorRegistry>,
     /// `registry.worker(index)`, looked up once: every job touches it.
     me: ptr::NonNull<WorkerShared>,
+    /// The first of `registry.mesh.row(index)`: this worker's outgoing mesh cells, one
+    /// per worker, looked up once: every message to another worker goes through it.
+    mesh_row: ptr::NonNull<MeshCell<Job>>,
     /// The local run queue: local tasks, adopted tasks and callbacks sent to ourselves.
     pub(crate) local: RefCell<VecDeque<Job>>,
     /// Jobs taken in a batch from an injector (ours or a victim's), not yet run.
@@ -77,9 +81,11 @@ impl RuntimeContext {
         let n = registry.len();
         let buffers = BufferPool::new(&registry.config.buffer_pool, Some(&driver.submitter()))?;
         let me = ptr::NonNull::from(registry.worker(index));
+        let mesh_row = ptr::NonNull::from(&registry.mesh.row(index)[0]);
         Ok(RuntimeContext {
             index,
             me,
+            mesh_row,
             local: RefCell::new(VecDeque::with_capacity(256)),
             buffer: crossbeam_deque::Worker::new_fifo(),
             live_head: Cell::new(None),
@@ -149,6 +155,16 @@ impl RuntimeContext {
         // SAFETY: `me` points into `registry.workers`, which the registry never resizes
         // or moves, and `self.registry` keeps the registry alive as long as `self`.
         unsafe { self.me.as_ref() }
+    }
+
+    /// The mesh cell of channel (this worker → `worker`).
+    #[inline(always)]
+    fn mesh_cell(&self, worker: usize) -> &MeshCell<Job> {
+        debug_assert!(worker < self.registry.len());
+        // SAFETY: every caller passes a worker index (`< registry.len()`, the length of
+        // the row `mesh_row` starts), and the row lives in `registry.mesh`, which never
+        // moves or shrinks and which `self.registry` keeps alive.
+        unsafe { &*self.mesh_row.as_ptr().add(worker) }
     }
 
     /// Spawns a `!Send` future on this worker; it never leaves it.
@@ -226,10 +242,11 @@ impl RuntimeContext {
         task: RawTask,
     ) -> Result<(), SpawnError<RawTask>> {
         task.reserve_completion();
-        self.submit(placement, || Job::Raw(task)).map_err(|kind| {
-            task.release_completion();
-            SpawnError::new(kind, task)
-        })
+        self.submit(placement, move || Job::Raw(task))
+            .map_err(|kind| {
+                task.release_completion();
+                SpawnError::new(kind, task)
+            })
     }
 
     pub(crate) fn spawn_future<F>(
@@ -286,11 +303,19 @@ impl RuntimeContext {
             self.submit_here(placement, make());
             return Ok(());
         }
-        // SAFETY: this thread is worker `self.index`, the only producer of its row.
-        if let Err(make) = unsafe { registry.mesh.push_with(self.index, target, make) } {
+        let cell = self.mesh_cell(target);
+        // SAFETY: this thread is worker `self.index`, the only producer of its row; the
+        // push is published at the latest by `flush_notifications`, which every job is
+        // followed by.
+        if let Err(make) = unsafe { registry.mesh.push_with(cell, make) } {
             self.overflow(target, pinned, make());
         }
-        self.notify_later(target);
+        if self.notify_later(target) {
+            // The job's first message to this worker (a ping, a reply) goes out at once;
+            // the rest of a burst every `PUBLISH_EVERY` and when the job returns.
+            // SAFETY: as for the push.
+            unsafe { MeshMatrix::publish(cell) };
+        }
         Ok(())
     }
 
@@ -328,14 +353,20 @@ impl RuntimeContext {
         }
     }
 
-    /// Records that `worker` must be notified once the current job returns.
-    #[inline]
-    fn notify_later(&self, worker: usize) {
-        self.notify_pending[worker].set(true);
+    /// Records that `worker` must be notified once the current job returns (and our
+    /// channel to it published); true when it was not recorded yet.
+    #[inline(always)]
+    fn notify_later(&self, worker: usize) -> bool {
+        debug_assert!(worker < self.notify_pending.len());
+        // SAFETY: callers pass a worker index, and there is one flag per worker.
+        let first = !unsafe { self.notify_pending.get_unchecked(worker) }.replace(true);
         self.any_notify_pending.set(true);
+        first
     }
 
-    /// Notifies every worker we handed work to since the last flush.
+    /// Publishes our mesh channel to every worker we handed work to since the last
+    /// flush, and notifies each. Every job is followed by this call (and so is every
+    /// loop turn, and going idle).
     #[inline]
     pub(crate) fn flush_notifications(&self) {
         if self.any_notify_pending.get() {
@@ -343,12 +374,15 @@ impl RuntimeContext {
         }
     }
 
-    /// The notifications `flush_notifications` found pending.
+    /// The notifications `flush_notifications` found pending: the work is published
+    /// before the notification reads the target's park state (see `park.rs`).
     #[inline(never)]
     fn flush_pending_notifications(&self) {
         self.any_notify_pending.set(false);
         for (i, pending) in self.notify_pending.iter().enumerate() {
             if pending.replace(false) {
+                // SAFETY: this thread is worker `self.index`, the only producer of its row.
+                unsafe { MeshMatrix::publish(self.mesh_cell(i)) };
                 self.registry.worker(i).notify();
             }
         }

@@ -610,6 +610,9 @@ impl RuntimeContext {
     /// at most the configured time), then park in the ring.
     #[inline(never)]
     fn idle(&self, cancelled: bool) {
+        // Work handed out by code that ran outside a job (a future dropped by
+        // `cancel_all`, say) is published and announced before this worker waits.
+        self.flush_notifications();
         let spin = self.registry.config.spin_before_park;
         // Submissions waiting for the park go in now rather than after a spin: the park's
         // enter submits them and sleeps in one system call.

@@ -1,10 +1,11 @@
 //! The mesh: an N×N matrix of bounded single-producer single-consumer channels.
 //!
 //! Channel (i→j) is written only by worker i and read only by worker j, so a push is two
-//! plain loads and one release store, with no read-modify-write and no lock. Channels are
+//! plain loads and plain stores, with no read-modify-write and no lock. Channels are
 //! created by their producer on first use; a runtime whose workers talk to few peers pays
 //! only for the channels it uses.
 
+use std::alloc::{self, Layout};
 use std::mem::MaybeUninit;
 use std::ptr;
 
@@ -13,25 +14,100 @@ use crossbeam_utils::CachePadded;
 use crate::sync::{AtomicPtr, AtomicUsize, UnsafeCell};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
+/// Pushes between two publications of a channel's tail (a power of two): the consumer
+/// sees a stream a few cache lines at a time, never a line the producer is still
+/// filling, and the producer's line changes hands once per group instead of once per
+/// value. The producer publishes the rest of a group with [`Channel::publish`] (a worker
+/// does so when the job that pushed returns).
+pub(crate) const PUBLISH_EVERY: usize = 8;
+
 /// A bounded lock-free SPSC ring.
 ///
 /// Each side caches the other side's index, so in steady state a push touches the
 /// consumer's cache line only when the cached view says the ring is full, and a pop
-/// touches the producer's line only when its cached view says the ring is empty. Each
-/// side's index and its private cache share one line, which only that side writes: a
-/// side touches one line of its own per operation, and the other side's line only when
-/// its cached view runs out.
+/// touches the producer's line only when its cached view says the ring is empty.
+///
+/// Three lines, each written by one side only: the producer's private line (where it
+/// writes on every push), the published `tail` (written every [`PUBLISH_EVERY`] pushes,
+/// when the ring is full, and by [`Channel::publish`]; values pushed since are invisible
+/// to the consumer until then) and the consumer's line (its `head`, stored as it takes
+/// each value: a value is handed on only once its slot is free, see [`Channel::drain`]).
 pub(crate) struct Channel<T> {
+    /// Values published to the consumer: stored by the producer only (every
+    /// [`PUBLISH_EVERY`] pushes, on a full ring, in `publish`), polled by the consumer. On
+    /// a line of its own: the producer's per-push writes stay off the line the consumer
+    /// polls.
+    tail: CachePadded<AtomicUsize>,
     producer: CachePadded<ProducerSide>,
     consumer: CachePadded<ConsumerSide>,
-    slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
+    slots: Slots<T>,
     mask: usize,
 }
 
-/// The producer's line: written by the producer only, read by the consumer for `tail`.
+/// Alignment of a channel's slot array: whole cache lines (a pair of them, as the
+/// adjacent-line prefetcher fetches), so that a slot whose size divides 64 never
+/// straddles two lines. A plain boxed slice is only 8- or 16-byte aligned: depending on
+/// where the allocator put it, every other 32-byte job touched two lines.
+const SLOTS_ALIGN: usize = 128;
+
+/// A channel's slots: one allocation aligned to [`SLOTS_ALIGN`].
+struct Slots<T> {
+    ptr: ptr::NonNull<UnsafeCell<MaybeUninit<T>>>,
+    len: usize,
+}
+
+impl<T> Slots<T> {
+    fn layout(len: usize) -> Layout {
+        Layout::array::<UnsafeCell<MaybeUninit<T>>>(len)
+            .and_then(|l| l.align_to(SLOTS_ALIGN))
+            .expect("mesh channel size overflows")
+    }
+
+    fn new(len: usize) -> Self {
+        let layout = Self::layout(len);
+        let ptr = if layout.size() == 0 {
+            ptr::NonNull::dangling()
+        } else {
+            // SAFETY: the layout's size is not zero.
+            let raw = unsafe { alloc::alloc(layout) } as *mut UnsafeCell<MaybeUninit<T>>;
+            let Some(ptr) = ptr::NonNull::new(raw) else {
+                alloc::handle_alloc_error(layout)
+            };
+            ptr
+        };
+        for i in 0..len {
+            // SAFETY: `i < len`: in the allocation, which nothing else uses yet.
+            unsafe {
+                ptr.as_ptr()
+                    .add(i)
+                    .write(UnsafeCell::new(MaybeUninit::uninit()))
+            };
+        }
+        Slots { ptr, len }
+    }
+}
+
+impl<T> Drop for Slots<T> {
+    fn drop(&mut self) {
+        // The cells only (MaybeUninit drops no value: the channel took them out first).
+        for i in 0..self.len {
+            // SAFETY: cell `i` was written in `new` and is dropped once, here.
+            unsafe { ptr::drop_in_place(self.ptr.as_ptr().add(i)) };
+        }
+        let layout = Self::layout(self.len);
+        if layout.size() != 0 {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { alloc::dealloc(self.ptr.as_ptr() as *mut u8, layout) };
+        }
+    }
+}
+
+/// The producer's private line: written and read by the producer only (other threads
+/// read `next` for hints).
 struct ProducerSide {
-    /// Next slot to write; stored by the producer only.
-    tail: AtomicUsize,
+    /// Next slot to write: `tail` plus the values pushed but not published yet. Stored
+    /// by the producer only (an atomic so that other threads may read it as a hint).
+    next: AtomicUsize,
     /// Producer-private cache of `head`.
     head_cache: UnsafeCell<usize>,
 }
@@ -54,12 +130,11 @@ impl<T> Channel<T> {
     /// A channel holding at least `capacity` values (rounded up to a power of two).
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(2).next_power_of_two();
-        let slots = (0..capacity)
-            .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-            .collect();
+        let slots = Slots::new(capacity);
         Channel {
+            tail: CachePadded::new(AtomicUsize::new(0)),
             producer: CachePadded::new(ProducerSide {
-                tail: AtomicUsize::new(0),
+                next: AtomicUsize::new(0),
                 head_cache: UnsafeCell::new(0),
             }),
             consumer: CachePadded::new(ConsumerSide {
@@ -74,9 +149,9 @@ impl<T> Channel<T> {
     /// The slot of ring position `index`.
     #[inline(always)]
     fn slot(&self, index: usize) -> &UnsafeCell<MaybeUninit<T>> {
-        // SAFETY: `mask` is `slots.len() - 1` and the length a power of two, so the
-        // masked index is in bounds.
-        unsafe { self.slots.get_unchecked(index & self.mask) }
+        // SAFETY: `mask` is `slots.len - 1` and the length a power of two, so the masked
+        // index is in bounds.
+        unsafe { &*self.slots.ptr.as_ptr().add(index & self.mask) }
     }
 
     /// Bytes one channel of `capacity` slots occupies.
@@ -84,53 +159,91 @@ impl<T> Channel<T> {
         std::mem::size_of::<Self>() + capacity.max(2).next_power_of_two() * std::mem::size_of::<T>()
     }
 
-    /// Appends `value`, or gives it back when the ring is full.
+    /// Appends `value` and publishes it at once, or gives it back when the ring is full.
     ///
     /// # Safety
-    /// Only one thread ever calls `push` or `push_with` on this channel.
+    /// Only one thread ever calls `push`, `push_with` or `publish` on this channel.
     #[cfg(test)]
     pub(crate) unsafe fn push(&self, value: T) -> Result<(), T> {
         // SAFETY: as promised by the caller.
-        unsafe { self.push_with(|| value) }.map_err(|make| make())
+        let pushed = unsafe { self.push_with(|| value) }.map_err(|make| make());
+        // SAFETY: as promised by the caller.
+        unsafe { self.publish() };
+        pushed
     }
 
     /// Appends the value `make` returns, building it straight in its slot; gives `make`
-    /// back uncalled when the ring is full.
+    /// back uncalled when the ring is full. The value reaches the consumer at the next
+    /// publication: within [`PUBLISH_EVERY`] pushes, or at the caller's `publish`.
     ///
     /// # Safety
-    /// Only one thread ever calls `push` or `push_with` on this channel.
+    /// Only one thread ever calls `push`, `push_with` or `publish` on this channel.
     #[inline]
     pub(crate) unsafe fn push_with<F: FnOnce() -> T>(&self, make: F) -> Result<(), F> {
         let p = &*self.producer;
-        let tail = p.tail.load(Relaxed);
+        let next = p.next.load(Relaxed);
         // SAFETY: head_cache is producer-private (caller is the single producer).
-        let mut head = p.head_cache.with(|c| unsafe { *c });
-        if tail.wrapping_sub(head) > self.mask {
-            head = self.consumer.head.load(Acquire);
-            p.head_cache.with_mut(|c| unsafe { *c = head });
-            if tail.wrapping_sub(head) > self.mask {
-                return Err(make);
-            }
+        let head = p.head_cache.with(|c| unsafe { *c });
+        // SAFETY: the caller is the single producer.
+        if next.wrapping_sub(head) > self.mask && !unsafe { self.make_room(next) } {
+            return Err(make);
         }
-        // SAFETY: slot `tail` is free: the consumer has moved past it (head > tail - cap)
-        // and will not read it until the Release store below publishes it.
-        self.slot(tail)
+        // SAFETY: slot `next` is free: the consumer has moved past it (head > next - cap)
+        // and will not read it until a Release store of tail publishes it.
+        self.slot(next)
             .with_mut(|slot| unsafe { (*slot).write(make()) });
-        p.tail.store(tail.wrapping_add(1), Release);
+        let next = next.wrapping_add(1);
+        p.next.store(next, Relaxed);
+        if next & (PUBLISH_EVERY - 1) == 0 {
+            self.tail.store(next, Release);
+        }
         Ok(())
     }
 
-    /// Removes the oldest value.
+    /// `push_with` found its cached head saying full: rereads the consumer's head. When
+    /// the ring is full indeed, publishes what is pending (the consumer must see it to
+    /// make room) and returns false.
     ///
     /// # Safety
-    /// Only one thread ever calls `pop` on this channel.
+    /// As for `push_with`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn make_room(&self, next: usize) -> bool {
+        let head = self.consumer.head.load(Acquire);
+        // SAFETY: head_cache is producer-private (our caller is the single producer).
+        self.producer.head_cache.with_mut(|c| unsafe { *c = head });
+        if next.wrapping_sub(head) > self.mask {
+            // SAFETY: as promised by the caller.
+            unsafe { self.publish() };
+            return false;
+        }
+        true
+    }
+
+    /// Makes every value pushed so far visible to the consumer (one Release store, none
+    /// when nothing is pending).
+    ///
+    /// # Safety
+    /// Only one thread ever calls `push`, `push_with` or `publish` on this channel.
+    #[inline]
+    pub(crate) unsafe fn publish(&self) {
+        let next = self.producer.next.load(Relaxed);
+        if self.tail.load(Relaxed) != next {
+            self.tail.store(next, Release);
+        }
+    }
+
+    /// Removes the oldest published value.
+    ///
+    /// # Safety
+    /// Only one thread ever calls `pop` or `drain` on this channel.
     pub(crate) unsafe fn pop(&self) -> Option<T> {
         let c = &*self.consumer;
         let head = c.head.load(Relaxed);
         // SAFETY: tail_cache is consumer-private (caller is the single consumer).
         let mut tail = c.tail_cache.with(|t| unsafe { *t });
         if head == tail {
-            tail = self.producer.tail.load(Acquire);
+            tail = self.tail.load(Acquire);
             c.tail_cache.with_mut(|t| unsafe { *t = tail });
             if head == tail {
                 return None;
@@ -143,9 +256,11 @@ impl<T> Channel<T> {
         Some(value)
     }
 
-    /// Removes up to `max` values, oldest first, handing each to `f`; publishes the new
-    /// head once at the end, so the producer's view of the ring changes once per batch.
-    /// Returns how many were taken.
+    /// Removes up to `max` published values, oldest first, handing each to `f`. Each
+    /// value's slot is freed (a store of head, on the consumer's own line) before the
+    /// value reaches `f`: a value `f` has seen never holds a slot, so a producer that
+    /// knows how many of its values ran knows how many slots are free, and values a
+    /// panicking `f` leaves stay queued. Returns how many were taken.
     ///
     /// # Safety
     /// Only one thread ever calls `pop` or `drain` on this channel, and `f` does not
@@ -157,44 +272,56 @@ impl<T> Channel<T> {
         // SAFETY: tail_cache is consumer-private (caller is the single consumer).
         let mut tail = c.tail_cache.with(|t| unsafe { *t });
         if head == tail {
-            tail = self.producer.tail.load(Acquire);
+            tail = self.tail.load(Acquire);
             c.tail_cache.with_mut(|t| unsafe { *t = tail });
         }
         let n = tail.wrapping_sub(head).min(max);
         for k in 0..n {
+            let index = head.wrapping_add(k);
             // SAFETY: slots head..tail were published by the producer (Acquire load of
-            // tail, now or earlier) and are each read exactly once.
+            // tail, now or earlier) and are each read exactly once: head moves past this
+            // one before anything else happens.
             let value = self
-                .slot(head.wrapping_add(k))
+                .slot(index)
                 .with(|p| unsafe { (*p).assume_init_read() });
+            c.head.store(index.wrapping_add(1), Release);
             f(value);
-        }
-        if n > 0 {
-            c.head.store(head.wrapping_add(n), Release);
         }
         n
     }
 
-    /// Values waiting, as seen by the producer (exact for it, a hint for others).
+    /// Values waiting, pushed or published, as the producer sees them (exact for the
+    /// producer, a hint for other threads).
     pub(crate) fn occupancy(&self) -> usize {
         let head = self.consumer.head.load(Acquire);
-        self.producer.tail.load(Acquire).wrapping_sub(head)
+        self.producer.next.load(Relaxed).wrapping_sub(head)
     }
 
-    /// Whether the channel looks empty; callable from any thread (a hint, exact only
-    /// for the consumer).
+    /// Whether the channel has no published value; callable from any thread (a hint,
+    /// exact only for the consumer).
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.consumer.head.load(Acquire) == self.producer.tail.load(Acquire)
+        self.consumer.head.load(Acquire) == self.tail.load(Acquire)
+    }
+
+    /// Whether every value ever pushed has been taken, published or not (a hint for any
+    /// thread but the two sides; shutdown reads it once every worker is idle).
+    pub(crate) fn is_drained(&self) -> bool {
+        self.consumer.head.load(Acquire) == self.producer.next.load(Acquire)
     }
 }
 
 impl<T> Drop for Channel<T> {
     fn drop(&mut self) {
         // SAFETY: &mut self: no producer or consumer is left.
+        unsafe { self.publish() };
+        // SAFETY: as above.
         while unsafe { self.pop() }.is_some() {}
     }
 }
+
+/// A cell of the matrix: channel (from→to) once its first push created it.
+pub(crate) type MeshCell<T> = AtomicPtr<Channel<T>>;
 
 /// The flattened N×N matrix of channels; cell `from * n + to` is channel (from→to).
 pub(crate) struct MeshMatrix<T> {
@@ -233,36 +360,59 @@ impl<T: Send> MeshMatrix<T> {
             + used * Channel::<T>::footprint(self.capacity)
     }
 
-    /// Sends `value` from `from` to `to`, creating the channel on first use; gives the
-    /// value back when the channel is full.
+    /// Sends `value` from `from` to `to` and publishes it, creating the channel on first
+    /// use; gives the value back when the channel is full.
     ///
     /// # Safety
-    /// Only worker `from`'s thread calls `push` or `push_with` with this `from`.
+    /// Only worker `from`'s thread pushes with this `from` or publishes its channels.
     #[cfg(all(test, not(veloq_loom)))]
     pub(crate) unsafe fn push(&self, from: usize, to: usize, value: T) -> Result<(), T> {
+        let cell = &self.row(from)[to];
         // SAFETY: as promised by the caller.
-        unsafe { self.push_with(from, to, || value) }.map_err(|make| make())
+        let pushed = unsafe { self.push_with(cell, || value) }.map_err(|make| make());
+        // SAFETY: as promised by the caller.
+        unsafe { Self::publish(cell) };
+        pushed
     }
 
-    /// `push` of the value `make` returns, built straight in its slot; `make` comes back
-    /// uncalled when the channel is full.
+    /// Worker `from`'s cells, one per target worker: `row(from)[to]` holds channel
+    /// (from→to) once it exists. Only worker `from` pushes through them.
+    pub(crate) fn row(&self, from: usize) -> &[MeshCell<T>] {
+        &self.cells[from * self.workers..(from + 1) * self.workers]
+    }
+
+    /// `Channel::push_with` on the channel of `cell`, a cell of a `row`, creating the
+    /// channel on its first push; `make` comes back uncalled when the channel is full.
     ///
     /// # Safety
-    /// As for `push`.
+    /// `cell` is a cell of `row(from)`, and only worker `from`'s thread calls `push_with`
+    /// or `publish` with the cells of that row.
     #[inline]
     pub(crate) unsafe fn push_with<F: FnOnce() -> T>(
         &self,
-        from: usize,
-        to: usize,
+        cell: &MeshCell<T>,
         make: F,
     ) -> Result<(), F> {
-        let cell = &self.cells[from * self.workers + to];
         let mut chan = cell.load(Acquire);
         if chan.is_null() {
             chan = self.create(cell);
         }
         // SAFETY: channels live as long as the matrix; caller is the single producer.
         unsafe { (*chan).push_with(make) }
+    }
+
+    /// `Channel::publish` on the channel of `cell` (a cell of a `row`), if it exists.
+    ///
+    /// # Safety
+    /// As for `push_with`.
+    #[inline]
+    pub(crate) unsafe fn publish(cell: &MeshCell<T>) {
+        // SAFETY: a published channel lives until the matrix is dropped, which `cell`
+        // (borrowed from it) outlives not; the caller is the single producer.
+        if let Some(chan) = unsafe { cell.load(Acquire).as_ref() } {
+            // SAFETY: as promised by the caller.
+            unsafe { chan.publish() };
+        }
     }
 
     /// Creates and publishes the channel of `cell` (its first push).
@@ -359,8 +509,116 @@ mod tests {
         for _ in 0..5 {
             unsafe { ch.push(counter.clone()) }.unwrap();
         }
+        for _ in 0..2 {
+            assert!(unsafe { ch.push_with(|| counter.clone()) }.is_ok());
+        }
         drop(ch);
-        assert_eq!(std::sync::Arc::strong_count(&counter), 1);
+        assert_eq!(
+            std::sync::Arc::strong_count(&counter),
+            1,
+            "published or not, every value is dropped"
+        );
+    }
+
+    #[test]
+    fn slots_start_on_a_cache_line_pair() {
+        for capacity in [2, 16, 256] {
+            let ch = Channel::<[u64; 4]>::new(capacity);
+            assert_eq!(ch.slot(0).with(|p| p as usize) % SLOTS_ALIGN, 0);
+        }
+        let zero_sized = Channel::<()>::new(4);
+        assert!(unsafe { zero_sized.push(()) }.is_ok());
+        assert_eq!(unsafe { zero_sized.pop() }, Some(()));
+    }
+
+    #[test]
+    fn pushed_values_reach_the_consumer_when_published() {
+        let ch = Channel::new(64);
+        for i in 0..3 {
+            assert!(unsafe { ch.push_with(|| i) }.is_ok());
+        }
+        assert_eq!(unsafe { ch.pop() }, None, "not published yet");
+        assert!(ch.is_empty());
+        assert!(!ch.is_drained());
+        assert_eq!(ch.occupancy(), 3, "the producer counts what it pushed");
+        unsafe { ch.publish() };
+        for i in 0..3 {
+            assert_eq!(unsafe { ch.pop() }, Some(i));
+        }
+        assert!(ch.is_drained());
+    }
+
+    #[test]
+    fn every_publish_every_th_push_publishes_by_itself() {
+        let ch = Channel::new(64);
+        for i in 0..PUBLISH_EVERY {
+            assert!(unsafe { ch.push_with(|| i) }.is_ok());
+        }
+        let mut got = Vec::new();
+        unsafe { ch.drain(usize::MAX, |v| got.push(v)) };
+        assert_eq!(got, (0..PUBLISH_EVERY).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_full_channel_publishes_what_it_holds() {
+        let ch = Channel::new(4);
+        for i in 0..4 {
+            assert!(unsafe { ch.push_with(|| i) }.is_ok());
+        }
+        assert!(unsafe { ch.push_with(|| 99) }.is_err(), "full");
+        let mut got = Vec::new();
+        unsafe { ch.drain(usize::MAX, |v| got.push(v)) };
+        assert_eq!(got, vec![0, 1, 2, 3], "the consumer can make room");
+    }
+
+    #[test]
+    fn drain_frees_each_slot_before_handing_its_value_on() {
+        let ch = Channel::new(4);
+        for i in 0..4 {
+            unsafe { ch.push(i) }.unwrap();
+        }
+        let mut got = Vec::new();
+        unsafe {
+            ch.drain(usize::MAX, |v| {
+                // The value's slot is free already: room for one more.
+                ch.push(v + 10).unwrap();
+                got.push(v);
+            })
+        };
+        assert_eq!(got, vec![0, 1, 2, 3]);
+        unsafe { ch.drain(usize::MAX, |v| got.push(v)) };
+        assert_eq!(got, vec![0, 1, 2, 3, 10, 11, 12, 13]);
+    }
+
+    #[test]
+    fn drain_takes_at_most_max_in_order() {
+        let ch = Channel::new(256);
+        for i in 0..200 {
+            unsafe { ch.push(i) }.unwrap();
+        }
+        let mut got = Vec::new();
+        assert_eq!(unsafe { ch.drain(150, |v| got.push(v)) }, 150);
+        assert_eq!(unsafe { ch.drain(150, |v| got.push(v)) }, 50);
+        assert_eq!(got, (0..200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn values_a_panicking_drain_leaves_stay_queued() {
+        let ch = Channel::new(8);
+        for i in 0..5 {
+            unsafe { ch.push(i) }.unwrap();
+        }
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+            ch.drain(usize::MAX, |v| {
+                if v == 1 {
+                    panic!("callback panics");
+                }
+            })
+        }));
+        assert!(panicked.is_err());
+        let mut rest = Vec::new();
+        unsafe { ch.drain(usize::MAX, |v| rest.push(v)) };
+        assert_eq!(rest, vec![2, 3, 4], "none lost, none taken twice");
     }
 
     #[test]
@@ -416,9 +674,40 @@ mod loom_tests {
         });
     }
 
-    /// The same through `drain`, which frees a whole batch of slots with one store of
-    /// `head`: the producer never writes a slot the consumer has not read yet (loom
-    /// tracks every slot access), and every value arrives exactly once, in order.
+    /// A producer whose pushes wait for `publish` (as a worker's do until its job
+    /// returns), on a ring smaller than the traffic: the consumer sees nothing unpublished
+    /// (loom tracks every slot access), a full ring publishes what it holds, and every
+    /// value arrives exactly once, in order.
+    #[test]
+    fn loom_spsc_deferred_publication_delivers_in_order() {
+        loom::model(|| {
+            let ch = Arc::new(Channel::new(2));
+            let producer = {
+                let ch = ch.clone();
+                loom::thread::spawn(move || {
+                    let mut refused = 0;
+                    for i in 0..3u32 {
+                        if unsafe { ch.push_with(|| i) }.is_err() {
+                            refused += 1;
+                        }
+                    }
+                    unsafe { ch.publish() };
+                    refused
+                })
+            };
+            let mut got = Vec::new();
+            unsafe { ch.drain(usize::MAX, |v| got.push(v)) };
+            let refused = producer.join().unwrap();
+            unsafe { ch.drain(usize::MAX, |v| got.push(v)) };
+            assert_eq!(got.len() + refused, 3);
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "order kept: {got:?}");
+        });
+    }
+
+    /// The same through `drain`, which frees each slot (a store of `head`) before it
+    /// hands the value on: the producer never writes a slot the consumer has not read
+    /// yet (loom tracks every slot access), and every value arrives exactly once, in
+    /// order.
     #[test]
     fn loom_spsc_drain_frees_slots_only_after_reading_them() {
         loom::model(|| {

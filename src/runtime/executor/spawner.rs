@@ -420,7 +420,7 @@ impl ExecutorRegistry {
                 return false;
             }
             for from in 0..n {
-                if self.mesh.channel(from, to).is_some_and(|c| !c.is_empty()) {
+                if self.mesh.channel(from, to).is_some_and(|c| !c.is_drained()) {
                     return false;
                 }
             }
