@@ -456,7 +456,7 @@ bench-io: bench-io-bins bench-io-veloq
 # runs. The core one runs every group with counts divided by ten (~25 s); the I/O one (a few
 # connections, 200 ms passes, a 16 MiB file) takes ~15 s and checks only that every server
 # echoes correctly and every meter reads.
-bench-smoke: $(IN_TREE_LIB) bench-tools bench-io-bins
+bench-smoke: $(IN_TREE_LIB) bench-tools bench-io-bins bench-io-veloq
 	$(call banner,C API bench smoke run (tiny loads; not a measurement))
 	@$(SUBMAKE) build/bench/capi_bench
 	VELOQ_BENCH_RUNS=1 VELOQ_BENCH_CALLBACKS=20000 VELOQ_BENCH_ROUND_TRIPS=500 \
