@@ -21,6 +21,14 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 /// does so when the job that pushed returns).
 pub(crate) const PUBLISH_EVERY: usize = 8;
 
+/// How far ahead of the value it takes a draining consumer asks for a published slot's
+/// cache line. Each value runs before the next is read, and a job that ends with an
+/// atomic (a completion, a wake) holds back the next slot's load until it is done: without
+/// the hint every other value (two to a line) waited for its line to come from the
+/// producer's core one after the other. Only published slots are asked for, so a line the
+/// producer is still filling is never pulled away from it.
+const PREFETCH_AHEAD: usize = 8;
+
 /// A bounded lock-free SPSC ring.
 ///
 /// Each side caches the other side's index, so in steady state a push touches the
@@ -154,6 +162,22 @@ impl<T> Channel<T> {
         unsafe { &*self.slots.ptr.as_ptr().add(index & self.mask) }
     }
 
+    /// Asks the core to load slot `index`'s cache line (a hint: no effect on what is read;
+    /// nothing on other architectures).
+    #[inline(always)]
+    fn prefetch(&self, index: usize) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch never faults and reads nothing the program sees.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(
+                self.slot(index) as *const _ as *const i8,
+                std::arch::x86_64::_MM_HINT_T0,
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = index;
+    }
+
     /// Bytes one channel of `capacity` slots occupies.
     pub(crate) fn footprint(capacity: usize) -> usize {
         std::mem::size_of::<Self>() + capacity.max(2).next_power_of_two() * std::mem::size_of::<T>()
@@ -256,7 +280,8 @@ impl<T> Channel<T> {
         Some(value)
     }
 
-    /// Removes up to `max` published values, oldest first, handing each to `f`. Each
+    /// Removes up to `max` published values, oldest first, handing each to `f` (with the
+    /// lines of the next few asked for ahead, see [`PREFETCH_AHEAD`]). Each
     /// value's slot is freed (a store of head, on the consumer's own line) before the
     /// value reaches `f`: a value `f` has seen never holds a slot, so a producer that
     /// knows how many of its values ran knows how many slots are free, and values a
@@ -276,8 +301,14 @@ impl<T> Channel<T> {
             c.tail_cache.with_mut(|t| unsafe { *t = tail });
         }
         let n = tail.wrapping_sub(head).min(max);
+        for k in 0..n.min(PREFETCH_AHEAD) {
+            self.prefetch(head.wrapping_add(k));
+        }
         for k in 0..n {
             let index = head.wrapping_add(k);
+            if k + PREFETCH_AHEAD < n {
+                self.prefetch(index.wrapping_add(PREFETCH_AHEAD));
+            }
             // SAFETY: slots head..tail were published by the producer (Acquire load of
             // tail, now or earlier) and are each read exactly once: head moves past this
             // one before anything else happens.
