@@ -133,7 +133,7 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 21] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 22] = [
     (
         "veloq",
         "this crate, default settings, workers pinned (the I/O bench's echo server: \
@@ -201,6 +201,13 @@ const SYSTEMS: [(&str, &str, Option<&str>); 21] = [
         "veloq-recv",
         "veloq's Rust echo server submitting one receive per request into a buffer moved \
          through each operation (`examples/echo --recv-per-request`)",
+        Some("veloq"),
+    ),
+    (
+        "veloq-batch",
+        "veloq's Rust echo server with completion batching at park on: a busy worker's \
+         park waits up to 50 µs for a batch of completions (`examples/echo --batch-us 50`, \
+         `RuntimeBuilder::io_batch_wait`)",
         Some("veloq"),
     ),
     (

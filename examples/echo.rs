@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example echo -- [--port 7878] [--workers 2] [--seconds N]
-//!     [--recv-per-request] [--spin-us US]
+//!     [--recv-per-request] [--spin-us US] [--batch-us US]
 //! ```
 //!
 //! Each worker binds its own `SO_REUSEPORT` listener (the kernel spreads connections
@@ -14,7 +14,9 @@
 //! buffer that moves into each operation and back (one receive submitted per request);
 //! either way the per-request path allocates nothing. `--spin-us` sets the longest an
 //! idle worker spins before it parks (the runtime's default otherwise; the spin adapts
-//! below it, see `RuntimeBuilder::spin_before_park`). `--multishot`, the default, is
+//! below it, see `RuntimeBuilder::spin_before_park`). `--batch-us` sets the longest a
+//! busy worker's park waits for a batch of completions (`RuntimeBuilder::io_batch_wait`;
+//! the runtime's default otherwise). `--multishot`, the default, is
 //! still accepted.
 //! Runs until SIGINT/SIGTERM, or for `--seconds N`.
 
@@ -43,6 +45,8 @@ struct Args {
     multishot: bool,
     /// `spin_before_park` override (`--spin-us`); the runtime's default otherwise.
     spin: Option<Duration>,
+    /// `io_batch_wait` override (`--batch-us`); the runtime's default otherwise.
+    batch: Option<Duration>,
 }
 
 /// Buffers in each worker's ring (multishot mode) and their size.
@@ -56,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: None,
         multishot: true,
         spin: None,
+        batch: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,10 +79,14 @@ fn parse_args() -> Result<Args, String> {
                 let us: u64 = value()?.parse().map_err(|e| format!("--spin-us: {e}"))?;
                 args.spin = Some(Duration::from_micros(us));
             }
+            "--batch-us" => {
+                let us: u64 = value()?.parse().map_err(|e| format!("--batch-us: {e}"))?;
+                args.batch = Some(Duration::from_micros(us));
+            }
             "-h" | "--help" => {
                 return Err(
                     "usage: echo [--port P] [--workers W] [--seconds N] [--recv-per-request] \
-                 [--spin-us US]"
+                 [--spin-us US] [--batch-us US]"
                         .into(),
                 )
             }
@@ -169,6 +178,10 @@ fn main() {
     let rt = Runtime::builder()
         .workers(args.workers)
         .spin_before_park(args.spin.unwrap_or(veloq::RuntimeBuilder::DEFAULT_SPIN))
+        .io_batch_wait(
+            args.batch
+                .unwrap_or(veloq::RuntimeBuilder::DEFAULT_IO_BATCH_WAIT),
+        )
         .build()
         .unwrap_or_else(|e| {
             eprintln!("runtime: {e}");

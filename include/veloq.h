@@ -625,6 +625,18 @@ int veloq_builder_mesh_capacity(struct veloq_builder *b, uint32_t slots);
 int veloq_builder_ring_entries(struct veloq_builder *b, uint32_t entries);
 
 /**
+ * Completion batching for busy I/O workers: the longest, in microseconds, a worker
+ * whose recent parks each brought many I/O completions (4 or more on average) waits,
+ * when it parks again, for a batch of them (their recent average, at most 32) before
+ * it takes what is there; 0 turns it off (the default), at most 1000. Trades fewer
+ * system calls per completion under load for up to this much extra latency on a busy
+ * worker (a completion, or a wake-up for a spawn or task handed to it, is acted on at
+ * most this late; nothing is lost). Needs Linux 6.12; stays off on older kernels.
+ * Returns 0, or -EINVAL (NULL builder, more than 1000; the builder is unchanged).
+ */
+int veloq_builder_io_batch_wait(struct veloq_builder *b, uint32_t usec);
+
+/**
  * Tasks each source (local queue, mesh, inbox, injector) may run per loop turn,
  * 1..=65536; default 64. Returns 0, or -EINVAL (NULL builder, out of range; unchanged).
  */

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use veloq::{io, time, Runtime};
+use veloq::{io, time, Runtime, RuntimeBuilder};
 
 fn runtime(workers: usize, ring_entries: u32) -> Runtime {
     Runtime::builder()
@@ -381,4 +381,56 @@ fn worker_stats_count_io_submitted_and_completed() {
     assert_eq!(after.io_stale, 0, "{after:?}");
     assert_eq!(after.io_backlog, 0, "{after:?}");
     assert!(after.io_enters > 0, "{after:?}");
+}
+
+/// With completion batching on, a busy worker's park waits for a batch of completions,
+/// bounded: a lone completion or a wake-up for an outside spawn still ends it.
+#[test]
+fn with_completion_batching_lone_completions_and_outside_spawns_still_get_through() {
+    let rt = Runtime::builder()
+        .workers(1)
+        .io_batch_wait(RuntimeBuilder::MAX_IO_BATCH_WAIT)
+        .build()
+        .expect("runtime");
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    let h = rt
+        .spawn_local_to(0, move || async move {
+            // Bursts of 32 operations: each park brings many completions, so the worker
+            // goes on to wait for batches.
+            for _ in 0..64 {
+                let mut burst = Vec::new();
+                for _ in 0..32 {
+                    let d = d.clone();
+                    burst.push(
+                        veloq::spawn_local(async move {
+                            io::nop().await.expect("nop");
+                            d.fetch_add(1, SeqCst);
+                        })
+                        .unwrap(),
+                    );
+                }
+                for h in burst {
+                    h.await.unwrap();
+                }
+            }
+            // Lone completions while the worker waits for batches.
+            for _ in 0..8 {
+                time::sleep(Duration::from_micros(100)).await;
+                io::nop().await.expect("nop");
+                d.fetch_add(1, SeqCst);
+            }
+        })
+        .unwrap();
+    rt.block_on(h).unwrap();
+    assert_eq!(
+        done.load(SeqCst),
+        64 * 32 + 8,
+        "every operation completed once"
+    );
+    // The worker is parked, waiting for a batch: spawns from outside still run.
+    for i in 0..32 {
+        let h = rt.spawn(async move { i * 2 }).unwrap();
+        assert_eq!(rt.block_on(h).unwrap(), i * 2);
+    }
 }

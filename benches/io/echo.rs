@@ -44,7 +44,7 @@ pub struct Server {
 
 /// Every echo server, veloq's first. A `Binary` that does not exist is skipped with a
 /// "not built" note, so veloq's rows appear as soon as its servers are built.
-pub const SERVERS: [Server; 9] = [
+pub const SERVERS: [Server; 10] = [
     Server {
         name: VELOQ,
         launch: Launch::Binary("target/release/examples/echo"),
@@ -57,6 +57,14 @@ pub const SERVERS: [Server; 9] = [
         name: "veloq-recv",
         launch: Launch::Binary("target/release/examples/echo"),
         args: &["--recv-per-request"],
+        build: "cargo build --release --example echo",
+    },
+    Server {
+        name: "veloq-batch",
+        launch: Launch::Binary("target/release/examples/echo"),
+        // The default server with completion batching at park on
+        // (`RuntimeBuilder::io_batch_wait`).
+        args: &["--batch-us", "50"],
         build: "cargo build --release --example echo",
     },
     Server {

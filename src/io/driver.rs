@@ -21,7 +21,9 @@
 //! it, whatever the submitter did meanwhile (dropped future, cancel, shutdown).
 //!
 //! The worker parks here too: in `io_uring_enter` with a read of its eventfd armed (a
-//! notifier writes the eventfd), woken as well by any completion. One exception:
+//! notifier writes the eventfd), woken as well by any completion, or, for a busy worker
+//! with completion batching on, by a batch of them, bounded by a short wait (see
+//! [`ParkBatch`]). One exception:
 //! valgrind up to at least 3.19 (Debian 12's) does not know that `io_uring_enter` may
 //! block, so a worker sleeping there holds valgrind's global lock and freezes every
 //! other thread. Under valgrind (seen in `LD_PRELOAD`) the worker parks in `poll(2)` on
@@ -52,6 +54,16 @@ const RESERVED_CQES: usize = 8;
 pub(crate) const REAP_BATCH: usize = 256;
 /// Completions copied out of the ring at a time (one head update per batch).
 pub(crate) const CQE_BATCH: usize = 64;
+
+/// Average completions per park below which a park waits for one completion, as it
+/// would with batching off (see [`ParkBatch`]).
+const BATCH_MIN: u32 = 4;
+/// Most completions a batched park waits for.
+const BATCH_MAX: u32 = 32;
+/// The timeout of a batched park, in seconds (it ends only the wait: the worker parks
+/// again). Only needed because the kernel treats a batch wait without a timeout as one
+/// that ends with the batch wait.
+const PARK_TIMEOUT_SECS: u64 = 3600;
 
 /// `flags` bit of a C completion: more completions follow for this operation
 /// (multishot). The last one comes without it.
@@ -160,6 +172,51 @@ pub(crate) struct DriverStats {
     pub(crate) enters: u64,
 }
 
+/// Adaptive completion batching at park (`RuntimeBuilder::io_batch_wait`).
+///
+/// With the ring's deferred task running, a completion becomes visible only to an
+/// `io_uring_enter` asking for events, so a busy worker that parks as soon as one
+/// completion is there makes one system call per completion or two. A batched park
+/// asks the kernel for `k` completions but to return as soon as one is there once
+/// `wait_us` has passed (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12): one enter per `k`
+/// completions while they come fast, at most `wait_us` of extra delay when they do not.
+/// `k` follows the completions the last parks brought (their average, rounded up,
+/// capped at [`BATCH_MAX`]); below [`BATCH_MIN`] (light load, a park ended by a peer's
+/// wake-up) the park is the plain one, waiting for one completion with no minimum wait.
+#[derive(Clone, Copy, Debug, Default)]
+struct ParkBatch {
+    /// The minimum wait in µs; 0: off (configured so, or the kernel lacks the feature).
+    wait_us: u32,
+    /// Eight times the moving average of the completions reaped after a park.
+    avg8: u32,
+    /// The last park has not been followed by a reap yet.
+    after_park: bool,
+}
+
+impl ParkBatch {
+    /// Notes a reap of `n` completions: it is a park's batch when it is the first reap
+    /// since the park.
+    #[inline(always)]
+    fn reaped(&mut self, n: usize) {
+        if self.after_park {
+            self.after_park = false;
+            let n = (n as u32).min(BATCH_MAX);
+            // avg ← avg + (n − avg) / 8, kept times eight.
+            self.avg8 = self.avg8 - self.avg8 / 8 + n;
+        }
+    }
+
+    /// The completions the next park waits for (1: the plain park).
+    fn want(&self) -> u32 {
+        let avg = self.avg8.div_ceil(8);
+        if self.wait_us == 0 || avg < BATCH_MIN {
+            1
+        } else {
+            avg.min(BATCH_MAX)
+        }
+    }
+}
+
 /// One worker's ring.
 pub(crate) struct Driver {
     ring: IoUring,
@@ -193,6 +250,10 @@ pub(crate) struct Driver {
     /// The ring's TASKRUN / CQ_OVERFLOW flags stayed up after an enter that had nothing
     /// for us; they are ignored until the next completion, enter that submits, or park.
     flags_stale: bool,
+    /// Completion batching at park, see [`ParkBatch`].
+    batch: ParkBatch,
+    /// The kernel takes a minimum wait for a batch (`IORING_FEAT_MIN_TIMEOUT`).
+    min_timeout: bool,
     stats: DriverStats,
     /// The worker this driver belongs to (stamped on completion-queue entries).
     worker: u32,
@@ -228,6 +289,8 @@ impl Driver {
         let (ring, flags) = Self::build_ring(entries, park_in_poll)?;
         let cq_entries = ring.params().cq_entries() as usize;
         let nodrop = ring.params().is_feature_nodrop();
+        // Parking in poll(2) waits for no count of completions: batching has no use there.
+        let min_timeout = ring.params().is_feature_min_timeout() && !park_in_poll;
         let max_in_flight = if nodrop {
             usize::MAX
         } else {
@@ -250,10 +313,22 @@ impl Driver {
             fast_limit: max_in_flight,
             closed: false,
             flags_stale: false,
+            batch: ParkBatch::default(),
+            min_timeout,
             stats: DriverStats::default(),
             worker,
             buf_rings: Vec::new(),
         })
+    }
+
+    /// Turns completion batching at park on (a busy worker's park waits up to `wait`
+    /// for a batch of completions, see [`ParkBatch`]) or off (`Duration::ZERO`). Stays
+    /// off where the kernel cannot bound the wait (before Linux 6.12) or the worker
+    /// parks in poll(2). Returns whether it is on.
+    pub(crate) fn set_batch_wait(&mut self, wait: std::time::Duration) -> bool {
+        let us = u32::try_from(wait.as_micros()).unwrap_or(u32::MAX);
+        self.batch.wait_us = if self.min_timeout { us } else { 0 };
+        self.batch.wait_us != 0
     }
 
     /// Which optional set-up flags the kernel accepted.
@@ -704,7 +779,7 @@ impl Driver {
             }
         }
         if handled > 0 {
-            self.reaped();
+            self.reaped(handled);
         }
         handled
     }
@@ -727,11 +802,13 @@ impl Driver {
         self.ring.completion().fill(batch)
     }
 
-    /// After a reap that handled completions: the kernel's flags are worth a look
-    /// again, and operations waiting in the backlog may have room now.
+    /// After a reap that handled `handled` completions (at least one): the kernel's
+    /// flags are worth a look again, operations waiting in the backlog may have room
+    /// now, and the next park's batch follows what the last parks brought.
     #[inline]
-    pub(crate) fn reaped(&mut self) {
+    pub(crate) fn reaped(&mut self, handled: usize) {
         self.flags_stale = false;
+        self.batch.reaped(handled);
         if !self.backlog.is_empty() {
             self.drain_backlog();
         }
@@ -1003,7 +1080,10 @@ impl Driver {
 
     // ------------------------------------------------------------ parking
 
-    /// Sleeps until the eventfd is written or a completion arrives.
+    /// Sleeps until the eventfd is written or a completion arrives. With batching on
+    /// and recent parks bringing many completions, sleeps until a batch of them arrives
+    /// or, once the batch wait has passed, until at least one is there (see
+    /// [`ParkBatch`]): a wake-up or a lone completion then waits up to the batch wait.
     pub(crate) fn park(&mut self) {
         self.flags_stale = false;
         if self.park_in_poll {
@@ -1033,11 +1113,22 @@ impl Driver {
             }
             self.wake_armed = true;
         }
-        match self.ring.submit_and_wait(1) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(_) => {}
-        }
+        self.batch.after_park = true;
+        let want = self.batch.want();
+        // Errors are not failures here (EINTR: the caller loops; EBUSY/EAGAIN: reaping
+        // makes progress).
+        let _ = if want > 1 {
+            // The kernel ends a wait whose minimum wait outlasts its timeout when the
+            // minimum wait ends, events or not, and no timeout counts as the shortest:
+            // the long timeout makes a batch that found nothing wait on for one.
+            let forever = types::Timespec::new().sec(PARK_TIMEOUT_SECS);
+            let args = types::SubmitArgs::new()
+                .timespec(&forever)
+                .min_wait_usec(self.batch.wait_us);
+            self.ring.submitter().submit_with_args(want as usize, &args)
+        } else {
+            self.ring.submit_and_wait(1)
+        };
     }
 
     fn park_in_poll(&mut self) {
@@ -1241,5 +1332,58 @@ mod tests {
         // SAFETY: 8-byte read into a u64 from a non-blocking eventfd.
         let n = unsafe { libc::read(fd, &mut left as *mut u64 as *mut _, 8) };
         assert_eq!(n, -1, "the park consumed the wake-up");
+    }
+
+    #[test]
+    fn a_park_waits_for_a_batch_only_after_parks_that_brought_many_completions() {
+        let mut batch = ParkBatch::default();
+        let park_then_reap = |batch: &mut ParkBatch, n: usize| {
+            batch.after_park = true;
+            batch.reaped(n);
+        };
+        for _ in 0..64 {
+            park_then_reap(&mut batch, 20);
+        }
+        assert_eq!(batch.want(), 1, "off: always the plain park");
+        batch.wait_us = 50;
+        assert_eq!(batch.want(), 20, "busy: the recent batch size");
+        for _ in 0..64 {
+            park_then_reap(&mut batch, 1000);
+        }
+        assert_eq!(batch.want(), BATCH_MAX, "capped");
+        for _ in 0..64 {
+            park_then_reap(&mut batch, 1);
+        }
+        assert_eq!(batch.want(), 1, "light load: the plain park again");
+        // Reaps that follow no park (a busy turn's own enter) do not count.
+        for _ in 0..64 {
+            batch.reaped(20);
+        }
+        assert_eq!(batch.want(), 1);
+    }
+
+    #[test]
+    fn a_park_waiting_for_a_batch_still_returns_for_a_lone_wake_up() {
+        use std::os::fd::AsRawFd;
+        let efd = eventfd();
+        let mut driver = Driver::new(8, efd.as_raw_fd(), 0).expect("ring");
+        if !driver.set_batch_wait(std::time::Duration::from_millis(1)) {
+            return; // a kernel before 6.12: batching stays off, the park is the plain one
+        }
+        driver.batch.avg8 = 8 * BATCH_MAX;
+        assert_eq!(driver.batch.want(), BATCH_MAX);
+        let fd = efd.as_raw_fd();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let one: u64 = 1;
+            // SAFETY: 8 bytes from a u64 to an eventfd.
+            unsafe { libc::write(fd, &one as *const u64 as *const _, 8) };
+        });
+        // One completion (the wake read) of the 32 asked for: returns once the batch
+        // wait has passed.
+        driver.park();
+        driver.reap(&mut Vec::new());
+        assert!(!driver.wake_armed);
+        waker.join().unwrap();
     }
 }

@@ -199,7 +199,7 @@ impl RuntimeContext {
             }
         }
         if handled > 0 {
-            self.driver.borrow_mut().reaped();
+            self.driver.borrow_mut().reaped(handled);
         }
         handled
     }

@@ -25,6 +25,8 @@ pub(crate) struct Config {
     /// Cooperative budget of one task poll (0: off), see `runtime::coop`.
     pub(crate) coop_budget: u32,
     pub(crate) spin_before_park: Duration,
+    /// Longest wait of a busy worker's park for a batch of completions (0: off).
+    pub(crate) io_batch_wait: Duration,
     pub(crate) ring_entries: u32,
     pub(crate) buffer_pool: crate::io::buffers::BufferPoolConfig,
     pub(crate) blocking: crate::runtime::blocking::BlockingConfig,
