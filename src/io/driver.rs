@@ -1274,6 +1274,17 @@ mod tests {
         unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
     }
 
+    /// A thread that writes `fd` (an eventfd the caller keeps open until it joins the
+    /// thread) 5 ms from now: long enough for the caller to be parked by then.
+    fn write_eventfd_soon(fd: std::os::fd::RawFd) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let one: u64 = 1;
+            // SAFETY: 8 bytes from a u64 to an eventfd the caller keeps open.
+            unsafe { libc::write(fd, &one as *const u64 as *const _, 8) };
+        })
+    }
+
     #[test]
     fn a_ring_is_made_with_the_flags_the_kernel_accepts() {
         use std::os::fd::AsRawFd;
@@ -1300,13 +1311,7 @@ mod tests {
         use std::os::fd::AsRawFd;
         let efd = eventfd();
         let mut driver = Driver::new(8, efd.as_raw_fd(), 0).expect("ring");
-        let fd = efd.as_raw_fd();
-        let waker = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            let one: u64 = 1;
-            // SAFETY: 8 bytes from a u64 to an eventfd.
-            unsafe { libc::write(fd, &one as *const u64 as *const _, 8) };
-        });
+        let waker = write_eventfd_soon(efd.as_raw_fd());
         driver.park(); // returns only once the eventfd read completed
         driver.reap(&mut Vec::new());
         assert!(!driver.wake_armed);
@@ -1319,18 +1324,12 @@ mod tests {
         let efd = eventfd();
         let mut driver = Driver::new(8, efd.as_raw_fd(), 0).expect("ring");
         driver.park_in_poll = true;
-        let fd = efd.as_raw_fd();
-        let waker = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            let one: u64 = 1;
-            // SAFETY: 8 bytes from a u64 to an eventfd.
-            unsafe { libc::write(fd, &one as *const u64 as *const _, 8) };
-        });
+        let waker = write_eventfd_soon(efd.as_raw_fd());
         driver.park();
         waker.join().unwrap();
         let mut left: u64 = 0;
         // SAFETY: 8-byte read into a u64 from a non-blocking eventfd.
-        let n = unsafe { libc::read(fd, &mut left as *mut u64 as *mut _, 8) };
+        let n = unsafe { libc::read(efd.as_raw_fd(), &mut left as *mut u64 as *mut _, 8) };
         assert_eq!(n, -1, "the park consumed the wake-up");
     }
 
@@ -1372,13 +1371,7 @@ mod tests {
         }
         driver.batch.avg8 = 8 * BATCH_MAX;
         assert_eq!(driver.batch.want(), BATCH_MAX);
-        let fd = efd.as_raw_fd();
-        let waker = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            let one: u64 = 1;
-            // SAFETY: 8 bytes from a u64 to an eventfd.
-            unsafe { libc::write(fd, &one as *const u64 as *const _, 8) };
-        });
+        let waker = write_eventfd_soon(efd.as_raw_fd());
         // One completion (the wake read) of the 32 asked for: returns once the batch
         // wait has passed.
         driver.park();
