@@ -345,22 +345,28 @@ mod loom_tests {
         });
     }
 
+    /// A queue holding node 1, and a thread pushing node 2 onto it.
+    fn one_node_and_a_racing_push() -> (Arc<TaskIntake>, loom::thread::JoinHandle<()>) {
+        let q = Arc::new(TaskIntake::new());
+        // SAFETY: fresh node.
+        unsafe { q.push(item(1)) };
+        let producer = {
+            let q = q.clone();
+            loom::thread::spawn(move || {
+                // SAFETY: fresh node.
+                unsafe { q.push(item(2)) };
+            })
+        };
+        (q, producer)
+    }
+
     /// A consumer emptying the queue races a producer pushing onto it (the CAS on the
     /// tail against the swap): the new node is neither lost nor taken twice, and
     /// `is_empty` turns false with the push.
     #[test]
     fn loom_intake_last_take_races_push() {
         loom::model(|| {
-            let q = Arc::new(TaskIntake::new());
-            // SAFETY: fresh node.
-            unsafe { q.push(item(1)) };
-            let producer = {
-                let q = q.clone();
-                loom::thread::spawn(move || {
-                    // SAFETY: fresh node.
-                    unsafe { q.push(item(2)) };
-                })
-            };
+            let (q, producer) = one_node_and_a_racing_push();
             let mut got = Vec::new();
             take_all(&q, usize::MAX, &mut got);
             producer.join().unwrap();
@@ -375,16 +381,7 @@ mod loom_tests {
     #[test]
     fn loom_intake_two_consumers_take_each_node_once() {
         loom::model(|| {
-            let q = Arc::new(TaskIntake::new());
-            // SAFETY: fresh node.
-            unsafe { q.push(item(1)) };
-            let producer = {
-                let q = q.clone();
-                loom::thread::spawn(move || {
-                    // SAFETY: fresh node.
-                    unsafe { q.push(item(2)) };
-                })
-            };
+            let (q, producer) = one_node_and_a_racing_push();
             let thief = {
                 let q = q.clone();
                 loom::thread::spawn(move || {
