@@ -4,6 +4,8 @@
  * completion queue, naming the worker that ran it. Bad input posts nothing.
  */
 #define _GNU_SOURCE
+#include <linux/falloc.h>
+
 #include "vio.h"
 
 #define OP_LEN 64
@@ -44,6 +46,12 @@ static void bad_submissions_are_einval_and_post_nothing(void) {
     CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
     s = sqe_of(VELOQ_OP_OPENAT, AT_FDCWD); /* NULL path */
     CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
+    s = sqe_of(VELOQ_OP_STATX, AT_FDCWD); /* a path but no statx record */
+    s.addr = (uint64_t)(uintptr_t)"/";
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
+    s = sqe_of(VELOQ_OP_FALLOCATE, -1); /* fd < 0 */
+    s.addr2 = 4096;
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
     s = sqe_of(VELOQ_OP_ACCEPT, 0); /* address without its length */
     s.addr = (uint64_t)(uintptr_t)buf;
     CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
@@ -71,6 +79,65 @@ static void errors_of_the_kernel_come_back_in_the_completion(void) {
     CHECK_ERR(e.res, -EBADF);
     CHECK_EQ(e.flags, 0);
     CHECK_EQ(e.worker, 0);
+    veloq_runtime_free(rt);
+    CHECK_EQ(veloq_cq_free(cq), 0);
+}
+
+/* A host allocates a file's space and reads its size back, without a worker callback. */
+static void host_fallocate_then_statx_see_the_new_size(void) {
+    veloq_runtime *rt = vt_runtime(1);
+    veloq_cq *cq;
+    veloq_sqe s;
+    veloq_cqe e;
+    struct statx stx;
+    char path[512];
+    uint64_t size;
+    int fd, punched;
+    REQUIRE(rt);
+    cq = vt_cq(rt, 16);
+    REQUIRE(cq);
+    snprintf(path, sizeof path, "%s/alloc.bin", g_dir);
+    fd = open(path, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    s = sqe_of(VELOQ_OP_FALLOCATE, fd);
+    s.offset = 4096;
+    s.addr2 = 1u << 20;
+    CHECK_EQ(veloq_submit(rt, -1, &s, cq, 1), 0);
+    REQUIRE(veloq_cq_wait(cq, &e, 1, 1, VT_REAP_DEADLINE_NS) == 1);
+    CHECK_EQ(e.user_data, 1);
+    CHECK_EQ(e.res, 0);
+    /* A length past 32 bits reaches the kernel whole: 4 GiB of holes punched from 0
+     * (keeping the size) free the 1 MiB (its low 32 bits are 0: cut to 32 bits it would
+     * be -EINVAL); a file system without holes says -EOPNOTSUPP. */
+    s = sqe_of(VELOQ_OP_FALLOCATE, fd);
+    s.op_flags = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    s.addr2 = 1ull << 32;
+    CHECK_EQ(veloq_submit(rt, -1, &s, cq, 4), 0);
+    REQUIRE(veloq_cq_wait(cq, &e, 1, 1, VT_REAP_DEADLINE_NS) == 1);
+    CHECK_EQ(e.user_data, 4);
+    CHECK(e.res == 0 || e.res == -EOPNOTSUPP);
+    punched = e.res == 0;
+    size = 4096 + (1u << 20);
+    memset(&stx, 0, sizeof stx);
+    s = sqe_of(VELOQ_OP_STATX, AT_FDCWD);
+    s.addr = (uint64_t)(uintptr_t)path;
+    s.len = STATX_SIZE | STATX_BLOCKS;
+    s.addr2 = (uint64_t)(uintptr_t)&stx;
+    CHECK_EQ(veloq_submit(rt, 0, &s, cq, 2), 0);
+    REQUIRE(veloq_cq_wait(cq, &e, 1, 1, VT_REAP_DEADLINE_NS) == 1);
+    CHECK_EQ(e.user_data, 2);
+    CHECK_EQ(e.res, 0);
+    CHECK(stx.stx_mask & STATX_SIZE);
+    CHECK_EQ(stx.stx_size, size);
+    if (punched)
+        CHECK_EQ(stx.stx_blocks, 0);
+    /* A missing path: the kernel's error in the completion. */
+    s.addr = (uint64_t)(uintptr_t)"/nonexistent/veloq";
+    CHECK_EQ(veloq_submit(rt, 0, &s, cq, 3), 0);
+    REQUIRE(veloq_cq_wait(cq, &e, 1, 1, VT_REAP_DEADLINE_NS) == 1);
+    CHECK_ERR(e.res, -ENOENT);
+    close(fd);
+    unlink(path);
     veloq_runtime_free(rt);
     CHECK_EQ(veloq_cq_free(cq), 0);
 }
@@ -302,6 +369,7 @@ int main(void) {
     }
     RUN_CASE(bad_submissions_are_einval_and_post_nothing);
     RUN_CASE(errors_of_the_kernel_come_back_in_the_completion);
+    RUN_CASE(host_fallocate_then_statx_see_the_new_size);
     RUN_CASE(two_host_threads_submit_a_mix_each_completion_exactly_once);
     RUN_CASE(host_multishot_accept_ends_with_one_entry_at_shutdown);
     rmdir(g_dir);

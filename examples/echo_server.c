@@ -195,6 +195,14 @@ static void m_recycle(veloq_ctx *ctx, struct mconn *c, uint16_t id) {
         m_wake_starved(ctx, w);
 }
 
+/* The connection cannot go on (a send failed, out of memory): stop its receive; it closes
+ * once nothing is in flight. */
+static void m_kill(veloq_ctx *ctx, struct mconn *c) {
+    c->dead = 1;
+    if (c->recv_live)
+        veloq_cancel(ctx, c->recv_op);
+}
+
 /* Sends the queued chunks (the first from c->sent on) with one sendmsg. */
 static void m_send(veloq_ctx *ctx, struct mconn *c) {
     uint32_t i, cnt = c->n < MAX_IOV ? c->n : MAX_IOV;
@@ -208,7 +216,7 @@ static void m_send(veloq_ctx *ctx, struct mconn *c) {
     c->msg.msg_iovlen = cnt;
     c->send_live = veloq_sendmsg(ctx, c->fd, &c->msg, MSG_NOSIGNAL, on_msend, c) > 0;
     if (!c->send_live)
-        c->dead = 1;
+        m_kill(ctx, c);
 }
 
 static void on_msend(veloq_ctx *ctx, int64_t res, uint32_t flags, void *arg) {
@@ -216,9 +224,7 @@ static void on_msend(veloq_ctx *ctx, int64_t res, uint32_t flags, void *arg) {
     (void)flags;
     if (res <= 0) { /* error, -ECANCELED at shutdown */
         c->send_live = 0;
-        c->dead = 1;
-        if (c->recv_live)
-            veloq_cancel(ctx, c->recv_op);
+        m_kill(ctx, c);
         m_maybe_close(ctx, c);
         return;
     }
@@ -274,10 +280,10 @@ static void on_mrecv(veloq_ctx *ctx, int64_t res, uint32_t flags, void *arg) {
         void *data = NULL;
         int id = veloq_buf_ring_take(ctx, w->group, flags, &data);
         if (id < 0) {
-            c->dead = 1;
+            m_kill(ctx, c);
         } else if (c->dead || !m_push(c, (char *)data, (uint32_t)res, (uint16_t)id)) {
-            c->dead = 1;
             m_recycle(ctx, c, (uint16_t)id);
+            m_kill(ctx, c);
         } else if (!c->send_live) {
             m_send(ctx, c);
         }

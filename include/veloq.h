@@ -19,6 +19,9 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+/* The kernel's record for veloq_statx: <sys/stat.h> (with _GNU_SOURCE) or <linux/stat.h>. */
+struct statx;
+
 /**
  * The call hit an internal bug (a Rust panic was caught at the boundary). Nothing was
  * accepted; the runtime stays usable. libveloq's own codes live below -4096, away from
@@ -181,6 +184,17 @@
  * `VELOQ_CQE_F_MORE`, until an error ends it (final entry without the flag).
  */
 #define VELOQ_OP_ACCEPT_MULTISHOT 19
+
+/**
+ * `statx(fd = dirfd, (const char *)addr = path, op_flags = AT_* flags, len = STATX_* mask,
+ * (struct statx *)addr2)`. res: 0.
+ */
+#define VELOQ_OP_STATX 20
+
+/**
+ * `fallocate(fd, op_flags = mode, offset, addr2 = length in bytes)`. res: 0.
+ */
+#define VELOQ_OP_FALLOCATE 21
 
 /**
  * Largest buffer `veloq_buf_alloc` hands out: 1 GiB.
@@ -475,7 +489,8 @@ typedef struct veloq_sqe {
      */
     uint32_t op_flags;
     /**
-     * A second address: the `socklen_t *` of VELOQ_OP_ACCEPT.
+     * A second address or a 64-bit count: the `socklen_t *` of VELOQ_OP_ACCEPT, the `struct
+     * statx *` of VELOQ_OP_STATX, the length of VELOQ_OP_FALLOCATE.
      */
     uint64_t addr2;
 } veloq_sqe;
@@ -949,6 +964,47 @@ int64_t veloq_write(struct veloq_ctx *ctx,
                     void *arg);
 
 /**
+ * `pread(fd, data + buf_offset, len, offset)` into pool buffer `buf` (`offset`
+ * UINT64_MAX: the file position): a fixed-buffer read (`IORING_OP_READ_FIXED`, no page
+ * pinning per call) when `buf` is registered with this worker's ring, else a plain read
+ * with the same result (a buffer from another worker's pool, a plain allocation, a pool
+ * whose registration failed). `res`: bytes read (0 at end of file) or a negative errno.
+ * Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`/`buf`, `fd` < 0, `buf_offset + len`
+ * above `veloq_buf_capacity(buf)`); -ESHUTDOWN. `buf` stays the caller's and must not be
+ * freed before `cb` ran; the kernel writes it until then. With O_DIRECT, `buf_offset`,
+ * `len` and `offset` must suit the device's alignment (pool buffers start 4 KiB
+ * aligned). Only inside a callback on a worker, with its `ctx`; `cb` runs once on the
+ * same worker.
+ */
+int64_t veloq_read_fixed(struct veloq_ctx *ctx,
+                         int fd,
+                         struct veloq_buf *buf,
+                         uint32_t buf_offset,
+                         uint32_t len,
+                         uint64_t offset,
+                         veloq_io_cb cb,
+                         void *arg);
+
+/**
+ * `pwrite(fd, data + buf_offset, len, offset)` from pool buffer `buf` (`offset`
+ * UINT64_MAX: the file position): a fixed-buffer write (`IORING_OP_WRITE_FIXED`) when
+ * `buf` is registered with this worker's ring, else a plain write with the same result.
+ * `res`: bytes written or a negative errno. Returns the op id (> 0); -EINVAL (NULL
+ * `ctx`/`cb`/`buf`, `fd` < 0, `buf_offset + len` above `veloq_buf_capacity(buf)`);
+ * -ESHUTDOWN. `buf` stays the caller's and must not be freed (nor its bytes changed)
+ * before `cb` ran. Only inside a callback on a worker, with its `ctx`; `cb` runs once on
+ * the same worker.
+ */
+int64_t veloq_write_fixed(struct veloq_ctx *ctx,
+                          int fd,
+                          const struct veloq_buf *buf,
+                          uint32_t buf_offset,
+                          uint32_t len,
+                          uint64_t offset,
+                          veloq_io_cb cb,
+                          void *arg);
+
+/**
  * `preadv(fd, iov, iovcnt, offset)` (`offset` UINT64_MAX: the file position). `res`:
  * bytes read or a negative errno. Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`/`iov`,
  * `fd` < 0, `iovcnt` 0 or > IOV_MAX); -ESHUTDOWN. The iovec array and every buffer it
@@ -1119,6 +1175,41 @@ int64_t veloq_openat(struct veloq_ctx *ctx,
                      void *arg);
 
 /**
+ * `statx(dirfd, path, flags, mask, out)` (`dirfd` AT_FDCWD: the working directory;
+ * `path` "" with `flags` AT_EMPTY_PATH: `dirfd` itself; `mask`: the STATX_* fields
+ * wanted). `out` is a `struct statx` (from `<sys/stat.h>` with _GNU_SOURCE, or
+ * `<linux/stat.h>`), filled by the kernel. `res`: 0 or a negative errno (-ENOENT,
+ * -EBADF, ...). Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`/`path`/`out`);
+ * -ESHUTDOWN. `path` and `out` (caller's) must stay valid until `cb` ran; the kernel
+ * writes `out` until then. Only inside a callback on a worker, with its `ctx`; `cb` runs
+ * once on the same worker.
+ */
+int64_t veloq_statx(struct veloq_ctx *ctx,
+                    int dirfd,
+                    const char *path,
+                    int flags,
+                    uint32_t mask,
+                    struct statx *out,
+                    veloq_io_cb cb,
+                    void *arg);
+
+/**
+ * `fallocate(fd, mode, offset, len)` (`mode`: 0 allocates and grows the file if the range
+ * ends past its end; FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+ * ... as the file system supports). `res`: 0 or a negative errno (-ENOSPC, -EOPNOTSUPP,
+ * -EBADF, -EINVAL for `len` 0). Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`, `fd` <
+ * 0); -ESHUTDOWN. Only inside a callback on a worker, with its `ctx`; `cb` runs once on
+ * the same worker.
+ */
+int64_t veloq_fallocate(struct veloq_ctx *ctx,
+                        int fd,
+                        int mode,
+                        uint64_t offset,
+                        uint64_t len,
+                        veloq_io_cb cb,
+                        void *arg);
+
+/**
  * `fsync(fd)`. `res`: 0 or a negative errno. Returns the op id (> 0); -EINVAL (NULL
  * `ctx`/`cb`, `fd` < 0); -ESHUTDOWN. Only inside a callback on a worker, with its `ctx`;
  * `cb` runs once on the same worker.
@@ -1267,9 +1358,10 @@ uint32_t veloq_buf_capacity(const struct veloq_buf *b);
 
 /**
  * The fixed-buffer index (>= 0) under which the buffer is registered with the io_uring
- * ring of the worker that allocated it (for IORING_OP_READ_FIXED / WRITE_FIXED with
- * the buffer's own address); -ENOENT when it is not registered (plain allocation, or
- * the pool's registration failed); -EINVAL for NULL. Callable from any thread.
+ * ring of the worker that allocated it; -ENOENT when it is not registered (plain
+ * allocation, or the pool's registration failed); -EINVAL for NULL. Callable from any
+ * thread. `veloq_read_fixed` / `veloq_write_fixed` use it by themselves; this is for
+ * statistics and checks.
  */
 int veloq_buf_index(const struct veloq_buf *b);
 

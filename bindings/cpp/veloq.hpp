@@ -584,6 +584,42 @@ public:
         });
     }
     template <class F>
+    std::int64_t fdatasync(int fd, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_fdatasync(ctx_, fd, cb, a);
+        });
+    }
+    /// veloq_read_fixed: into pool buffer `buf` (veloq_buf_alloc) from byte `buf_offset`.
+    template <class F>
+    std::int64_t read_fixed(int fd, veloq_buf *buf, std::uint32_t buf_offset, std::uint32_t len,
+                            std::uint64_t offset, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_read_fixed(ctx_, fd, buf, buf_offset, len, offset, cb, a);
+        });
+    }
+    /// veloq_write_fixed: from pool buffer `buf` (veloq_buf_alloc) from byte `buf_offset`.
+    template <class F>
+    std::int64_t write_fixed(int fd, const veloq_buf *buf, std::uint32_t buf_offset,
+                             std::uint32_t len, std::uint64_t offset, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_write_fixed(ctx_, fd, buf, buf_offset, len, offset, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t statx(int dirfd, const char *path, int flags, std::uint32_t mask,
+                       struct ::statx *out, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_statx(ctx_, dirfd, path, flags, mask, out, cb, a);
+        });
+    }
+    template <class F>
+    std::int64_t fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t len,
+                           F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_fallocate(ctx_, fd, mode, offset, len, cb, a);
+        });
+    }
+    template <class F>
     std::int64_t timeout(std::chrono::nanoseconds after, F &&f) const {
         auto ns = static_cast<std::uint64_t>(after.count() < 0 ? 0 : after.count());
         return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {

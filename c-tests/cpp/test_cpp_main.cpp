@@ -5,7 +5,9 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -368,6 +370,72 @@ static void io_exceptions_never_cross_and_refusals_free_the_callable(void) {
             CHECK_EQ(e.res, -EINVAL);
     rt.shutdown();
     CHECK_EQ(tracked_live(), 0);
+}
+
+// File calls through veloq::Io: fallocate, then statx of the descriptor, then a pool
+// buffer written and read back with write_fixed / read_fixed.
+static void io_file_calls_allocate_stat_and_move_pool_buffers(void) {
+    char path[] = "/tmp/veloq-cpp-XXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    unlink(path);
+    veloq::Runtime rt = veloq::Runtime::builder().workers(1).build();
+    veloq::CompletionQueue cq(rt, 64);
+    veloq_cq *q = cq.get();
+    static struct statx stx;
+    std::memset(&stx, 0, sizeof stx);
+    rt.spawn_to(0, [q, fd](veloq_ctx *ctx) {
+        veloq::Io io(ctx);
+        return io.fallocate(fd, 0, 0, 8192, [q, fd](veloq::Io io2, std::int64_t res, std::uint32_t) {
+            if (res != 0) {
+                veloq_cq_post(q, 1, res);
+                return;
+            }
+            std::int64_t id = io2.statx(fd, "", AT_EMPTY_PATH, STATX_SIZE, &stx,
+                                        [q](std::int64_t r) {
+                                            veloq_cq_post(q, 1, r < 0 ? r : (std::int64_t)stx.stx_size);
+                                        });
+            if (id <= 0)
+                veloq_cq_post(q, 1, id);
+        });
+    }, cq, 0);
+    rt.spawn_to(0, [q, fd](veloq_ctx *ctx) {
+        veloq::Io io(ctx);
+        veloq_buf *b = nullptr;
+        int rc = veloq_buf_alloc(ctx, 4096, &b);
+        if (rc != 0)
+            return (std::int64_t)rc;
+        std::memset(veloq_buf_data(b), 'v', 4096);
+        return io.write_fixed(fd, b, 0, 4096, 4096, [q, fd, b](veloq::Io io2, std::int64_t w, std::uint32_t) {
+            if (w != 4096) {
+                veloq_buf_free(b);
+                veloq_cq_post(q, 2, w < 0 ? w : -1);
+                return;
+            }
+            std::memset(veloq_buf_data(b), 0, 4096);
+            std::int64_t id = io2.read_fixed(fd, b, 1024, 16, 4100, [q, b](std::int64_t r) {
+                const char *d = static_cast<const char *>(veloq_buf_data(b));
+                bool ok = r == 16 && d[1024] == 'v' && d[1039] == 'v' && d[1040] == 0;
+                veloq_buf_free(b);
+                veloq_cq_post(q, 2, ok ? 0 : -1);
+            });
+            if (id <= 0) {
+                veloq_buf_free(b);
+                veloq_cq_post(q, 2, id);
+            }
+        });
+    }, cq, 0);
+    auto got = reap(cq, 4);
+    for (const veloq_cqe &e : got) {
+        if (e.user_data == 0)
+            CHECK_GT(e.res, 0); // the first calls' op ids
+        else if (e.user_data == 1)
+            CHECK_EQ(e.res, 8192);
+        else
+            CHECK_EQ(e.res, 0);
+    }
+    rt.shutdown();
+    close(fd);
 }
 
 static void io_multishot_accept_runs_per_connection_then_frees(void) {
@@ -819,6 +887,7 @@ int main() {
     RUN_CASE(io_lambdas_chain_on_the_worker_and_are_freed);
     RUN_CASE(io_exceptions_never_cross_and_refusals_free_the_callable);
     RUN_CASE(io_multishot_accept_runs_per_connection_then_frees);
+    RUN_CASE(io_file_calls_allocate_stat_and_move_pool_buffers);
     RUN_CASE(io_recv_multishot_into_a_buffer_ring_recycles_and_frees);
     RUN_CASE(host_submit_io_posts_to_the_queue_or_throws);
     RUN_CASE(blocking_lambda_result_reaches_the_queue_once);

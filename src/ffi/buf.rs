@@ -17,7 +17,7 @@ pub const VELOQ_BUF_MAX_SIZE: u32 = 1 << 30;
 /// thread (the buffer goes back to the pool of the worker that allocated it). It stays
 /// valid after its runtime was freed.
 pub struct veloq_buf {
-    inner: PoolBuf,
+    pub(super) inner: PoolBuf,
 }
 
 /// A worker's buffer pool counters (`veloq_buf_pool_stats`).
@@ -137,9 +137,10 @@ pub extern "C" fn veloq_buf_capacity(b: *const veloq_buf) -> u32 {
 }
 
 /// The fixed-buffer index (>= 0) under which the buffer is registered with the io_uring
-/// ring of the worker that allocated it (for IORING_OP_READ_FIXED / WRITE_FIXED with
-/// the buffer's own address); -ENOENT when it is not registered (plain allocation, or
-/// the pool's registration failed); -EINVAL for NULL. Callable from any thread.
+/// ring of the worker that allocated it; -ENOENT when it is not registered (plain
+/// allocation, or the pool's registration failed); -EINVAL for NULL. Callable from any
+/// thread. `veloq_read_fixed` / `veloq_write_fixed` use it by themselves; this is for
+/// statistics and checks.
 #[no_mangle]
 pub extern "C" fn veloq_buf_index(b: *const veloq_buf) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {

@@ -16,6 +16,9 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
+use libc::statx;
+
+use super::buf::veloq_buf;
 use super::error::VELOQ_EPANIC;
 use super::task::veloq_ctx;
 use crate::io::{IoCallback, RawOp};
@@ -143,6 +146,115 @@ pub extern "C" fn veloq_write(
         len,
         offset,
     })
+}
+
+/// `pread(fd, data + buf_offset, len, offset)` into pool buffer `buf` (`offset`
+/// UINT64_MAX: the file position): a fixed-buffer read (`IORING_OP_READ_FIXED`, no page
+/// pinning per call) when `buf` is registered with this worker's ring, else a plain read
+/// with the same result (a buffer from another worker's pool, a plain allocation, a pool
+/// whose registration failed). `res`: bytes read (0 at end of file) or a negative errno.
+/// Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`/`buf`, `fd` < 0, `buf_offset + len`
+/// above `veloq_buf_capacity(buf)`); -ESHUTDOWN. `buf` stays the caller's and must not be
+/// freed before `cb` ran; the kernel writes it until then. With O_DIRECT, `buf_offset`,
+/// `len` and `offset` must suit the device's alignment (pool buffers start 4 KiB
+/// aligned). Only inside a callback on a worker, with its `ctx`; `cb` runs once on the
+/// same worker.
+#[no_mangle]
+pub extern "C" fn veloq_read_fixed(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    buf: *mut veloq_buf,
+    buf_offset: u32,
+    len: u32,
+    offset: u64,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    // SAFETY: a non-null buffer comes from veloq_buf_alloc and is not freed yet (the C
+    // contract), and nothing else uses it during this call.
+    let Some(b) = (unsafe { buf.as_mut() }) else {
+        return -libc::EINVAL as i64;
+    };
+    let Some(start) = pool_range(&b.inner, buf_offset, len) else {
+        return -libc::EINVAL as i64;
+    };
+    let data = b.inner.as_mut_ptr();
+    submit_with(ctx, cb, move |cx, cb| {
+        // SAFETY: `start..start + len` lies inside the buffer (checked above).
+        let buf = unsafe { data.add(start) };
+        let op = match cx.buffers.fixed_index(&b.inner) {
+            Some(buf_index) => RawOp::ReadFixed {
+                fd,
+                buf,
+                len,
+                offset,
+                buf_index,
+            },
+            None => RawOp::Read {
+                fd,
+                buf,
+                len,
+                offset,
+            },
+        };
+        // SAFETY: the C contract: the buffer and `arg` stay valid until the callback.
+        unsafe { cx.submit_io(op, cb, arg) }
+    })
+}
+
+/// `pwrite(fd, data + buf_offset, len, offset)` from pool buffer `buf` (`offset`
+/// UINT64_MAX: the file position): a fixed-buffer write (`IORING_OP_WRITE_FIXED`) when
+/// `buf` is registered with this worker's ring, else a plain write with the same result.
+/// `res`: bytes written or a negative errno. Returns the op id (> 0); -EINVAL (NULL
+/// `ctx`/`cb`/`buf`, `fd` < 0, `buf_offset + len` above `veloq_buf_capacity(buf)`);
+/// -ESHUTDOWN. `buf` stays the caller's and must not be freed (nor its bytes changed)
+/// before `cb` ran. Only inside a callback on a worker, with its `ctx`; `cb` runs once on
+/// the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_write_fixed(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    buf: *const veloq_buf,
+    buf_offset: u32,
+    len: u32,
+    offset: u64,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    // SAFETY: a non-null buffer comes from veloq_buf_alloc and is not freed yet.
+    let Some(b) = (unsafe { buf.as_ref() }) else {
+        return -libc::EINVAL as i64;
+    };
+    let Some(start) = pool_range(&b.inner, buf_offset, len) else {
+        return -libc::EINVAL as i64;
+    };
+    submit_with(ctx, cb, move |cx, cb| {
+        // SAFETY: `start..start + len` lies inside the buffer (checked above).
+        let buf = unsafe { b.inner.as_ptr().add(start) };
+        let op = match cx.buffers.fixed_index(&b.inner) {
+            Some(buf_index) => RawOp::WriteFixed {
+                fd,
+                buf,
+                len,
+                offset,
+                buf_index,
+            },
+            None => RawOp::Write {
+                fd,
+                buf,
+                len,
+                offset,
+            },
+        };
+        // SAFETY: the C contract: the buffer and `arg` stay valid until the callback.
+        unsafe { cx.submit_io(op, cb, arg) }
+    })
+}
+
+/// Where `len` bytes from `buf_offset` start in `buf`, if they lie inside it.
+fn pool_range(buf: &crate::PoolBuf, buf_offset: u32, len: u32) -> Option<usize> {
+    let end = u64::from(buf_offset) + u64::from(len);
+    (end <= buf.capacity() as u64).then_some(buf_offset as usize)
 }
 
 /// `preadv(fd, iov, iovcnt, offset)` (`offset` UINT64_MAX: the file position). `res`:
@@ -404,6 +516,58 @@ pub extern "C" fn veloq_openat(
         path,
         flags,
         mode,
+    })
+}
+
+/// `statx(dirfd, path, flags, mask, out)` (`dirfd` AT_FDCWD: the working directory;
+/// `path` "" with `flags` AT_EMPTY_PATH: `dirfd` itself; `mask`: the STATX_* fields
+/// wanted). `out` is a `struct statx` (from `<sys/stat.h>` with _GNU_SOURCE, or
+/// `<linux/stat.h>`), filled by the kernel. `res`: 0 or a negative errno (-ENOENT,
+/// -EBADF, ...). Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`/`path`/`out`);
+/// -ESHUTDOWN. `path` and `out` (caller's) must stay valid until `cb` ran; the kernel
+/// writes `out` until then. Only inside a callback on a worker, with its `ctx`; `cb` runs
+/// once on the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_statx(
+    ctx: *mut veloq_ctx,
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mask: u32,
+    out: *mut statx,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    submit(ctx, cb, arg, move || RawOp::Statx {
+        dirfd,
+        path,
+        flags,
+        mask,
+        buf: out,
+    })
+}
+
+/// `fallocate(fd, mode, offset, len)` (`mode`: 0 allocates and grows the file if the range
+/// ends past its end; FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+/// ... as the file system supports). `res`: 0 or a negative errno (-ENOSPC, -EOPNOTSUPP,
+/// -EBADF, -EINVAL for `len` 0). Returns the op id (> 0); -EINVAL (NULL `ctx`/`cb`, `fd` <
+/// 0); -ESHUTDOWN. Only inside a callback on a worker, with its `ctx`; `cb` runs once on
+/// the same worker.
+#[no_mangle]
+pub extern "C" fn veloq_fallocate(
+    ctx: *mut veloq_ctx,
+    fd: c_int,
+    mode: c_int,
+    offset: u64,
+    len: u64,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    submit(ctx, cb, arg, move || RawOp::Fallocate {
+        fd,
+        mode,
+        offset,
+        len,
     })
 }
 

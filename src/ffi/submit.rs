@@ -56,6 +56,11 @@ pub const VELOQ_OP_SOCKET: u8 = 18;
 /// Multishot accept on listening socket `fd`: one entry per connection (res: its fd) with
 /// `VELOQ_CQE_F_MORE`, until an error ends it (final entry without the flag).
 pub const VELOQ_OP_ACCEPT_MULTISHOT: u8 = 19;
+/// `statx(fd = dirfd, (const char *)addr = path, op_flags = AT_* flags, len = STATX_* mask,
+/// (struct statx *)addr2)`. res: 0.
+pub const VELOQ_OP_STATX: u8 = 20;
+/// `fallocate(fd, op_flags = mode, offset, addr2 = length in bytes)`. res: 0.
+pub const VELOQ_OP_FALLOCATE: u8 = 21;
 
 /// One host-side operation for `veloq_submit`: `opcode` (a `VELOQ_OP_*`) says which
 /// fields it uses and how (see each constant); the others are ignored and should be 0
@@ -76,7 +81,8 @@ pub struct veloq_sqe {
     pub offset: u64,
     /// MSG_* / O_* / POLL* flags or socket type, by opcode.
     pub op_flags: u32,
-    /// A second address: the `socklen_t *` of VELOQ_OP_ACCEPT.
+    /// A second address or a 64-bit count: the `socklen_t *` of VELOQ_OP_ACCEPT, the `struct
+    /// statx *` of VELOQ_OP_STATX, the length of VELOQ_OP_FALLOCATE.
     pub addr2: u64,
 }
 
@@ -168,6 +174,19 @@ fn raw_op(s: &veloq_sqe) -> Result<RawOp, i32> {
             domain: fd,
             socket_type: s.op_flags as i32,
             protocol: s.len as i32,
+        },
+        VELOQ_OP_STATX => RawOp::Statx {
+            dirfd: fd,
+            path: ptr.cast(),
+            flags: s.op_flags as i32,
+            mask: s.len,
+            buf: s.addr2 as usize as *mut libc::statx,
+        },
+        VELOQ_OP_FALLOCATE => RawOp::Fallocate {
+            fd,
+            mode: s.op_flags as i32,
+            offset: s.offset,
+            len: s.addr2,
         },
         _ => return Err(-libc::EINVAL),
     })
