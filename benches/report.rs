@@ -133,11 +133,12 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 22] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 23] = [
     (
         "veloq",
-        "this crate, default settings, workers pinned (the I/O bench's echo server: \
-         `examples/echo`, one multishot receive per connection into a provided-buffer ring)",
+        "this crate, default settings (the core benches pin their workers to cores; the I/O \
+         bench's echo server, `examples/echo`, does not, and keeps one multishot receive per \
+         connection into a provided-buffer ring; the file rows read with `File::read_at`)",
         Some("veloq"),
     ),
     (
@@ -208,6 +209,12 @@ const SYSTEMS: [(&str, &str, Option<&str>); 22] = [
         "veloq's Rust echo server with completion batching at park on: a busy worker's \
          park waits up to 50 µs for a batch of completions (`examples/echo --batch-us 50`, \
          `RuntimeBuilder::io_batch_wait`)",
+        Some("veloq"),
+    ),
+    (
+        "veloq-fixed",
+        "veloq's file reads into buffers of the worker's registered pool \
+         (`File::read_fixed_at`: `IORING_OP_READ_FIXED`, as `veloq_read_fixed` from C)",
         Some("veloq"),
     ),
     (

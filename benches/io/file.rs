@@ -213,11 +213,45 @@ fn raw_randread(path: &Path, direct: bool) -> Result<f64, String> {
     }
 }
 
+/// A reader's buffer: its own aligned allocation (`File::read_at`), or a buffer of the
+/// worker's registered pool (`File::read_fixed_at`: `IORING_OP_READ_FIXED`).
+enum ReadBuf {
+    Aligned(veloq::io::AlignedBuf),
+    Pool(veloq::PoolBuf),
+}
+
+impl ReadBuf {
+    fn new(fixed: bool) -> Result<ReadBuf, String> {
+        if !fixed {
+            return Ok(ReadBuf::Aligned(veloq::io::AlignedBuf::new(BLOCK, BLOCK)));
+        }
+        veloq::RuntimeContext::with_current(|cx| cx.map(|cx| cx.alloc_buf(BLOCK)))
+            .ok_or("not on a worker")?
+            .map(ReadBuf::Pool)
+            .map_err(|e| format!("pool buffer: {e}"))
+    }
+
+    /// One read of [`BLOCK`] bytes at `offset`.
+    async fn read(self, file: &veloq::fs::File, offset: u64) -> (std::io::Result<usize>, ReadBuf) {
+        match self {
+            ReadBuf::Aligned(b) => {
+                let (r, b) = file.read_at(b, offset).await;
+                (r, ReadBuf::Aligned(b))
+            }
+            ReadBuf::Pool(b) => {
+                let (r, b) = file.read_fixed_at(b, offset).await;
+                (r, ReadBuf::Pool(b))
+            }
+        }
+    }
+}
+
 /// veloq's 4 KiB random reads at queue depth [`QUEUE_DEPTH`] on `path` (O_DIRECT when
 /// `direct`) for `duration`, in reads per second: one worker (like the raw loop's one
 /// thread), QUEUE_DEPTH local tasks each looping `veloq::fs::File::read_at` of [`BLOCK`]
-/// bytes into its own 4 KiB-aligned buffer at random block offsets.
-fn veloq_randread(path: &Path, direct: bool, duration: Duration) -> Option<f64> {
+/// bytes into its own 4 KiB-aligned buffer at random block offsets (`fixed`: each
+/// reading into a registered pool buffer with `File::read_fixed_at`).
+fn veloq_randread(path: &Path, direct: bool, fixed: bool, duration: Duration) -> Option<f64> {
     use std::cell::Cell;
     use std::rc::Rc;
     let rt = match veloq::Runtime::builder().workers(1).build() {
@@ -248,11 +282,18 @@ fn veloq_randread(path: &Path, direct: bool, duration: Duration) -> Option<f64> 
                 readers.push(
                     veloq::spawn_local(async move {
                         let mut rng = 0x2545_f491_4f6c_dd1du64 ^ ((i as u64 + 1) << 32);
-                        let mut buf = veloq::io::AlignedBuf::new(BLOCK, BLOCK);
+                        let mut buf = match ReadBuf::new(fixed) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                eprintln!("    veloq: {e}");
+                                error.set(Some(-1));
+                                return;
+                            }
+                        };
                         while Instant::now() < deadline {
                             rng = xorshift(rng);
                             let offset = (rng % blocks) * BLOCK as u64;
-                            let (res, b) = file.read_at(buf, offset).await;
+                            let (res, b) = buf.read(&file, offset).await;
                             buf = b;
                             match res {
                                 Ok(n) if n == BLOCK => done.set(done.get() + 1),
@@ -312,7 +353,12 @@ pub fn all(rows: &mut Vec<Row>) {
         };
         let path = &path;
         let mut contenders: Vec<Contender<'_, Option<f64>>> = vec![
-            Contender::new(VELOQ, move || veloq_randread(path, direct, run_time())),
+            Contender::new(VELOQ, move || {
+                veloq_randread(path, direct, false, run_time())
+            }),
+            Contender::new("veloq-fixed", move || {
+                veloq_randread(path, direct, true, run_time())
+            }),
             Contender::new("io-uring", move || {
                 report("io-uring", raw_randread(path, direct))
             }),
