@@ -22,7 +22,7 @@ static char g_dir[256];
 enum op_kind {
     K_NOP, K_READ, K_WRITE, K_READV, K_WRITEV, K_RECV, K_SEND, K_RECVMSG, K_SENDMSG,
     K_RECV_MULTI, K_ACCEPT, K_CONNECT, K_SOCKET, K_SHUTDOWN, K_CLOSE, K_OPENAT, K_FSYNC,
-    K_FDATASYNC, K_TIMEOUT, K_POLL, K_READ_FIXED, K_WRITE_FIXED, K_STATX, K_FALLOCATE
+    K_FDATASYNC, K_TIMEOUT, K_POLL, K_READ_FIXED, K_WRITE_FIXED, K_STATX, K_FALLOCATE, K_SQE
 };
 
 /* One operation: its arguments, then what happened (written on the worker). */
@@ -45,6 +45,7 @@ struct op {
     uint32_t buf_off;
     uint64_t len64;
     struct statx *stx;
+    const veloq_sqe *sqe;
     int null_cb;
     /* results */
     int64_t submitted;
@@ -95,6 +96,7 @@ static int64_t submit_op(veloq_ctx *ctx, struct op *o) {
     case K_STATX:
         return veloq_statx(ctx, o->fd, o->path, o->flags, o->mode, o->stx, cb, o);
     case K_FALLOCATE: return veloq_fallocate(ctx, o->fd, o->flags, o->off, o->len64, cb, o);
+    case K_SQE: return veloq_ctx_submit(ctx, o->sqe, cb, o);
     }
     return -9999;
 }
@@ -1222,6 +1224,71 @@ static void statx_and_fallocate_report_sizes_and_errors(void) {
     teardown();
 }
 
+/* veloq_ctx_submit: a veloq_sqe from inside a callback, with a deadline when asked. */
+static void sqe_submissions_from_a_callback_with_deadlines(void) {
+    veloq_sqe s;
+    struct op o;
+    char buf[16];
+    int a, b;
+    setup();
+    REQUIRE(g_cq);
+    REQUIRE(vio_tcp_pair(&a, &b) == 0);
+    memset(&s, 0, sizeof s);
+    s.opcode = VELOQ_OP_NOP;
+    o = mk(K_SQE);
+    o.sqe = &s;
+    CHECK_EQ(run_op(&o), 0);
+    /* Nothing to receive: the 20 ms deadline cancels the receive. */
+    memset(&s, 0, sizeof s);
+    s.opcode = VELOQ_OP_RECV;
+    s.fd = b;
+    s.addr = (uint64_t)(uintptr_t)buf;
+    s.len = sizeof buf;
+    s.timeout_ns = 20 * 1000 * 1000;
+    o = mk(K_SQE);
+    o.sqe = &s;
+    CHECK_ERR(run_op(&o), -ECANCELED);
+    /* Data waiting: it arrives. */
+    memset(buf, 0, sizeof buf);
+    CHECK_EQ(send(a, "in time", 7, 0), 7);
+    s.timeout_ns = 60ull * 1000 * 1000 * 1000;
+    CHECK_EQ(run_op(&o), 7);
+    CHECK(memcmp(buf, "in time", 7) == 0);
+    /* The deadline does not stop a send that can go at once. */
+    memset(&s, 0, sizeof s);
+    s.opcode = VELOQ_OP_SEND;
+    s.fd = b;
+    s.addr = (uint64_t)(uintptr_t)"back";
+    s.len = 4;
+    s.op_flags = MSG_NOSIGNAL;
+    s.timeout_ns = 1000 * 1000 * 1000;
+    CHECK_EQ(run_op(&o), 4);
+    CHECK_EQ(recv(a, buf, sizeof buf, 0), 4);
+    /* Refused at the call: the callback never runs. */
+    o.sqe = NULL;
+    CHECK_ERR(run_op(&o), -EINVAL);
+    memset(&s, 0, sizeof s);
+    s.opcode = VELOQ_OP_TIMEOUT;
+    s.offset = 1000;
+    s.timeout_ns = 1000; /* a timer has its own time */
+    o.sqe = &s;
+    CHECK_ERR(run_op(&o), -EINVAL);
+    s.opcode = VELOQ_OP_ACCEPT_MULTISHOT;
+    s.fd = b;
+    CHECK_ERR(run_op(&o), -EINVAL);
+    s.opcode = 200; /* unknown */
+    s.timeout_ns = 0;
+    CHECK_ERR(run_op(&o), -EINVAL);
+    s.opcode = VELOQ_OP_NOP;
+    o.null_cb = 1;
+    CHECK_ERR(run_op(&o), -EINVAL);
+    CHECK_EQ(o.calls, 0);
+    CHECK_ERR(veloq_ctx_submit(NULL, &s, op_cb, NULL), -EINVAL);
+    close(a);
+    close(b);
+    teardown();
+}
+
 int main(void) {
     check_init("test_io", 300);
     vio_raise_nofile();
@@ -1249,6 +1316,7 @@ int main(void) {
     RUN_CASE(pool_buffers_write_and_read_a_file_fixed_or_plain);
     RUN_CASE(fixed_ops_refuse_bad_input_and_report_kernel_errors);
     RUN_CASE(statx_and_fallocate_report_sizes_and_errors);
+    RUN_CASE(sqe_submissions_from_a_callback_with_deadlines);
     rmdir(g_dir);
     return check_summary();
 }

@@ -142,6 +142,61 @@ static void host_fallocate_then_statx_see_the_new_size(void) {
     CHECK_EQ(veloq_cq_free(cq), 0);
 }
 
+/* A deadline (timeout_ns): a receive with nothing to read is cancelled when it passes,
+ * one that finds data completes with it; one completion each, never the timer's own. */
+static void host_deadlines_cancel_a_waiting_receive_only(void) {
+    veloq_runtime *rt = vt_runtime(2);
+    veloq_cq *cq;
+    veloq_sqe s;
+    veloq_cqe e;
+    char buf[16], spare[16];
+    int a, b;
+    REQUIRE(rt);
+    cq = vt_cq(rt, 16);
+    REQUIRE(cq);
+    REQUIRE(vio_tcp_pair(&a, &b) == 0);
+    memset(buf, 0, sizeof buf);
+    s = sqe_of(VELOQ_OP_RECV, b);
+    s.addr = (uint64_t)(uintptr_t)buf;
+    s.len = sizeof buf;
+    s.timeout_ns = 20 * 1000 * 1000; /* 20 ms, nothing sent */
+    CHECK_EQ(veloq_submit(rt, -1, &s, cq, 1), 0);
+    REQUIRE(veloq_cq_wait(cq, &e, 1, 1, VT_REAP_DEADLINE_NS) == 1);
+    CHECK_EQ(e.user_data, 1);
+    CHECK_ERR(e.res, -ECANCELED);
+    /* Data waiting: the receive completes with it, well before a 60 s deadline. */
+    CHECK_EQ(send(a, "deadline", 8, 0), 8);
+    s.timeout_ns = 60ull * 1000 * 1000 * 1000;
+    CHECK_EQ(veloq_submit(rt, 1, &s, cq, 2), 0);
+    REQUIRE(veloq_cq_wait(cq, &e, 1, 1, VT_REAP_DEADLINE_NS) == 1);
+    CHECK_EQ(e.user_data, 2);
+    CHECK_EQ(e.res, 8);
+    CHECK(memcmp(buf, "deadline", 8) == 0);
+    /* Refused at the call, nothing posted: a timer's own deadline, a multishot opcode. */
+    s = sqe_of(VELOQ_OP_TIMEOUT, 0);
+    s.offset = 1000;
+    s.timeout_ns = 1000;
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 3), -EINVAL);
+    s = sqe_of(VELOQ_OP_ACCEPT_MULTISHOT, b);
+    s.timeout_ns = 1000;
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 3), -EINVAL);
+    /* In flight at shutdown: cancelled once, like any operation. */
+    s = sqe_of(VELOQ_OP_RECV, b);
+    s.addr = (uint64_t)(uintptr_t)spare;
+    s.len = sizeof spare;
+    s.timeout_ns = 60ull * 1000 * 1000 * 1000;
+    CHECK_EQ(veloq_submit(rt, 0, &s, cq, 4), 0);
+    check_sleep_ms(10);
+    veloq_runtime_free(rt);
+    CHECK_EQ(veloq_cq_poll(cq, &e, 1), 1);
+    CHECK_EQ(e.user_data, 4);
+    CHECK_ERR(e.res, -ECANCELED);
+    CHECK_EQ(veloq_cq_poll(cq, &e, 1), 0); /* nothing else, ever */
+    CHECK_EQ(veloq_cq_free(cq), 0);
+    close(a);
+    close(b);
+}
+
 /* ---- two host threads, a mix of operations, every completion exactly once */
 
 enum { MIX_NOP, MIX_READ, MIX_WRITE, MIX_OPENAT, MIX_FSYNC, MIX_TIMEOUT, MIX_KINDS };
@@ -370,6 +425,7 @@ int main(void) {
     RUN_CASE(bad_submissions_are_einval_and_post_nothing);
     RUN_CASE(errors_of_the_kernel_come_back_in_the_completion);
     RUN_CASE(host_fallocate_then_statx_see_the_new_size);
+    RUN_CASE(host_deadlines_cancel_a_waiting_receive_only);
     RUN_CASE(two_host_threads_submit_a_mix_each_completion_exactly_once);
     RUN_CASE(host_multishot_accept_ends_with_one_entry_at_shutdown);
     rmdir(g_dir);

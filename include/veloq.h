@@ -493,6 +493,14 @@ typedef struct veloq_sqe {
      * statx *` of VELOQ_OP_STATX, the length of VELOQ_OP_FALLOCATE.
      */
     uint64_t addr2;
+    /**
+     * 0: no deadline. Else the operation's deadline in nanoseconds from its submission
+     * (`IORING_OP_LINK_TIMEOUT`): when it passes first, the kernel cancels the operation
+     * and its completion has res -ECANCELED (an operation it cannot interrupt, like a
+     * buffered file read under way, completes with its own result). Not for
+     * VELOQ_OP_TIMEOUT or a multishot opcode (-EINVAL).
+     */
+    uint64_t timeout_ns;
 } veloq_sqe;
 
 /**
@@ -1259,8 +1267,8 @@ int veloq_cancel(struct veloq_ctx *ctx, int64_t op);
  *
  * Errors (nothing runs, nothing is posted): -EINVAL for NULL `rt`/`sqe`/`cq`, a `worker`
  * that is not -1 or 0..workers, an unknown opcode, or fields the opcode cannot take (fd
- * < 0, NULL buffer with len > 0, NULL path, iovec count 0, ...); -ESHUTDOWN once shutdown
- * has started.
+ * < 0, NULL buffer with len > 0, NULL path, iovec count 0, ...), a `timeout_ns` on
+ * VELOQ_OP_TIMEOUT or a multishot opcode; -ESHUTDOWN once shutdown has started.
  *
  * Ownership: the memory named by the sqe stays the host's and must stay valid (and
  * untouched while the kernel may write it) until the final completion was posted; `cq`
@@ -1271,6 +1279,24 @@ int veloq_submit(struct veloq_runtime *rt,
                  const struct veloq_sqe *sqe,
                  struct veloq_cq *cq,
                  uint64_t user_data);
+
+/**
+ * Submits the operation `*sqe` on the ring of the worker running the callback that
+ * received `ctx`, like the worker-side calls (`veloq_read`, ...): any `VELOQ_OP_*`, and a
+ * deadline when `sqe->timeout_ns` is set (a receive or a connect that gives up with
+ * -ECANCELED). `*sqe` is copied: it may be reused as soon as the call returns.
+ *
+ * Returns the op id (> 0, for `veloq_cancel`); then `cb(ctx, res, flags, arg)` runs
+ * exactly once on this worker (multishot: once per entry, `VELOQ_CQE_F_MORE` on all but
+ * the last). Errors (`cb` never runs, nothing is submitted): -EINVAL for NULL
+ * `ctx`/`sqe`/`cb` and everything `veloq_submit` refuses in an sqe; -ESHUTDOWN once
+ * shutdown has started. Memory the sqe names stays the caller's and must stay valid
+ * until the final callback ran. Only inside a callback on a worker, with its `ctx`.
+ */
+int64_t veloq_ctx_submit(struct veloq_ctx *ctx,
+                         const struct veloq_sqe *sqe,
+                         veloq_io_cb cb,
+                         void *arg);
 
 /**
  * Makes an open group of `rt` into `*out`. Its one completion `{user_data, res, flags 0,

@@ -638,6 +638,14 @@ public:
             return ::veloq_socket_shutdown(ctx_, fd, how, cb, a);
         });
     }
+    /// veloq_ctx_submit: any VELOQ_OP_* operation described by `sqe` (copied), with a
+    /// deadline when `sqe.timeout_ns` is set (then -ECANCELED when it passed first).
+    template <class F>
+    std::int64_t submit(const veloq_sqe &sqe, F &&f) const {
+        return detail::io_submit(std::forward<F>(f), [&](veloq_io_cb cb, void *a) {
+            return ::veloq_ctx_submit(ctx_, &sqe, cb, a);
+        });
+    }
     /// veloq_cancel: 0, -ENOENT, -EALREADY. The operation still completes through its
     /// callable (with -ECANCELED unless it finished first).
     int cancel(std::int64_t op) const noexcept { return ::veloq_cancel(ctx_, op); }

@@ -578,6 +578,33 @@ static void host_submit_io_posts_to_the_queue_or_throws(void) {
     }
     CHECK_EQ(code, -EINVAL);
     CHECK_EQ(rt.try_submit_io(sqe, cq.get(), 12), -EINVAL);
+    // From inside a callback: a timer, then a timer-less sqe with a deadline that passes.
+    static char never[8];
+    int fds[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+    veloq_cq *q = cq.get();
+    int rfd = fds[0];
+    rt.spawn_to(0, [q, rfd](veloq_ctx *ctx) {
+        veloq::Io io(ctx);
+        veloq_sqe s{};
+        s.opcode = VELOQ_OP_RECV;
+        s.fd = rfd;
+        s.addr = reinterpret_cast<std::uintptr_t>(never);
+        s.len = sizeof never;
+        s.timeout_ns = 5'000'000;
+        return io.submit(s, [q](std::int64_t res) { veloq_cq_post(q, 13, res); });
+    }, cq, 14);
+    got = reap(cq, 2);
+    for (const veloq_cqe &e : got) {
+        if (e.user_data == 14)
+            CHECK_GT(e.res, 0); // the op id
+        else {
+            CHECK_EQ(e.user_data, 13);
+            CHECK_EQ(e.res, -ECANCELED);
+        }
+    }
+    close(fds[0]);
+    close(fds[1]);
 }
 
 // ---- issue #5: blocking pool, groups, names, stalls, stats, dump ----

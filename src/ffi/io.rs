@@ -67,7 +67,7 @@ fn submit(
 
 /// Checks `ctx` and `cb`, then lets `go` submit with the context and the callback.
 #[inline(always)]
-fn submit_with(
+pub(super) fn submit_with(
     ctx: *mut veloq_ctx,
     cb: veloq_io_cb,
     go: impl FnOnce(&RuntimeContext, IoCallback) -> Result<u64, i32>,

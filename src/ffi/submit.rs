@@ -6,7 +6,9 @@ use std::ffi::{c_int, c_void};
 use super::cq::veloq_cq;
 use super::error::VELOQ_EPANIC;
 use super::handle;
+use super::io::veloq_io_cb;
 use super::runtime::veloq_runtime;
+use super::task::veloq_ctx;
 use crate::io::RawOp;
 use crate::Placement;
 
@@ -84,6 +86,12 @@ pub struct veloq_sqe {
     /// A second address or a 64-bit count: the `socklen_t *` of VELOQ_OP_ACCEPT, the `struct
     /// statx *` of VELOQ_OP_STATX, the length of VELOQ_OP_FALLOCATE.
     pub addr2: u64,
+    /// 0: no deadline. Else the operation's deadline in nanoseconds from its submission
+    /// (`IORING_OP_LINK_TIMEOUT`): when it passes first, the kernel cancels the operation
+    /// and its completion has res -ECANCELED (an operation it cannot interrupt, like a
+    /// buffered file read under way, completes with its own result). Not for
+    /// VELOQ_OP_TIMEOUT or a multishot opcode (-EINVAL).
+    pub timeout_ns: u64,
 }
 
 /// The operation an sqe describes, or -EINVAL for an unknown opcode.
@@ -204,8 +212,8 @@ fn raw_op(s: &veloq_sqe) -> Result<RawOp, i32> {
 ///
 /// Errors (nothing runs, nothing is posted): -EINVAL for NULL `rt`/`sqe`/`cq`, a `worker`
 /// that is not -1 or 0..workers, an unknown opcode, or fields the opcode cannot take (fd
-/// < 0, NULL buffer with len > 0, NULL path, iovec count 0, ...); -ESHUTDOWN once shutdown
-/// has started.
+/// < 0, NULL buffer with len > 0, NULL path, iovec count 0, ...), a `timeout_ns` on
+/// VELOQ_OP_TIMEOUT or a multishot opcode; -ESHUTDOWN once shutdown has started.
 ///
 /// Ownership: the memory named by the sqe stays the host's and must stay valid (and
 /// untouched while the kernel may write it) until the final completion was posted; `cq`
@@ -233,15 +241,56 @@ pub extern "C" fn veloq_submit(
             Ok(op) => op,
             Err(e) => return e,
         };
+        let handle = rt.inner.handle();
         // SAFETY: the C contract: the sqe's memory stays valid until the final
         // completion, and `cq` until then (its free refuses while one is owed).
-        match unsafe {
-            rt.inner
-                .handle()
-                .submit_io(placement, op, &cq.inner, user_data)
-        } {
+        let r = unsafe {
+            match sqe.timeout_ns {
+                0 => handle.submit_io(placement, op, &cq.inner, user_data),
+                ns => handle.submit_io_with_timeout(placement, op, ns, &cq.inner, user_data),
+            }
+        };
+        match r {
             Ok(()) => 0,
             Err(e) => e,
+        }
+    })
+}
+
+/// Submits the operation `*sqe` on the ring of the worker running the callback that
+/// received `ctx`, like the worker-side calls (`veloq_read`, ...): any `VELOQ_OP_*`, and a
+/// deadline when `sqe->timeout_ns` is set (a receive or a connect that gives up with
+/// -ECANCELED). `*sqe` is copied: it may be reused as soon as the call returns.
+///
+/// Returns the op id (> 0, for `veloq_cancel`); then `cb(ctx, res, flags, arg)` runs
+/// exactly once on this worker (multishot: once per entry, `VELOQ_CQE_F_MORE` on all but
+/// the last). Errors (`cb` never runs, nothing is submitted): -EINVAL for NULL
+/// `ctx`/`sqe`/`cb` and everything `veloq_submit` refuses in an sqe; -ESHUTDOWN once
+/// shutdown has started. Memory the sqe names stays the caller's and must stay valid
+/// until the final callback ran. Only inside a callback on a worker, with its `ctx`.
+#[no_mangle]
+pub extern "C" fn veloq_ctx_submit(
+    ctx: *mut veloq_ctx,
+    sqe: *const veloq_sqe,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+) -> i64 {
+    // SAFETY: a non-null sqe is readable (the C contract); it is copied here.
+    let Ok(sqe) = (unsafe { handle(sqe) }) else {
+        return -libc::EINVAL as i64;
+    };
+    let (op, timeout_ns) = match raw_op(sqe) {
+        Ok(op) => (op, sqe.timeout_ns),
+        Err(e) => return e as i64,
+    };
+    super::io::submit_with(ctx, cb, move |cx, cb| {
+        // SAFETY: the C contract: the sqe's memory and `arg` stay valid until the final
+        // callback.
+        unsafe {
+            match timeout_ns {
+                0 => cx.submit_io(op, cb, arg),
+                ns => cx.submit_io_with_timeout(op, ns, cb, arg),
+            }
         }
     })
 }

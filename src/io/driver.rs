@@ -41,7 +41,7 @@ use super::buf_ring::BufRing;
 use super::op_table::{
     close_orphan_fd, IoCallback, OpId, OpResult, OpTable, Phase, Target, INTERNAL_BIT,
 };
-use super::ops::{validate, RawOp};
+use super::ops::{validate, validate_deadline, RawOp};
 use crate::runtime::completion::{CompletionQueue, Cqe};
 
 /// `user_data` of the armed eventfd read.
@@ -476,14 +476,36 @@ impl Driver {
         Ok(id)
     }
 
-    /// Submits a [`RawOp`] (checked first) for `target`.
+    /// Submits a [`RawOp`] (checked first) for `target`; with `timeout_ns`, a deadline
+    /// (see [`submit_with_deadline`](Self::submit_with_deadline)): -EINVAL for a
+    /// `Timeout` (it has its own time) or a multishot operation. Callers without a
+    /// deadline pass `None` as a constant, which folds the deadline path away.
     #[inline(always)]
-    pub(crate) fn submit_raw(&mut self, op: &RawOp, target: Target) -> Result<OpId, i32> {
+    pub(crate) fn submit_raw(
+        &mut self,
+        op: &RawOp,
+        target: Target,
+        timeout_ns: Option<u64>,
+    ) -> Result<OpId, i32> {
         validate(op)?;
+        if let Some(ns) = timeout_ns {
+            return self.submit_raw_with_deadline(op, target, ns);
+        }
         match *op {
             RawOp::Timeout { ns } => self.submit_timeout(ns, target),
             _ => self.submit(op.entry(), target, op.is_multishot()),
         }
+    }
+
+    #[inline(never)]
+    fn submit_raw_with_deadline(
+        &mut self,
+        op: &RawOp,
+        target: Target,
+        ns: u64,
+    ) -> Result<OpId, i32> {
+        validate_deadline(op)?;
+        self.submit_with_deadline(op.entry(), target, ns)
     }
 
     /// Operation `id`, a multishot receive on `group` just accepted: when the group is one

@@ -278,6 +278,16 @@ pub(crate) fn validate(op: &RawOp) -> Result<(), i32> {
     }
 }
 
+/// What an operation given a deadline cannot be: a `Timeout` (it has its own time) or a
+/// multishot operation (-EINVAL).
+pub(crate) fn validate_deadline(op: &RawOp) -> Result<(), i32> {
+    if matches!(op, RawOp::Timeout { .. }) || op.is_multishot() {
+        Err(-libc::EINVAL)
+    } else {
+        Ok(())
+    }
+}
+
 /// [`RawOp::Recv`]'s entry, for a socket read that builds it directly (the whole
 /// `entry` match is not inlined into every read).
 #[inline]

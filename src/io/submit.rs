@@ -5,7 +5,7 @@ use std::ffi::c_void;
 
 use super::buf_ring::BufRing;
 use super::op_table::{IoCallback, OpId, Target};
-use super::ops::{validate, RawOp};
+use super::ops::{validate, validate_deadline, RawOp};
 use crate::runtime::completion::{CompletionQueue, Cqe};
 use crate::runtime::{Handle, Placement, RawTask, RuntimeContext, SpawnErrorKind};
 
@@ -33,13 +33,44 @@ impl RuntimeContext {
         cb: IoCallback,
         arg: *mut c_void,
     ) -> Result<u64, i32> {
+        // SAFETY: forwarded promise.
+        unsafe { self.submit_io_inner(op, None, cb, arg) }
+    }
+
+    /// [`submit_io`](Self::submit_io) with a deadline: when `timeout_ns` nanoseconds
+    /// pass before the operation completes, the kernel cancels it (`IORING_OP_LINK_TIMEOUT`)
+    /// and `cb` gets -ECANCELED (an operation the kernel cannot interrupt, such as a
+    /// buffered file read under way, completes with its own result). Besides
+    /// `submit_io`'s errors: -EINVAL for a `RawOp::Timeout` or a multishot operation.
+    ///
+    /// # Safety
+    /// As [`submit_io`](Self::submit_io).
+    pub unsafe fn submit_io_with_timeout(
+        &self,
+        op: RawOp,
+        timeout_ns: u64,
+        cb: IoCallback,
+        arg: *mut c_void,
+    ) -> Result<u64, i32> {
+        // SAFETY: forwarded promise.
+        unsafe { self.submit_io_inner(op, Some(timeout_ns), cb, arg) }
+    }
+
+    #[inline(always)]
+    unsafe fn submit_io_inner(
+        &self,
+        op: RawOp,
+        timeout_ns: Option<u64>,
+        cb: IoCallback,
+        arg: *mut c_void,
+    ) -> Result<u64, i32> {
         let id = if !self.group.get().is_null() {
             // SAFETY: forwarded promise.
-            unsafe { self.submit_io_in_group(&op, cb, arg) }?
+            unsafe { self.submit_io_in_group(&op, timeout_ns, cb, arg) }?
         } else {
             self.driver
                 .borrow_mut()
-                .submit_raw(&op, Target::Callback { cb, arg })?
+                .submit_raw(&op, Target::Callback { cb, arg }, timeout_ns)?
                 .raw()
         };
         if let RawOp::RecvMulti { group, .. } = op {
@@ -69,13 +100,14 @@ impl RuntimeContext {
     unsafe fn submit_io_in_group(
         &self,
         op: &RawOp,
+        timeout_ns: Option<u64>,
         cb: IoCallback,
         arg: *mut c_void,
     ) -> Result<u64, i32> {
         match crate::runtime::group::current(self) {
             // SAFETY: forwarded promise.
             Some(group) => unsafe {
-                crate::runtime::group::submit_in_group(self, group, op, cb, arg)
+                crate::runtime::group::submit_in_group(self, group, op, timeout_ns, cb, arg)
             },
             None => unreachable!("called with a current group"),
         }
@@ -144,6 +176,7 @@ impl RuntimeContext {
 /// A host-side submission travelling to its worker.
 struct HostIo {
     op: RawOp,
+    timeout_ns: Option<u64>,
     cq: *const CompletionQueue,
     user_data: u64,
 }
@@ -157,7 +190,11 @@ unsafe extern "C" fn run_host_io(cx: *mut RuntimeContext, arg: *mut c_void) -> i
         cq: io.cq,
         user_data: io.user_data,
     };
-    if let Err(mut res) = cx.driver.borrow_mut().submit_raw(&io.op, target) {
+    if let Err(mut res) = cx
+        .driver
+        .borrow_mut()
+        .submit_raw(&io.op, target, io.timeout_ns)
+    {
         if res == -libc::ESHUTDOWN {
             // Accepted before shutdown, cancelled by it like the operations in flight.
             res = -libc::ECANCELED;
@@ -192,13 +229,50 @@ impl Handle {
         cq: &CompletionQueue,
         user_data: u64,
     ) -> Result<(), i32> {
+        // SAFETY: forwarded promise.
+        unsafe { self.route_io(placement, op, None, cq, user_data) }
+    }
+
+    /// [`submit_io`](Self::submit_io) with a deadline, as
+    /// [`RuntimeContext::submit_io_with_timeout`]: the operation is cancelled (res
+    /// -ECANCELED) when `timeout_ns` pass before it completes. -EINVAL besides for a
+    /// `RawOp::Timeout` or a multishot operation.
+    ///
+    /// # Safety
+    /// As [`submit_io`](Self::submit_io).
+    pub unsafe fn submit_io_with_timeout(
+        &self,
+        placement: Placement,
+        op: RawOp,
+        timeout_ns: u64,
+        cq: &CompletionQueue,
+        user_data: u64,
+    ) -> Result<(), i32> {
+        validate_deadline(&op)?;
+        // SAFETY: forwarded promise.
+        unsafe { self.route_io(placement, op, Some(timeout_ns), cq, user_data) }
+    }
+
+    unsafe fn route_io(
+        &self,
+        placement: Placement,
+        op: RawOp,
+        timeout_ns: Option<u64>,
+        cq: &CompletionQueue,
+        user_data: u64,
+    ) -> Result<(), i32> {
         validate(&op)?;
         let placement = match placement {
             Placement::Any => Placement::Balanced,
             p => p,
         };
         cq.reserve();
-        let io = Box::into_raw(Box::new(HostIo { op, cq, user_data }));
+        let io = Box::into_raw(Box::new(HostIo {
+            op,
+            timeout_ns,
+            cq,
+            user_data,
+        }));
         let task = RawTask {
             func: run_host_io,
             arg: io.cast(),

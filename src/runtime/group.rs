@@ -362,6 +362,7 @@ pub(crate) unsafe fn submit_in_group(
     cx: &RuntimeContext,
     group: Arc<GroupInner>,
     op: &RawOp,
+    timeout_ns: Option<u64>,
     cb: IoCallback,
     arg: *mut c_void,
 ) -> Result<u64, i32> {
@@ -380,7 +381,7 @@ pub(crate) unsafe fn submit_in_group(
         cb: run_group_op,
         arg: wrapped.cast(),
     };
-    match cx.driver.borrow_mut().submit_raw(op, target) {
+    match cx.driver.borrow_mut().submit_raw(op, target, timeout_ns) {
         Ok(id) => {
             // SAFETY: the box is ours until its final callback, which cannot run before
             // this call returns.
