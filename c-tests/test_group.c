@@ -237,6 +237,64 @@ static void the_group_waits_for_its_operations_not_only_its_members(void) {
     veloq_runtime_free(rt);
 }
 
+/* ------------------------------------------------------------------ deadline */
+
+struct deadline_member {
+    int fd;
+    char buf[8];
+    int calls;
+    int64_t res;
+};
+
+static void deadline_cb(veloq_ctx *ctx, int64_t res, uint32_t flags, void *arg) {
+    struct deadline_member *m = (struct deadline_member *)arg;
+    (void)ctx;
+    (void)flags;
+    m->calls++;
+    m->res = res;
+}
+
+static int64_t deadline_member_fn(veloq_ctx *ctx, void *arg) {
+    struct deadline_member *m = (struct deadline_member *)arg;
+    veloq_sqe s;
+    int64_t id;
+    memset(&s, 0, sizeof s);
+    s.opcode = VELOQ_OP_RECV;
+    s.fd = m->fd;
+    s.addr = (uint64_t)(uintptr_t)m->buf;
+    s.len = sizeof m->buf;
+    s.timeout_ns = 20 * 1000 * 1000;
+    id = veloq_ctx_submit(ctx, &s, deadline_cb, m);
+    return id > 0 ? 0 : id;
+}
+
+/* An operation with a deadline started from a member belongs to the group like any: the
+ * group completes once the deadline cancelled it. */
+static void a_members_receive_with_a_deadline_ends_and_the_group_completes(void) {
+    veloq_runtime *rt = vt_runtime(1);
+    veloq_cq *cq;
+    veloq_group *g = NULL;
+    struct deadline_member m;
+    int peer;
+    REQUIRE(rt);
+    cq = vt_cq(rt, 8);
+    REQUIRE(cq);
+    memset(&m, 0, sizeof m);
+    REQUIRE(vio_tcp_pair(&peer, &m.fd) == 0);
+    REQUIRE(veloq_group_new(rt, cq, GROUP_TAG, &g) == 0);
+    CHECK_EQ(veloq_group_spawn(g, 0, deadline_member_fn, &m), 0);
+    CHECK_EQ(veloq_group_close(g), 0);
+    CHECK_EQ(wait_group(cq, GROUP_TAG), 0);
+    CHECK_EQ(m.calls, 1);
+    CHECK_ERR(m.res, -ECANCELED);
+    check_no_more(cq);
+    close(peer);
+    close(m.fd);
+    veloq_group_free(g);
+    CHECK_EQ(veloq_cq_free(cq), 0);
+    veloq_runtime_free(rt);
+}
+
 /* ------------------------------------------------------------------ cancel before start */
 
 struct gated {
@@ -435,6 +493,7 @@ int main(void) {
     RUN_CASE(the_first_negative_member_result_is_the_group_result);
     RUN_CASE(cancel_ends_inflight_recvs_and_everything_completes_once);
     RUN_CASE(the_group_waits_for_its_operations_not_only_its_members);
+    RUN_CASE(a_members_receive_with_a_deadline_ends_and_the_group_completes);
     RUN_CASE(unstarted_members_complete_ecanceled_without_running);
     RUN_CASE(bad_input_is_refused_and_changes_nothing);
     RUN_CASE(cq_free_is_ebusy_until_the_group_completes);

@@ -368,6 +368,59 @@ fn a_cancelled_receive_completes_once_and_never_touches_its_buffer() {
 }
 
 #[test]
+fn a_raw_receive_with_a_deadline_is_cancelled_once_when_nothing_arrives() {
+    let rt = runtime(1);
+    let h = rt
+        .spawn(async {
+            let (_client, server) = pair().await;
+            let calls = Arc::new(Calls {
+                count: AtomicUsize::new(0),
+                res: AtomicI64::new(0),
+            });
+            let mut buf = vec![0u8; 64].into_boxed_slice();
+            let op = RawOp::Recv {
+                fd: server.as_raw_fd(),
+                buf: buf.as_mut_ptr(),
+                len: buf.len() as u32,
+                flags: 0,
+            };
+            // A timer has its own time, so a deadline on one is refused.
+            let refused = RuntimeContext::with_current(|cx| {
+                let arg = Arc::as_ptr(&calls) as *mut c_void;
+                // SAFETY: refused, so nothing is kept.
+                unsafe {
+                    cx.expect("on a worker").submit_io_with_timeout(
+                        RawOp::Timeout { ns: 1 },
+                        1,
+                        record,
+                        arg,
+                    )
+                }
+            });
+            assert_eq!(refused, Err(-libc::EINVAL));
+            RuntimeContext::with_current(|cx| {
+                let arg = Arc::as_ptr(&calls) as *mut c_void;
+                // SAFETY: `buf` and `calls` live until the callback ran (awaited below).
+                unsafe {
+                    cx.expect("on a worker")
+                        .submit_io_with_timeout(op, 10_000_000, record, arg)
+                }
+            })
+            .expect("submitted");
+            for _ in 0..10_000 {
+                if calls.count.load(SeqCst) > 0 {
+                    break;
+                }
+                time::sleep(Duration::from_millis(1)).await;
+            }
+            time::sleep(Duration::from_millis(10)).await;
+            (calls.count.load(SeqCst), calls.res.load(SeqCst))
+        })
+        .unwrap();
+    assert_eq!(rt.block_on(h).unwrap(), (1, -libc::ECANCELED as i64));
+}
+
+#[test]
 fn multishot_accept_takes_a_thousand_connections() {
     const CONNS: usize = 1000;
     let rt = runtime(2);
