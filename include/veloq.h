@@ -458,10 +458,12 @@ typedef struct veloq_worker_stats {
 typedef void (*veloq_io_cb)(struct veloq_ctx *ctx, int64_t res, uint32_t flags, void *arg);
 
 /**
- * One host-side operation for `veloq_submit`: `opcode` (a `VELOQ_OP_*`) says which
- * fields it uses and how (see each constant); the others are ignored and should be 0
- * (start from `veloq_sqe sqe = {0};`). Addresses are the host's memory, passed as
- * integers, and must stay valid until the operation's final completion was posted.
+ * One operation for `veloq_submit` (from any thread, completion to a queue) or
+ * `veloq_ctx_submit` (inside a worker callback, completion to a callback): `opcode` (a
+ * `VELOQ_OP_*`) says which fields it uses and how (see each constant); the others are
+ * ignored and should be 0 (start from `veloq_sqe sqe = {0};`). Addresses are the
+ * submitter's memory, passed as integers, and must stay valid until the operation's final
+ * completion.
  */
 typedef struct veloq_sqe {
     /**

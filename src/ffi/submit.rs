@@ -64,10 +64,12 @@ pub const VELOQ_OP_STATX: u8 = 20;
 /// `fallocate(fd, op_flags = mode, offset, addr2 = length in bytes)`. res: 0.
 pub const VELOQ_OP_FALLOCATE: u8 = 21;
 
-/// One host-side operation for `veloq_submit`: `opcode` (a `VELOQ_OP_*`) says which
-/// fields it uses and how (see each constant); the others are ignored and should be 0
-/// (start from `veloq_sqe sqe = {0};`). Addresses are the host's memory, passed as
-/// integers, and must stay valid until the operation's final completion was posted.
+/// One operation for `veloq_submit` (from any thread, completion to a queue) or
+/// `veloq_ctx_submit` (inside a worker callback, completion to a callback): `opcode` (a
+/// `VELOQ_OP_*`) says which fields it uses and how (see each constant); the others are
+/// ignored and should be 0 (start from `veloq_sqe sqe = {0};`). Addresses are the
+/// submitter's memory, passed as integers, and must stay valid until the operation's final
+/// completion.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct veloq_sqe {
