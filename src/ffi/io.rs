@@ -175,14 +175,16 @@ pub extern "C" fn veloq_read_fixed(
     let Some(b) = (unsafe { buf.as_mut() }) else {
         return -libc::EINVAL as i64;
     };
-    let Some(start) = pool_range(&b.inner, buf_offset, len) else {
-        return -libc::EINVAL as i64;
-    };
     let data = b.inner.as_mut_ptr();
-    submit_with(ctx, cb, move |cx, cb| {
-        // SAFETY: `start..start + len` lies inside the buffer (checked above).
-        let buf = unsafe { data.add(start) };
-        let op = match cx.buffers.fixed_index(&b.inner) {
+    submit_pool_io(
+        ctx,
+        cb,
+        arg,
+        &b.inner,
+        data,
+        buf_offset,
+        len,
+        |buf, index| match index {
             Some(buf_index) => RawOp::ReadFixed {
                 fd,
                 buf,
@@ -196,10 +198,8 @@ pub extern "C" fn veloq_read_fixed(
                 len,
                 offset,
             },
-        };
-        // SAFETY: the C contract: the buffer and `arg` stay valid until the callback.
-        unsafe { cx.submit_io(op, cb, arg) }
-    })
+        },
+    )
 }
 
 /// `pwrite(fd, data + buf_offset, len, offset)` from pool buffer `buf` (`offset`
@@ -225,36 +225,63 @@ pub extern "C" fn veloq_write_fixed(
     let Some(b) = (unsafe { buf.as_ref() }) else {
         return -libc::EINVAL as i64;
     };
-    let Some(start) = pool_range(&b.inner, buf_offset, len) else {
+    // The kernel only reads it (a write); `as_ptr` is the allocation's own pointer.
+    let data = b.inner.as_ptr().cast_mut();
+    submit_pool_io(
+        ctx,
+        cb,
+        arg,
+        &b.inner,
+        data,
+        buf_offset,
+        len,
+        |buf, index| {
+            let buf = buf.cast_const();
+            match index {
+                Some(buf_index) => RawOp::WriteFixed {
+                    fd,
+                    buf,
+                    len,
+                    offset,
+                    buf_index,
+                },
+                None => RawOp::Write {
+                    fd,
+                    buf,
+                    len,
+                    offset,
+                },
+            }
+        },
+    )
+}
+
+/// The common path of `veloq_read_fixed` / `veloq_write_fixed`: checks that `len` bytes
+/// from `buf_offset` lie inside `buf` (whose first byte is `data`), then submits the
+/// operation `op` builds from their address and the buffer's fixed index, when it is
+/// registered with this worker's ring (the pool decides, as for `File::read_fixed_at`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn submit_pool_io(
+    ctx: *mut veloq_ctx,
+    cb: veloq_io_cb,
+    arg: *mut c_void,
+    buf: &crate::PoolBuf,
+    data: *mut u8,
+    buf_offset: u32,
+    len: u32,
+    op: impl FnOnce(*mut u8, Option<u16>) -> RawOp,
+) -> i64 {
+    if u64::from(buf_offset) + u64::from(len) > buf.capacity() as u64 {
         return -libc::EINVAL as i64;
-    };
+    }
     submit_with(ctx, cb, move |cx, cb| {
-        // SAFETY: `start..start + len` lies inside the buffer (checked above).
-        let buf = unsafe { b.inner.as_ptr().add(start) };
-        let op = match cx.buffers.fixed_index(&b.inner) {
-            Some(buf_index) => RawOp::WriteFixed {
-                fd,
-                buf,
-                len,
-                offset,
-                buf_index,
-            },
-            None => RawOp::Write {
-                fd,
-                buf,
-                len,
-                offset,
-            },
-        };
+        // SAFETY: `buf_offset..buf_offset + len` lies inside the buffer (checked above).
+        let at = unsafe { data.add(buf_offset as usize) };
+        let op = op(at, cx.buffers.fixed_index(buf));
         // SAFETY: the C contract: the buffer and `arg` stay valid until the callback.
         unsafe { cx.submit_io(op, cb, arg) }
     })
-}
-
-/// Where `len` bytes from `buf_offset` start in `buf`, if they lie inside it.
-fn pool_range(buf: &crate::PoolBuf, buf_offset: u32, len: u32) -> Option<usize> {
-    let end = u64::from(buf_offset) + u64::from(len);
-    (end <= buf.capacity() as u64).then_some(buf_offset as usize)
 }
 
 /// `preadv(fd, iov, iovcnt, offset)` (`offset` UINT64_MAX: the file position). `res`:
