@@ -133,7 +133,7 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 23] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 24] = [
     (
         "veloq",
         "this crate, default settings (the core benches pin their workers to cores; the I/O \
@@ -215,6 +215,12 @@ const SYSTEMS: [(&str, &str, Option<&str>); 23] = [
         "veloq-fixed",
         "veloq's file reads into buffers of the worker's registered pool \
          (`File::read_fixed_at`: `IORING_OP_READ_FIXED`, as `veloq_read_fixed` from C)",
+        Some("veloq"),
+    ),
+    (
+        "veloq-poll",
+        "veloq's file reads with `RuntimeBuilder::io_poll(2 ms)`: a worker with reads in \
+         flight polls its ring instead of parking (busy, as fio's loop is)",
         Some("veloq"),
     ),
     (

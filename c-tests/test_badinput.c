@@ -43,6 +43,8 @@ ROW(builder_ring_zero, veloq_builder_ring_entries(g_b, 0))
 ROW(builder_ring_absurd, veloq_builder_ring_entries(g_b, UINT32_MAX))
 ROW(builder_batch_null, veloq_builder_io_batch_wait(NULL, 50))
 ROW(builder_batch_absurd, veloq_builder_io_batch_wait(g_b, 1001))
+ROW(builder_poll_null, veloq_builder_io_poll(NULL, 50))
+ROW(builder_poll_absurd, veloq_builder_io_poll(g_b, 10001))
 ROW(builder_budget_null, veloq_builder_budget(NULL, 64))
 ROW(builder_budget_zero, veloq_builder_budget(g_b, 0))
 ROW(builder_budget_absurd, veloq_builder_budget(g_b, UINT32_MAX))
@@ -144,6 +146,8 @@ static const struct bad_row k_rows[] = {
     {"veloq_builder_ring_entries(b, UINT32_MAX)", builder_ring_absurd, -EINVAL},
     {"veloq_builder_io_batch_wait(NULL, 50)", builder_batch_null, -EINVAL},
     {"veloq_builder_io_batch_wait(b, 1001)", builder_batch_absurd, -EINVAL},
+    {"veloq_builder_io_poll(NULL, 50)", builder_poll_null, -EINVAL},
+    {"veloq_builder_io_poll(b, 10001)", builder_poll_absurd, -EINVAL},
     {"veloq_builder_budget(NULL, 64)", builder_budget_null, -EINVAL},
     {"veloq_builder_budget(b, 0)", builder_budget_zero, -EINVAL},
     {"veloq_builder_budget(b, UINT32_MAX)", builder_budget_absurd, -EINVAL},

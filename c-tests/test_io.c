@@ -778,6 +778,18 @@ static void with_completion_batching_10000_ops_each_complete_once(void) {
     small_ops_each_complete_once(b, n);
 }
 
+/* Polling (veloq_builder_io_poll) on a small ring: the backlog drains, each operation
+ * completes once, and shutdown ends a poll with timers still in flight. */
+static void with_io_polling_10000_ops_each_complete_once(void) {
+    size_t n = CHECK_SCALED(10000);
+    veloq_builder *b = veloq_builder_new();
+    REQUIRE(b);
+    CHECK_EQ(veloq_builder_workers(b, 2), 0);
+    CHECK_EQ(veloq_builder_ring_entries(b, 8), 0);
+    CHECK_EQ(veloq_builder_io_poll(b, 10000), 0);
+    small_ops_each_complete_once(b, n);
+}
+
 static void impossible_ring_sizes_are_refused(void) {
     veloq_builder *b = veloq_builder_new();
     veloq_runtime *rt = NULL;
@@ -1311,6 +1323,7 @@ int main(void) {
     RUN_CASE(shutdown_cancels_1000_inflight_ops_each_callback_once);
     RUN_CASE(a_ring_of_8_entries_carries_10000_outstanding_ops);
     RUN_CASE(with_completion_batching_10000_ops_each_complete_once);
+    RUN_CASE(with_io_polling_10000_ops_each_complete_once);
     RUN_CASE(impossible_ring_sizes_are_refused);
     RUN_CASE(echo_server_with_1000_concurrent_connections);
     RUN_CASE(pool_buffers_write_and_read_a_file_fixed_or_plain);

@@ -662,6 +662,17 @@ int veloq_builder_ring_entries(struct veloq_builder *b, uint32_t entries);
 int veloq_builder_io_batch_wait(struct veloq_builder *b, uint32_t usec);
 
 /**
+ * Polling for device-bound I/O workers: the longest, in microseconds, a worker that runs
+ * out of work while it has I/O operations in flight (an armed receive counts) polls its
+ * ring and queues before it parks, after handing its queued submissions to the kernel;
+ * 0 turns it off (the default), at most 10000. Trades a core kept busy while I/O is in
+ * flight, and more system calls for a network server, for no park and wake per gap
+ * between completions (O_DIRECT reads at queue depth gain most). Returns 0, or -EINVAL
+ * (NULL builder, more than 10000; the builder is unchanged).
+ */
+int veloq_builder_io_poll(struct veloq_builder *b, uint32_t usec);
+
+/**
  * Tasks each source (local queue, mesh, inbox, injector) may run per loop turn,
  * 1..=65536; default 64. Returns 0, or -EINVAL (NULL builder, out of range; unchanged).
  */

@@ -434,3 +434,61 @@ fn with_completion_batching_lone_completions_and_outside_spawns_still_get_throug
         assert_eq!(rt.block_on(h).unwrap(), i * 2);
     }
 }
+
+/// With polling on, a worker with I/O in flight polls instead of parking: timers and
+/// nops still complete once each, outside spawns and mesh work still get through while it
+/// polls, and the builder refuses a poll longer than the bound.
+#[test]
+fn with_io_polling_operations_and_outside_spawns_complete() {
+    let mut refused = RuntimeBuilder::default();
+    assert!(refused
+        .set_io_poll(RuntimeBuilder::MAX_IO_POLL + Duration::from_nanos(1))
+        .is_err());
+    let rt = Runtime::builder()
+        .workers(2)
+        .io_poll(RuntimeBuilder::MAX_IO_POLL)
+        .build()
+        .expect("runtime");
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    let h = rt
+        .spawn_local_to(0, move || async move {
+            for _ in 0..64 {
+                let mut burst = Vec::new();
+                for i in 0..32u64 {
+                    let d = d.clone();
+                    burst.push(
+                        veloq::spawn_local(async move {
+                            if i % 2 == 0 {
+                                io::nop().await.expect("nop");
+                            } else {
+                                time::sleep(Duration::from_micros(50)).await;
+                            }
+                            d.fetch_add(1, SeqCst);
+                        })
+                        .unwrap(),
+                    );
+                }
+                for h in burst {
+                    h.await.unwrap();
+                }
+            }
+            // Work from the other worker while this one polls a long timer.
+            let other = veloq::spawn_to(1, async { 7 }).unwrap();
+            let timer = veloq::spawn_local(time::sleep(Duration::from_millis(20))).unwrap();
+            assert_eq!(other.await.unwrap(), 7);
+            timer.await.unwrap();
+        })
+        .unwrap();
+    rt.block_on(h).unwrap();
+    assert_eq!(done.load(SeqCst), 64 * 32, "every operation completed once");
+    // A timer in flight on worker 0 keeps it polling: spawns from outside still run.
+    let long = rt
+        .spawn_local_to(0, || time::sleep(Duration::from_millis(200)))
+        .unwrap();
+    for i in 0..32 {
+        let h = rt.spawn(async move { i * 2 }).unwrap();
+        assert_eq!(rt.block_on(h).unwrap(), i * 2);
+    }
+    rt.block_on(long).unwrap();
+}

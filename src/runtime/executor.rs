@@ -21,6 +21,7 @@ use crossbeam_deque::Steal;
 use super::context::RuntimeContext;
 use super::introspect::coarse_ms;
 use super::job::{InboxJob, Job, JobParts};
+use super::spin::AdaptiveSpin;
 use crate::io::driver::{cqe_batch, Completed, Delivery, Driver, REAP_BATCH};
 use spawner::{below, next_random};
 
@@ -615,14 +616,30 @@ impl RuntimeContext {
         self.flush_notifications();
         let spin = self.registry.config.spin_before_park;
         // Submissions waiting for the park go in now rather than after a spin: the park's
-        // enter submits them and sleeps in one system call.
-        let queued = self
+        // enter submits them and sleeps in one system call. Unless polling is configured
+        // (`RuntimeBuilder::io_poll`) and I/O is in flight: then they go in now and the
+        // worker polls for the completions for the configured time, whatever its recent
+        // spins found.
+        let (queued, in_flight) = self
             .driver
             .try_borrow_mut()
-            .is_ok_and(|mut d| d.has_queued());
+            .map_or((false, false), |mut d| (d.has_queued(), d.live() > 0));
+        let io_poll = self.registry.config.io_poll;
+        let polling = !io_poll.is_zero() && in_flight;
         // 0 when spinning is configured off, or when this worker's recent spins kept
         // finding nothing (see `spin.rs`); asked only when a spin may start.
-        let limit = if queued { 0 } else { self.spin.rounds() };
+        let (limit, spin) = if polling {
+            if queued {
+                self.driver.borrow_mut().flush_queued();
+            }
+            (AdaptiveSpin::MAX_ROUNDS, io_poll)
+        } else if queued {
+            (0, spin)
+        } else {
+            (self.spin.rounds(), spin)
+        };
+        // What a spin found adapts the next plain spin; a poll's outcome does not.
+        let adapt = !polling;
         if limit > 0 {
             // The clock is first read at the 64th round (so the spin lasts up to 64 rounds,
             // a few µs, longer than `spin`): a worker whose wait is short reads none.
@@ -632,27 +649,37 @@ impl RuntimeContext {
                 // Mesh messages are what a spinning worker most often waits for: look at
                 // its inbound channels every round, at everything else every 16th.
                 if self.mesh_has_work() {
-                    self.spin.found();
+                    if adapt {
+                        self.spin.found();
+                    }
                     self.run_mesh_turn();
                     return;
                 }
                 if rounds % 16 == 0 && self.has_work() {
-                    self.spin.found();
+                    if adapt {
+                        self.spin.found();
+                    }
                     return;
                 }
                 rounds += 1;
                 if rounds >= limit {
-                    self.spin.ran_out();
+                    if adapt {
+                        self.spin.ran_out();
+                    }
                     break;
                 }
                 if rounds % 64 == 0 {
                     self.bump_progress();
                     if self.steal(self.registry.config.budget) {
-                        self.spin.found();
+                        if adapt {
+                            self.spin.found();
+                        }
                         return;
                     }
                     if start.get_or_insert_with(Instant::now).elapsed() >= spin {
-                        self.spin.timed_out(rounds);
+                        if adapt {
+                            self.spin.timed_out(rounds);
+                        }
                         break;
                     }
                 }

@@ -27,6 +27,8 @@ pub(crate) struct Config {
     pub(crate) spin_before_park: Duration,
     /// Longest wait of a busy worker's park for a batch of completions (0: off).
     pub(crate) io_batch_wait: Duration,
+    /// How long a worker with I/O in flight polls before it parks (0: off).
+    pub(crate) io_poll: Duration,
     pub(crate) ring_entries: u32,
     pub(crate) buffer_pool: crate::io::buffers::BufferPoolConfig,
     pub(crate) blocking: crate::runtime::blocking::BlockingConfig,
