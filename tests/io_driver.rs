@@ -383,6 +383,34 @@ fn worker_stats_count_io_submitted_and_completed() {
     assert!(after.io_enters > 0, "{after:?}");
 }
 
+/// `BURSTS` bursts of `BURST` local tasks on the current worker, each awaiting `op(i)` (its
+/// index in the burst) and then counting itself in `done`; a burst ends before the next
+/// starts, so every park brings many completions.
+const BURSTS: usize = 64;
+const BURST: usize = 32;
+async fn bursts<F, Fut>(done: &Arc<AtomicUsize>, op: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    for _ in 0..BURSTS {
+        let mut burst = Vec::new();
+        for i in 0..BURST {
+            let (d, op) = (done.clone(), op(i));
+            burst.push(
+                veloq::spawn_local(async move {
+                    op.await;
+                    d.fetch_add(1, SeqCst);
+                })
+                .unwrap(),
+            );
+        }
+        for h in burst {
+            h.await.unwrap();
+        }
+    }
+}
+
 /// With completion batching on, a busy worker's park waits for a batch of completions,
 /// bounded: a lone completion or a wake-up for an outside spawn still ends it.
 #[test]
@@ -398,22 +426,7 @@ fn with_completion_batching_lone_completions_and_outside_spawns_still_get_throug
         .spawn_local_to(0, move || async move {
             // Bursts of 32 operations: each park brings many completions, so the worker
             // goes on to wait for batches.
-            for _ in 0..64 {
-                let mut burst = Vec::new();
-                for _ in 0..32 {
-                    let d = d.clone();
-                    burst.push(
-                        veloq::spawn_local(async move {
-                            io::nop().await.expect("nop");
-                            d.fetch_add(1, SeqCst);
-                        })
-                        .unwrap(),
-                    );
-                }
-                for h in burst {
-                    h.await.unwrap();
-                }
-            }
+            bursts(&d, |_| async { io::nop().await.expect("nop") }).await;
             // Lone completions while the worker waits for batches.
             for _ in 0..8 {
                 time::sleep(Duration::from_micros(100)).await;
@@ -425,7 +438,7 @@ fn with_completion_batching_lone_completions_and_outside_spawns_still_get_throug
     rt.block_on(h).unwrap();
     assert_eq!(
         done.load(SeqCst),
-        64 * 32 + 8,
+        BURSTS * BURST + 8,
         "every operation completed once"
     );
     // The worker is parked, waiting for a batch: spawns from outside still run.
@@ -453,26 +466,14 @@ fn with_io_polling_operations_and_outside_spawns_complete() {
     let d = done.clone();
     let h = rt
         .spawn_local_to(0, move || async move {
-            for _ in 0..64 {
-                let mut burst = Vec::new();
-                for i in 0..32u64 {
-                    let d = d.clone();
-                    burst.push(
-                        veloq::spawn_local(async move {
-                            if i % 2 == 0 {
-                                io::nop().await.expect("nop");
-                            } else {
-                                time::sleep(Duration::from_micros(50)).await;
-                            }
-                            d.fetch_add(1, SeqCst);
-                        })
-                        .unwrap(),
-                    );
+            bursts(&d, |i| async move {
+                if i % 2 == 0 {
+                    io::nop().await.expect("nop");
+                } else {
+                    time::sleep(Duration::from_micros(50)).await;
                 }
-                for h in burst {
-                    h.await.unwrap();
-                }
-            }
+            })
+            .await;
             // Work from the other worker while this one polls a long timer.
             let other = veloq::spawn_to(1, async { 7 }).unwrap();
             let timer = veloq::spawn_local(time::sleep(Duration::from_millis(20))).unwrap();
@@ -481,7 +482,11 @@ fn with_io_polling_operations_and_outside_spawns_complete() {
         })
         .unwrap();
     rt.block_on(h).unwrap();
-    assert_eq!(done.load(SeqCst), 64 * 32, "every operation completed once");
+    assert_eq!(
+        done.load(SeqCst),
+        BURSTS * BURST,
+        "every operation completed once"
+    );
     // A timer in flight on worker 0 keeps it polling: spawns from outside still run.
     let long = rt
         .spawn_local_to(0, || time::sleep(Duration::from_millis(200)))
