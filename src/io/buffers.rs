@@ -772,6 +772,29 @@ mod tests {
         assert_eq!(bufs.last().unwrap().buf_index(), None);
     }
 
+    /// The fixed-or-plain rule of `File::read_fixed_at` and `veloq_read_fixed`: a buffer
+    /// gets a fixed index only from the registered pool that handed it out.
+    #[test]
+    fn only_the_registered_pool_that_made_a_buffer_names_its_fixed_index() {
+        let (my_ring, other_ring) = (ring(), ring());
+        let mine = BufferPool::new(&config([2, 0, 0, 0, 0]), Some(&my_ring.submitter())).unwrap();
+        let other =
+            BufferPool::new(&config([2, 0, 0, 0, 0]), Some(&other_ring.submitter())).unwrap();
+        let unregistered = BufferPool::new(&config([2, 0, 0, 0, 0]), None).unwrap();
+        let own = mine.alloc(4096).unwrap();
+        assert!(own.buf_index().is_some());
+        assert_eq!(mine.fixed_index(&own), own.buf_index());
+        // Another worker's registered buffer: its index means nothing on this ring.
+        let foreign = other.alloc(4096).unwrap();
+        assert!(foreign.buf_index().is_some());
+        assert_eq!(mine.fixed_index(&foreign), None);
+        // Plain buffers: from an unregistered pool, or too big for any class.
+        assert_eq!(mine.fixed_index(&unregistered.alloc(4096).unwrap()), None);
+        let big = mine.alloc(2 << 20).unwrap();
+        assert_eq!(big.buf_index(), None);
+        assert_eq!(mine.fixed_index(&big), None);
+    }
+
     #[test]
     fn a_freed_buffer_is_the_next_one_handed_out() {
         let pool = BufferPool::new(&config([8, 0, 0, 0, 0]), None).unwrap();
