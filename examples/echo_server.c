@@ -388,23 +388,23 @@ static int64_t start_accepting(veloq_ctx *ctx, void *arg) {
     return veloq_accept(ctx, fd, true, on_accept, arg);
 }
 
+/* A SO_REUSEPORT listener on port `port` (0: any free port), its port in *bound: one per
+ * worker, all on the same port. Returns the fd or a negative errno. */
 static int listener(uint16_t port, uint16_t *bound) {
     struct sockaddr_in a;
     socklen_t len = sizeof a;
-    int one = 1;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    int fd;
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_ANY);
     a.sin_port = htons(port);
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 4096) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+    fd = veloq_tcp_listen((const struct sockaddr *)&a, sizeof a, 4096, VELOQ_BIND_REUSEPORT);
+    if (fd < 0)
+        return fd;
+    if (getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+        int e = -errno;
         close(fd);
-        return -1;
+        return e;
     }
     *bound = ntohs(a.sin_port);
     return fd;
@@ -468,7 +468,7 @@ int main(int argc, char **argv) {
         g_listeners[i] = listener(i == 0 ? (uint16_t)port : bound, &bound);
         if (g_listeners[i] < 0) {
             fprintf(stderr, "echo_server: cannot listen on port %u: %s\n", (unsigned)bound,
-                    strerror(errno));
+                    veloq_strerror(g_listeners[i]));
             return 1;
         }
     }

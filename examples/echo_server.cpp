@@ -80,23 +80,17 @@ void accept_on(veloq::Io io, int listener) {
     });
 }
 
+// A SO_REUSEPORT listener on `port` (0: any free port); `bound` gets its port. Throws
+// veloq::Error.
 int listen_on(std::uint16_t port, std::uint16_t &bound) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
     sockaddr_in a{};
     socklen_t len = sizeof a;
-    if (fd < 0)
-        return -1;
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_ANY);
     a.sin_port = htons(port);
-    if (::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) < 0 || ::listen(fd, 4096) < 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) < 0) {
-        ::close(fd);
-        return -1;
-    }
+    int fd = veloq::tcp_listen(reinterpret_cast<const sockaddr *>(&a), sizeof a, 4096,
+                               VELOQ_BIND_REUSEPORT);
+    ::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
     bound = ntohs(a.sin_port);
     return fd;
 }
@@ -135,12 +129,12 @@ int main(int argc, char **argv) {
     std::uint16_t bound = static_cast<std::uint16_t>(port);
     std::vector<int> listeners;
     for (long w = 0; w < workers; w++) {
-        int fd = listen_on(bound, bound);
-        if (fd < 0) {
-            std::fprintf(stderr, "echo_server_cpp: cannot listen: %s\n", std::strerror(errno));
+        try {
+            listeners.push_back(listen_on(bound, bound));
+        } catch (const veloq::Error &e) {
+            std::fprintf(stderr, "echo_server_cpp: cannot listen: %s\n", e.what());
             return 1;
         }
-        listeners.push_back(fd);
     }
 
     int sig = 0;

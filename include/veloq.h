@@ -197,6 +197,13 @@ struct statx;
 #define VELOQ_OP_FALLOCATE 21
 
 /**
+ * `flags` bit of `veloq_tcp_listen` and `veloq_udp_bind`: set `SO_REUSEPORT` (and, for
+ * UDP, `SO_REUSEADDR`) so that several sockets, e.g. one per worker, share the address
+ * and the kernel spreads connections (TCP) or datagrams (UDP, by source) over them.
+ */
+#define VELOQ_BIND_REUSEPORT 1
+
+/**
  * Largest buffer `veloq_buf_alloc` hands out: 1 GiB.
  */
 #define VELOQ_BUF_MAX_SIZE (1 << 30)
@@ -1310,6 +1317,32 @@ int64_t veloq_ctx_submit(struct veloq_ctx *ctx,
                          const struct veloq_sqe *sqe,
                          veloq_io_cb cb,
                          void *arg);
+
+/**
+ * Creates a TCP socket listening on `addr` (IPv4 or IPv6): `socket` (close-on-exec),
+ * `SO_REUSEADDR`, `SO_REUSEPORT` when `flags` has `VELOQ_BIND_REUSEPORT`, `bind`, then
+ * `listen(backlog)` (the kernel caps `backlog` at `net.core.somaxconn`). Port 0 binds a
+ * free port: read it with `getsockname`. Returns the new descriptor (>= 0), owned by the
+ * caller (close it with `close` or `veloq_close`; use it with `veloq_accept`), or a
+ * negative errno, and then no descriptor is left open: -EINVAL (NULL `addr`, `addrlen`
+ * shorter than the family's address or over 128, `backlog` < 0, an unknown `flags`
+ * bit); -EAFNOSUPPORT (a family other than AF_INET / AF_INET6); the kernel's errors of
+ * `socket`, `setsockopt`, `bind` (-EADDRINUSE, -EADDRNOTAVAIL, -EACCES) and `listen`.
+ * Synchronous (it never waits); callable from any thread.
+ */
+int veloq_tcp_listen(const struct sockaddr *addr, uint32_t addrlen, int backlog, uint32_t flags);
+
+/**
+ * Creates a UDP socket bound to `addr` (IPv4 or IPv6): `socket` (close-on-exec), with
+ * `SO_REUSEADDR` and `SO_REUSEPORT` when `flags` has `VELOQ_BIND_REUSEPORT`, then `bind`.
+ * Port 0 binds a free port. Returns the new descriptor (>= 0), owned by the caller (use
+ * it with `veloq_recvmsg` / `veloq_sendmsg`), or a negative errno, and then no
+ * descriptor is left open: -EINVAL (NULL `addr`, `addrlen` shorter than the family's
+ * address or over 128, an unknown `flags` bit); -EAFNOSUPPORT; the kernel's errors of
+ * `socket`, `setsockopt` and `bind` (-EADDRINUSE, -EADDRNOTAVAIL, -EACCES).
+ * Synchronous (it never waits); callable from any thread.
+ */
+int veloq_udp_bind(const struct sockaddr *addr, uint32_t addrlen, uint32_t flags);
 
 /**
  * Makes an open group of `rt` into `*out`. Its one completion `{user_data, res, flags 0,

@@ -467,6 +467,16 @@ fn multishot_accept_takes_a_thousand_connections() {
 }
 
 #[test]
+fn udp_reuseport_shares_a_port_and_without_it_the_port_is_taken() {
+    let a = UdpSocket::bind_with("127.0.0.1:0", true).unwrap();
+    let port = a.local_addr().unwrap().port();
+    let b = UdpSocket::bind_with(("127.0.0.1", port), true).expect("SO_REUSEPORT");
+    assert_eq!(b.local_addr().unwrap().port(), port);
+    let err = UdpSocket::bind(("127.0.0.1", port)).expect_err("no SO_REUSEPORT");
+    assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+}
+
+#[test]
 fn udp_datagrams_round_trip_with_their_addresses() {
     let rt = runtime(2);
     let h = rt

@@ -133,6 +133,27 @@ inline std::string strerror(int code) {
 /// The library's version, (major << 16) | (minor << 8) | patch.
 inline std::uint32_t version() noexcept { return ::veloq_version(); }
 
+/// veloq_tcp_listen: a TCP socket listening on `addr` (SO_REUSEADDR; SO_REUSEPORT with
+/// VELOQ_BIND_REUSEPORT in `flags`). Returns its descriptor, which the caller owns. Throws
+/// Error (-EINVAL, -EAFNOSUPPORT, -EADDRINUSE, ...); then no descriptor is left open.
+inline int tcp_listen(const struct sockaddr *addr, std::uint32_t addrlen, int backlog = 1024,
+                      std::uint32_t flags = 0) {
+    int fd = ::veloq_tcp_listen(addr, addrlen, backlog, flags);
+    if (fd < 0)
+        throw Error(fd, "veloq_tcp_listen");
+    return fd;
+}
+
+/// veloq_udp_bind: a UDP socket bound to `addr` (SO_REUSEADDR and SO_REUSEPORT with
+/// VELOQ_BIND_REUSEPORT in `flags`). Returns its descriptor, which the caller owns. Throws
+/// Error; then no descriptor is left open.
+inline int udp_bind(const struct sockaddr *addr, std::uint32_t addrlen, std::uint32_t flags = 0) {
+    int fd = ::veloq_udp_bind(addr, addrlen, flags);
+    if (fd < 0)
+        throw Error(fd, "veloq_udp_bind");
+    return fd;
+}
+
 class Runtime;
 class RuntimeRef;
 class CompletionQueue;

@@ -442,15 +442,23 @@ static void io_multishot_accept_runs_per_connection_then_frees(void) {
     veloq::Runtime rt = veloq::Runtime::builder().workers(1).build();
     veloq::CompletionQueue cq(rt, 64);
     veloq_cq *q = cq.get();
-    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(l >= 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t alen = sizeof a;
-    REQUIRE(bind(l, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0);
-    REQUIRE(listen(l, 64) == 0);
+    int l = veloq::tcp_listen(reinterpret_cast<const sockaddr *>(&a), sizeof a, 64);
+    REQUIRE(l >= 0);
     REQUIRE(getsockname(l, reinterpret_cast<sockaddr *>(&a), &alen) == 0);
+    // The port is taken now: a second listener without VELOQ_BIND_REUSEPORT is refused.
+    try {
+        ::close(veloq::tcp_listen(reinterpret_cast<const sockaddr *>(&a), sizeof a));
+        CHECK(!"tcp_listen on a taken port did not throw");
+    } catch (const veloq::Error &e) {
+        CHECK_EQ(e.code(), -EADDRINUSE);
+    }
+    int u = veloq::udp_bind(reinterpret_cast<const sockaddr *>(&a), sizeof a);
+    CHECK(u >= 0); // UDP ports are their own namespace
+    ::close(u);
     std::atomic<int> accepted{0};
     rt.spawn_to(0, [q, l, &accepted](veloq_ctx *ctx) {
         return veloq::Io(ctx).accept(l, true, [q, &accepted, t = Tracked()](std::int64_t fd,

@@ -41,6 +41,8 @@ pub extern "C" fn veloq_strerror(err: c_int) -> *const c_char {
             libc::ECONNRESET => b"connection reset by peer\0",
             libc::ENOTCONN => b"socket not connected\0",
             libc::EADDRINUSE => b"address already in use\0",
+            libc::EADDRNOTAVAIL => b"address not available on this host\0",
+            libc::EAFNOSUPPORT => b"address family not supported\0",
             libc::EOVERFLOW => b"value too large\0",
             _ => b"unknown error\0",
         },

@@ -33,6 +33,8 @@ mod introspect;
 // After the task API: the header reads tasks, then worker-side and host-side I/O.
 mod io;
 mod submit;
+// Synchronous listener and datagram socket set-up: after the I/O calls that use them.
+mod net;
 // Task groups: after tasks and I/O, whose callbacks they group.
 mod group;
 
@@ -50,6 +52,7 @@ pub use error::*;
 pub use group::*;
 pub use introspect::*;
 pub use io::*;
+pub use net::*;
 pub use runtime::*;
 pub use submit::*;
 pub use task::*;

@@ -5,7 +5,7 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// A kernel socket address in heap memory that does not move while an operation holds
 /// a pointer to it, with its length (in/out for accept and recvmsg).
@@ -147,6 +147,70 @@ pub(crate) fn socket(domain: i32, socket_type: i32) -> io::Result<OwnedFd> {
     }
     // SAFETY: a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A close-on-exec socket of `socket_type` bound to `addr`: `SO_REUSEADDR` when
+/// `reuseaddr`, `SO_REUSEPORT` when `reuseport` (set before binding, as they must be).
+/// The one way every listener and datagram socket of the crate, Rust or C, is made.
+pub(crate) fn bound_socket(
+    addr: &SocketAddr,
+    socket_type: i32,
+    reuseaddr: bool,
+    reuseport: bool,
+) -> io::Result<OwnedFd> {
+    let fd = socket(domain(addr), socket_type)?;
+    let raw = fd.as_raw_fd();
+    if reuseaddr {
+        set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    }
+    if reuseport {
+        set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    bind(raw, addr)?;
+    Ok(fd)
+}
+
+/// A TCP listener on `addr` (`SO_REUSEADDR` always, `SO_REUSEPORT` when `reuseport`),
+/// listening with `backlog` (clamped to `i32::MAX`; the kernel caps it at `somaxconn`).
+pub(crate) fn tcp_listener(
+    addr: &SocketAddr,
+    reuseport: bool,
+    backlog: u32,
+) -> io::Result<OwnedFd> {
+    let fd = bound_socket(addr, libc::SOCK_STREAM, true, reuseport)?;
+    let backlog = backlog.min(i32::MAX as u32) as i32;
+    // SAFETY: plain system call on a socket we own.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    Ok(fd)
+}
+
+/// The IPv4 or IPv6 address in the `len` bytes at `raw` (a C caller's `sockaddr`).
+/// `EINVAL` when `len` is too short for the family it names or longer than any socket
+/// address; `EAFNOSUPPORT` for families other than IPv4 and IPv6.
+///
+/// # Safety
+/// `raw` points to `len` readable bytes.
+pub(crate) unsafe fn from_raw(raw: *const libc::sockaddr, len: usize) -> io::Result<SocketAddr> {
+    let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+    if len < size_of::<libc::sa_family_t>() || len > size_of::<libc::sockaddr_storage>() {
+        return Err(einval());
+    }
+    let mut sa = SockAddr::empty();
+    // SAFETY: `raw` has `len` readable bytes (caller's promise), the storage has room for
+    // them (checked above), and the two never overlap (the storage is fresh).
+    unsafe {
+        std::ptr::copy_nonoverlapping(raw.cast::<u8>(), sa.as_mut_ptr().cast::<u8>(), len);
+    }
+    sa.len = len as libc::socklen_t;
+    let needed = match i32::from(sa.storage.ss_family) {
+        libc::AF_INET => size_of::<libc::sockaddr_in>(),
+        libc::AF_INET6 => size_of::<libc::sockaddr_in6>(),
+        _ => return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT)),
+    };
+    if len < needed {
+        return Err(einval());
+    }
+    sa.to_std()
 }
 
 /// `bind(2)` (synchronous: it never waits).

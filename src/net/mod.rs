@@ -28,4 +28,5 @@ pub use recv_multi::RecvStream;
 pub use tcp::{Incoming, TcpListener, TcpStream, DEFAULT_BACKLOG};
 pub use udp::UdpSocket;
 
+pub(crate) use addr::{bound_socket, from_raw as addr_from_raw, tcp_listener};
 pub(crate) use tcp::close_fd;

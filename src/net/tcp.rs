@@ -42,16 +42,7 @@ impl TcpListener {
         backlog: u32,
     ) -> io::Result<TcpListener> {
         addr::each_addr(addr, |a| {
-            let fd = addr::socket(addr::domain(a), libc::SOCK_STREAM)?;
-            let raw = fd.as_raw_fd();
-            addr::set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-            if reuseport {
-                addr::set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-            }
-            addr::bind(raw, a)?;
-            let backlog = backlog.min(i32::MAX as u32) as i32;
-            // SAFETY: plain system call on a socket we own.
-            addr::cvt(unsafe { libc::listen(raw, backlog) })?;
+            let fd = addr::tcp_listener(a, reuseport, backlog)?;
             Ok(TcpListener { fd: fd.into() })
         })
     }

@@ -57,9 +57,15 @@ impl UdpSocket {
     /// Binds a socket to `addr` (synchronous). Errors: those of `socket` and `bind`;
     /// `InvalidInput` for an address that does not parse.
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
+        UdpSocket::bind_with(addr, false)
+    }
+
+    /// Like [`bind`](Self::bind), with `SO_REUSEADDR` and `SO_REUSEPORT` when `reuseport`:
+    /// several sockets (e.g. one per worker) share the port and the kernel spreads the
+    /// datagrams over them by source address.
+    pub fn bind_with(addr: impl ToSocketAddrs, reuseport: bool) -> io::Result<UdpSocket> {
         addr::each_addr(addr, |a| {
-            let fd = addr::socket(addr::domain(a), libc::SOCK_DGRAM)?;
-            addr::bind(fd.as_raw_fd(), a)?;
+            let fd = addr::bound_socket(a, libc::SOCK_DGRAM, reuseport, reuseport)?;
             Ok(UdpSocket { fd: fd.into() })
         })
     }
