@@ -248,6 +248,42 @@ fn shutdown_cancels_in_flight_operations() {
     }
 }
 
+/// Shutdown that lands while a worker with I/O in flight spins before parking: the
+/// shutdown's notifier finds the worker running and writes no wake-up, so the worker
+/// learns of shutdown only in its last look before sleeping. It must still cancel its
+/// I/O (and so finish) rather than sleep on an operation nothing will end. Each round
+/// widens that window: a long idle spin, and shutdown called the moment a second task
+/// ran, as the worker heads for its spin with the first task's timer in flight.
+#[test]
+fn shutdown_while_a_worker_spins_with_io_in_flight_still_ends() {
+    for round in 0..100 {
+        let rt = Runtime::builder()
+            .workers(1)
+            .spin_before_park(Duration::from_millis(2))
+            .build()
+            .expect("runtime");
+        let (tx, started) = std::sync::mpsc::channel();
+        let sleeper_started = tx.clone();
+        let sleeper = rt
+            .spawn(async move {
+                let _ = sleeper_started.send(());
+                time::sleep(Duration::from_secs(3600)).await;
+            })
+            .unwrap();
+        started.recv().unwrap();
+        rt.spawn(async move {
+            let _ = tx.send(());
+        })
+        .unwrap();
+        started.recv().unwrap();
+        rt.shutdown(Some(Duration::from_secs(10)))
+            .unwrap_or_else(|e| panic!("round {round}: shutdown did not end: {e}"));
+        // The sleep's timer was cancelled, so its task ran to its end.
+        rt.block_on(sleeper)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+}
+
 #[test]
 fn receives_that_wait_for_ever_do_not_starve_other_io_on_a_small_ring() {
     use veloq::net::{TcpListener, TcpStream};

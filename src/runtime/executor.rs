@@ -689,10 +689,15 @@ impl RuntimeContext {
         let me = self.me();
         me.park.begin_park();
         // Shutdown news this worker has not acted on yet: it must loop once more (to
-        // count itself idle and try to end shutdown) rather than sleep. A worker still
-        // waiting for its tasks may sleep: whatever finishes them will wake it.
+        // cancel its I/O, count itself idle and try to end shutdown) rather than sleep.
+        // A worker still waiting for its tasks and I/O may sleep once it has cancelled
+        // that I/O: whatever finishes them will wake it. Its I/O is cancelled by the
+        // next `poll_io`, not here: a worker that saw `closed` only now (its notifier
+        // found it running, so wrote no wake-up) would otherwise sleep on operations
+        // nothing will ever end.
         let shutdown_news = self.registry.closed.load(SeqCst)
-            && (self.registry.terminated.load(SeqCst)
+            && (!self.io_closed.get()
+                || self.registry.terminated.load(SeqCst)
                 || (!cancelled && self.registry.cancel.load(SeqCst))
                 || (!self.counted_idle.get() && self.locally_quiet()));
         if self.has_work() || shutdown_news {
