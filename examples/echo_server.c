@@ -467,8 +467,8 @@ int main(int argc, char **argv) {
     for (i = 0; i < workers; i++) {
         g_listeners[i] = listener(i == 0 ? (uint16_t)port : bound, &bound);
         if (g_listeners[i] < 0) {
-            fprintf(stderr, "echo_server: cannot listen on port %u: %s\n", (unsigned)bound,
-                    veloq_strerror(g_listeners[i]));
+            fprintf(stderr, "echo_server: cannot listen on port %u: %s\n",
+                    (unsigned)(i == 0 ? (uint16_t)port : bound), strerror(-g_listeners[i]));
             return 1;
         }
     }

@@ -18,7 +18,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -90,7 +89,11 @@ int listen_on(std::uint16_t port, std::uint16_t &bound) {
     a.sin_port = htons(port);
     int fd = veloq::tcp_listen(reinterpret_cast<const sockaddr *>(&a), sizeof a, 4096,
                                VELOQ_BIND_REUSEPORT);
-    ::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
+    if (::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) < 0) {
+        int e = -errno;
+        ::close(fd);
+        throw veloq::Error(e, "getsockname");
+    }
     bound = ntohs(a.sin_port);
     return fd;
 }

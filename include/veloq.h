@@ -197,9 +197,10 @@ struct statx;
 #define VELOQ_OP_FALLOCATE 21
 
 /**
- * `flags` bit of `veloq_tcp_listen` and `veloq_udp_bind`: set `SO_REUSEPORT` (and, for
- * UDP, `SO_REUSEADDR`) so that several sockets, e.g. one per worker, share the address
- * and the kernel spreads connections (TCP) or datagrams (UDP, by source) over them.
+ * `flags` bit of `veloq_tcp_listen` and `veloq_udp_bind`: set `SO_REUSEPORT` so that
+ * several sockets, e.g. one per worker, share the address and the kernel spreads
+ * connections (TCP) or datagrams (UDP, by source) over them. Only sockets of the same
+ * user can share a port this way.
  */
 #define VELOQ_BIND_REUSEPORT 1
 
@@ -1319,7 +1320,8 @@ int64_t veloq_ctx_submit(struct veloq_ctx *ctx,
                          void *arg);
 
 /**
- * Creates a TCP socket listening on `addr` (IPv4 or IPv6): `socket` (close-on-exec),
+ * Creates a TCP socket listening on `addr` (IPv4 or IPv6; `addrlen` readable bytes at
+ * `addr`, which stays the caller's): `socket` (close-on-exec),
  * `SO_REUSEADDR`, `SO_REUSEPORT` when `flags` has `VELOQ_BIND_REUSEPORT`, `bind`, then
  * `listen(backlog)` (the kernel caps `backlog` at `net.core.somaxconn`). Port 0 binds a
  * free port: read it with `getsockname`. Returns the new descriptor (>= 0), owned by the
@@ -1333,8 +1335,9 @@ int64_t veloq_ctx_submit(struct veloq_ctx *ctx,
 int veloq_tcp_listen(const struct sockaddr *addr, uint32_t addrlen, int backlog, uint32_t flags);
 
 /**
- * Creates a UDP socket bound to `addr` (IPv4 or IPv6): `socket` (close-on-exec), with
- * `SO_REUSEADDR` and `SO_REUSEPORT` when `flags` has `VELOQ_BIND_REUSEPORT`, then `bind`.
+ * Creates a UDP socket bound to `addr` (IPv4 or IPv6; `addrlen` readable bytes at `addr`,
+ * which stays the caller's): `socket` (close-on-exec), `SO_REUSEPORT` when `flags` has
+ * `VELOQ_BIND_REUSEPORT`, then `bind`.
  * Port 0 binds a free port. Returns the new descriptor (>= 0), owned by the caller (use
  * it with `veloq_recvmsg` / `veloq_sendmsg`), or a negative errno, and then no
  * descriptor is left open: -EINVAL (NULL `addr`, `addrlen` shorter than the family's

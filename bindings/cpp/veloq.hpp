@@ -144,8 +144,8 @@ inline int tcp_listen(const struct sockaddr *addr, std::uint32_t addrlen, int ba
     return fd;
 }
 
-/// veloq_udp_bind: a UDP socket bound to `addr` (SO_REUSEADDR and SO_REUSEPORT with
-/// VELOQ_BIND_REUSEPORT in `flags`). Returns its descriptor, which the caller owns. Throws
+/// veloq_udp_bind: a UDP socket bound to `addr` (SO_REUSEPORT with VELOQ_BIND_REUSEPORT
+/// in `flags`). Returns its descriptor, which the caller owns. Throws
 /// Error; then no descriptor is left open.
 inline int udp_bind(const struct sockaddr *addr, std::uint32_t addrlen, std::uint32_t flags = 0) {
     int fd = ::veloq_udp_bind(addr, addrlen, flags);

@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use super::error::VELOQ_EPANIC;
 use crate::runtime::OsError;
 
-/// `flags` bit of `veloq_tcp_listen` and `veloq_udp_bind`: set `SO_REUSEPORT` (and, for
-/// UDP, `SO_REUSEADDR`) so that several sockets, e.g. one per worker, share the address
-/// and the kernel spreads connections (TCP) or datagrams (UDP, by source) over them.
+/// `flags` bit of `veloq_tcp_listen` and `veloq_udp_bind`: set `SO_REUSEPORT` so that
+/// several sockets, e.g. one per worker, share the address and the kernel spreads
+/// connections (TCP) or datagrams (UDP, by source) over them. Only sockets of the same
+/// user can share a port this way.
 pub const VELOQ_BIND_REUSEPORT: u32 = 1;
 
 /// Every flag bit the bind helpers know.
@@ -35,7 +36,8 @@ fn fd_or_errno(r: std::io::Result<std::os::fd::OwnedFd>) -> c_int {
     }
 }
 
-/// Creates a TCP socket listening on `addr` (IPv4 or IPv6): `socket` (close-on-exec),
+/// Creates a TCP socket listening on `addr` (IPv4 or IPv6; `addrlen` readable bytes at
+/// `addr`, which stays the caller's): `socket` (close-on-exec),
 /// `SO_REUSEADDR`, `SO_REUSEPORT` when `flags` has `VELOQ_BIND_REUSEPORT`, `bind`, then
 /// `listen(backlog)` (the kernel caps `backlog` at `net.core.somaxconn`). Port 0 binds a
 /// free port: read it with `getsockname`. Returns the new descriptor (>= 0), owned by the
@@ -65,8 +67,9 @@ pub extern "C" fn veloq_tcp_listen(
     })
 }
 
-/// Creates a UDP socket bound to `addr` (IPv4 or IPv6): `socket` (close-on-exec), with
-/// `SO_REUSEADDR` and `SO_REUSEPORT` when `flags` has `VELOQ_BIND_REUSEPORT`, then `bind`.
+/// Creates a UDP socket bound to `addr` (IPv4 or IPv6; `addrlen` readable bytes at `addr`,
+/// which stays the caller's): `socket` (close-on-exec), `SO_REUSEPORT` when `flags` has
+/// `VELOQ_BIND_REUSEPORT`, then `bind`.
 /// Port 0 binds a free port. Returns the new descriptor (>= 0), owned by the caller (use
 /// it with `veloq_recvmsg` / `veloq_sendmsg`), or a negative errno, and then no
 /// descriptor is left open: -EINVAL (NULL `addr`, `addrlen` shorter than the family's
@@ -84,7 +87,7 @@ pub extern "C" fn veloq_udp_bind(addr: *const libc::sockaddr, addrlen: u32, flag
         fd_or_errno(crate::net::bound_socket(
             &a,
             libc::SOCK_DGRAM,
-            reuseport,
+            false,
             reuseport,
         ))
     })

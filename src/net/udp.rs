@@ -60,12 +60,13 @@ impl UdpSocket {
         UdpSocket::bind_with(addr, false)
     }
 
-    /// Like [`bind`](Self::bind), with `SO_REUSEADDR` and `SO_REUSEPORT` when `reuseport`:
-    /// several sockets (e.g. one per worker) share the port and the kernel spreads the
-    /// datagrams over them by source address.
+    /// Like [`bind`](Self::bind), with `SO_REUSEPORT` when `reuseport`: several sockets
+    /// of the same user (e.g. one per worker) share the port and the kernel spreads the
+    /// datagrams over them by source address. (No `SO_REUSEADDR`: for UDP it would let
+    /// any user's socket bind the port too.)
     pub fn bind_with(addr: impl ToSocketAddrs, reuseport: bool) -> io::Result<UdpSocket> {
         addr::each_addr(addr, |a| {
-            let fd = addr::bound_socket(a, libc::SOCK_DGRAM, reuseport, reuseport)?;
+            let fd = addr::bound_socket(a, libc::SOCK_DGRAM, false, reuseport)?;
             Ok(UdpSocket { fd: fd.into() })
         })
     }
