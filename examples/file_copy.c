@@ -8,6 +8,11 @@
  * flight at once; each chunk is read, then written at the same offset, and its buffer is
  * reused for the next unread chunk. Short reads and writes are resubmitted for the rest.
  * At the end DST is fsynced and its size checked against SRC's.
+ *
+ * The chunk buffers come from the workers' registered buffer pools (one callback per
+ * worker allocates them), so every read and write is a fixed-buffer operation
+ * (VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED) on the worker owning its buffer: the
+ * kernel does not pin the buffer's pages for each operation.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -31,16 +36,35 @@ struct chunk {
     uint64_t offset; /* of the chunk in the file */
     uint32_t len;    /* bytes of the chunk */
     uint32_t done;   /* bytes read (READING) or written (WRITING) so far */
-    char *buf;
+    veloq_buf *buf;  /* from a worker's pool */
 };
 
-static int submit(veloq_runtime *rt, veloq_cq *cq, uint8_t op, int fd, struct chunk *c,
-                  uint64_t id) {
+struct pool_alloc {
+    struct chunk *chunks;
+    uint32_t workers;
+};
+
+/* Runs on worker `w`: allocates the buffers of chunks w, w + workers, ... from that
+ * worker's pool. */
+static int64_t alloc_buffers(veloq_ctx *ctx, void *arg) {
+    struct pool_alloc *a = (struct pool_alloc *)arg;
+    uint32_t i;
+    int rc;
+    for (i = veloq_ctx_worker(ctx); i < DEPTH; i += a->workers)
+        if ((rc = veloq_buf_alloc(ctx, CHUNK, &a->chunks[i].buf)) < 0)
+            return rc;
+    return 0;
+}
+
+/* Reads (READING) or writes (WRITING) the rest of chunk c, on the worker owning its buffer
+ * (worker -1 with a pool buffer). */
+static int submit(veloq_runtime *rt, veloq_cq *cq, int fd, struct chunk *c, uint64_t id) {
     veloq_sqe s;
     memset(&s, 0, sizeof s);
-    s.opcode = op;
+    s.opcode = c->stage == READING ? VELOQ_OP_READ_FIXED : VELOQ_OP_WRITE_FIXED;
     s.fd = fd;
-    s.addr = (uint64_t)(uintptr_t)(c->buf + c->done);
+    s.addr = (uint64_t)(uintptr_t)c->buf;
+    s.addr2 = c->done;
     s.len = c->len - c->done;
     s.offset = c->offset + c->done;
     return veloq_submit(rt, -1, &s, cq, id);
@@ -48,6 +72,7 @@ static int submit(veloq_runtime *rt, veloq_cq *cq, uint8_t op, int fd, struct ch
 
 int main(int argc, char **argv) {
     veloq_runtime *rt = NULL;
+    veloq_builder *b = NULL;
     veloq_cq *cq = NULL;
     struct chunk chunks[DEPTH];
     struct stat st, out;
@@ -69,18 +94,39 @@ int main(int argc, char **argv) {
         return 1;
     }
     size = (uint64_t)st.st_size;
-    if ((rc = veloq_runtime_new(&rt)) < 0 || (rc = veloq_cq_new(rt, 2 * DEPTH, &cq)) < 0) {
+    /* Every worker's pool holds DEPTH buffers of CHUNK bytes (more than it needs). */
+    if (!(b = veloq_builder_new())) {
+        fprintf(stderr, "file_copy: out of memory\n");
+        return 1;
+    }
+    if ((rc = veloq_builder_buffer_pool(b, CHUNK, DEPTH)) < 0) {
+        veloq_builder_free(b);
         fprintf(stderr, "file_copy: %s\n", veloq_strerror(rc));
         return 1;
     }
+    if ((rc = veloq_runtime_build(b, &rt)) < 0 || (rc = veloq_cq_new(rt, 2 * DEPTH, &cq)) < 0) {
+        fprintf(stderr, "file_copy: %s\n", veloq_strerror(rc));
+        return 1;
+    }
+    memset(chunks, 0, sizeof chunks);
+    {
+        struct pool_alloc a;
+        uint32_t w;
+        veloq_cqe e;
+        a.chunks = chunks;
+        a.workers = veloq_runtime_workers(rt);
+        for (w = 0; w < a.workers && w < DEPTH; w++) {
+            rc = veloq_spawn_to(rt, w, alloc_buffers, &a, cq, 0);
+            if (rc == 0)
+                rc = veloq_cq_wait(cq, &e, 1, 1, -1) == 1 ? (int)e.res : -EIO;
+            if (rc < 0) {
+                fprintf(stderr, "file_copy: buffers: %s\n", veloq_strerror(rc));
+                return 1;
+            }
+        }
+    }
 
     /* Start reading the first DEPTH chunks. */
-    for (i = 0; i < DEPTH; i++) {
-        chunks[i].stage = IDLE;
-        chunks[i].buf = (char *)malloc(CHUNK);
-        if (!chunks[i].buf)
-            return 1;
-    }
     for (;;) {
         veloq_cqe e[DEPTH];
         int n, k;
@@ -92,12 +138,12 @@ int main(int argc, char **argv) {
             c->len = (uint32_t)(size - next < CHUNK ? size - next : CHUNK);
             c->done = 0;
             next += c->len;
-            if ((rc = submit(rt, cq, VELOQ_OP_READ, in, c, (uint64_t)i)) < 0)
+            c->stage = READING;
+            if ((rc = submit(rt, cq, in, c, (uint64_t)i)) < 0) {
                 failed = rc;
-            else {
-                c->stage = READING;
+                c->stage = IDLE;
+            } else
                 busy++;
-            }
         }
         if (busy == 0)
             break;
@@ -116,12 +162,11 @@ int main(int argc, char **argv) {
             }
             c->done += (uint32_t)e[k].res;
             if (c->done < c->len) { /* short: submit the rest of the same stage */
-                rc = submit(rt, cq, c->stage == READING ? VELOQ_OP_READ : VELOQ_OP_WRITE,
-                            c->stage == READING ? in : dst, c, e[k].user_data);
+                rc = submit(rt, cq, c->stage == READING ? in : dst, c, e[k].user_data);
             } else if (c->stage == READING) {
                 c->stage = WRITING;
                 c->done = 0;
-                rc = submit(rt, cq, VELOQ_OP_WRITE, dst, c, e[k].user_data);
+                rc = submit(rt, cq, dst, c, e[k].user_data);
             } else {
                 c->stage = IDLE;
                 busy--;
@@ -149,7 +194,7 @@ int main(int argc, char **argv) {
     veloq_runtime_free(rt);
     veloq_cq_free(cq);
     for (i = 0; i < DEPTH; i++)
-        free(chunks[i].buf);
+        veloq_buf_free(chunks[i].buf); /* from any thread, after the runtime too */
     if (!failed && (fstat(dst, &out) < 0 || (uint64_t)out.st_size != size))
         failed = -EIO;
     close(in);

@@ -197,6 +197,25 @@ struct statx;
 #define VELOQ_OP_FALLOCATE 21
 
 /**
+ * `pread(fd, veloq_buf_data(buf) + addr2, len, offset)` into pool buffer `buf =
+ * (veloq_buf *)addr`; `offset` UINT64_MAX: the file position. A fixed-buffer read
+ * (`IORING_OP_READ_FIXED`, no page pinning per operation) on the worker whose ring the
+ * buffer is registered with, a plain read with the same result on any other worker;
+ * `veloq_submit` with worker -1 sends it to the buffer's own worker (`veloq_buf_worker`).
+ * -EINVAL for NULL `buf` or `addr2 + len` above `veloq_buf_capacity(buf)`. The buffer
+ * must not be freed (nor its bytes used) before the completion. res: bytes read.
+ */
+#define VELOQ_OP_READ_FIXED 22
+
+/**
+ * `pwrite(fd, veloq_buf_data(buf) + addr2, len, offset)` from pool buffer `buf =
+ * (veloq_buf *)addr`; `offset` UINT64_MAX: the file position. A fixed-buffer write
+ * (`IORING_OP_WRITE_FIXED`) on the buffer's own worker, a plain write elsewhere, as
+ * VELOQ_OP_READ_FIXED (same routing and errors). res: bytes written.
+ */
+#define VELOQ_OP_WRITE_FIXED 23
+
+/**
  * `flags` bit of `veloq_tcp_listen` and `veloq_udp_bind`: set `SO_REUSEPORT` so that
  * several sockets, e.g. one per worker, share the address and the kernel spreads
  * connections (TCP) or datagrams (UDP, by source) over them. Only sockets of the same
@@ -500,7 +519,8 @@ typedef struct veloq_sqe {
     uint32_t op_flags;
     /**
      * A second address or a 64-bit count: the `socklen_t *` of VELOQ_OP_ACCEPT, the `struct
-     * statx *` of VELOQ_OP_STATX, the length of VELOQ_OP_FALLOCATE.
+     * statx *` of VELOQ_OP_STATX, the length of VELOQ_OP_FALLOCATE, the offset into the
+     * buffer of VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED.
      */
     uint64_t addr2;
     /**
@@ -1277,8 +1297,9 @@ int veloq_cancel(struct veloq_ctx *ctx, int64_t op);
 
 /**
  * Submits the operation `*sqe` from any thread (host threads, worker callbacks) to the
- * ring of worker `worker` (0..workers), or of the less loaded of two workers for -1.
- * `*sqe` is copied: it may be reused as soon as the call returns.
+ * ring of worker `worker` (0..workers), or for -1 of the less loaded of two workers (of
+ * the buffer's own worker for VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED). `*sqe` is
+ * copied: it may be reused as soon as the call returns.
  *
  * Returns 0 when accepted: then the operation runs on that worker and exactly one
  * completion `{user_data, res, flags 0, worker = the worker that ran it}` is posted to
@@ -1415,6 +1436,8 @@ void veloq_group_free(struct veloq_group *g);
  * Returns 0; -EINVAL (NULL `out`, `size` 0 or above VELOQ_BUF_MAX_SIZE, `ctx` NULL or
  * not the context of the callback running on this thread; `*out` untouched); -ENOMEM.
  * Only inside a worker callback, with its `ctx`. Free the buffer with `veloq_buf_free`.
+ * The buffer itself may then go to any thread: a host thread reads and writes files
+ * through it with `veloq_submit` (VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED).
  */
 int veloq_buf_alloc(struct veloq_ctx *ctx, uint32_t size, struct veloq_buf **out);
 
@@ -1439,6 +1462,15 @@ uint32_t veloq_buf_capacity(const struct veloq_buf *b);
  * statistics and checks.
  */
 int veloq_buf_index(const struct veloq_buf *b);
+
+/**
+ * The index of the worker whose pool made the buffer (the worker on whose ring it is
+ * registered, when it is: where VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED use the
+ * fixed-buffer path); -ENOENT for a plain allocation (above 1 MiB, or every fitting
+ * class was empty), which belongs to no worker; -EINVAL for NULL. Callable from any
+ * thread.
+ */
+int veloq_buf_worker(const struct veloq_buf *b);
 
 /**
  * Gives the buffer back to the pool of the worker that allocated it. Callable from any

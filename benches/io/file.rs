@@ -345,6 +345,117 @@ fn veloq_randread(
     }
 }
 
+/// veloq's host-side submission (what C's `veloq_submit` does), 4 KiB random reads at
+/// queue depth [`QUEUE_DEPTH`] on `path` for `duration`, in reads per second: the bench's
+/// own thread, not a worker, routes each read to the one worker's ring with
+/// `Handle::submit_io` and takes the completions from a `CompletionQueue`, replacing
+/// each completed read at once. `fixed`: into buffers of the worker's registered pool
+/// (`RawOp::ReadPool`, submitted as `IORING_OP_READ_FIXED`), else plain reads into the
+/// host's own aligned buffers.
+fn veloq_host_randread(path: &Path, direct: bool, fixed: bool) -> Result<f64, String> {
+    use veloq::io::RawOp;
+    use veloq::runtime::completion::{CompletionQueue, Cqe};
+    let rt = veloq::Runtime::builder()
+        .workers(1)
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let mut options = OpenOptions::new();
+    options.read(true);
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let file = options.open(path).map_err(|e| format!("open: {e}"))?;
+    let fd = file.as_raw_fd();
+    let blocks = file_size() / BLOCK as u64;
+    let host_bufs = Buffers::new();
+    // Pool buffers are allocated on the worker, then used from here.
+    let pool: Vec<veloq::PoolBuf> = if fixed {
+        let alloc = rt
+            .spawn_local_to(0, || async {
+                veloq::RuntimeContext::with_current(|cx| {
+                    let cx = cx.ok_or("not on a worker")?;
+                    (0..QUEUE_DEPTH)
+                        .map(|_| cx.alloc_buf(BLOCK).map_err(|e| format!("pool buffer: {e}")))
+                        .collect::<Result<Vec<_>, String>>()
+                })
+            })
+            .map_err(|_| "spawn refused".to_string())?;
+        let bufs = rt.block_on(alloc).map_err(|e| format!("{e:?}"))??;
+        if bufs.iter().any(|b| b.buf_index().is_none()) {
+            return Err("pool buffers not registered".into());
+        }
+        bufs
+    } else {
+        Vec::new()
+    };
+    let cq = CompletionQueue::new(2 * QUEUE_DEPTH as u32).map_err(|e| format!("cq: {e}"))?;
+    let handle = rt.handle();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut read_at = |slot: usize| -> Result<(), String> {
+        rng = xorshift(rng);
+        let offset = (rng % blocks) * BLOCK as u64;
+        let op = if fixed {
+            let buf = &pool[slot];
+            RawOp::ReadPool {
+                fd,
+                pool: buf,
+                data: buf.as_ptr().cast_mut(),
+                len: BLOCK as u32,
+                offset,
+            }
+        } else {
+            RawOp::Read {
+                fd,
+                buf: host_bufs.slot(slot),
+                len: BLOCK as u32,
+                offset,
+            }
+        };
+        // SAFETY: the slot's buffer belongs to this read alone until its completion is
+        // taken, and the buffers, the file and the queue outlive every read (all are
+        // reaped below before they are dropped).
+        unsafe { handle.submit_io(veloq::Placement::Worker(0), op, &cq, slot as u64) }
+            .map_err(|e| format!("submit: {e}"))
+    };
+    let mut run = || -> Result<f64, String> {
+        for slot in 0..QUEUE_DEPTH {
+            read_at(slot)?;
+        }
+        let deadline = Instant::now() + run_time();
+        let start = Instant::now();
+        let (mut done, mut in_flight) = (0u64, QUEUE_DEPTH);
+        let mut error = None;
+        let mut out = [Cqe::default(); QUEUE_DEPTH];
+        while in_flight > 0 {
+            let n = cq
+                .wait(&mut out, 1, Some(Duration::from_secs(10)))
+                .map_err(|e| format!("wait: {e}"))?;
+            let more = error.is_none() && Instant::now() < deadline;
+            for c in &out[..n] {
+                in_flight -= 1;
+                if c.res != BLOCK as i64 && error.is_none() {
+                    error = Some(format!("read returned {}", c.res));
+                }
+                done += 1;
+                if more {
+                    read_at(c.user_data as usize)?;
+                    in_flight += 1;
+                }
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        match error {
+            Some(e) => Err(e),
+            None => Ok(done as f64 / elapsed),
+        }
+    };
+    let result = run();
+    // Every read has completed once shutdown returns (an error above may leave some in
+    // flight): only then may the buffers, the file and the queue go.
+    let _ = rt.shutdown(None);
+    result
+}
+
 pub fn all(rows: &mut Vec<Row>) {
     let path = data_file();
     let fio_works = Command::new("fio").arg("--version").output().is_ok();
@@ -376,6 +487,12 @@ pub fn all(rows: &mut Vec<Row>) {
             }),
             Contender::new("veloq-poll", move || {
                 veloq_randread(path, direct, false, IO_POLL, run_time())
+            }),
+            Contender::new("veloq-host", move || {
+                report("veloq-host", veloq_host_randread(path, direct, false))
+            }),
+            Contender::new("veloq-host-fixed", move || {
+                report("veloq-host-fixed", veloq_host_randread(path, direct, true))
             }),
             Contender::new("io-uring", move || {
                 report("io-uring", raw_randread(path, direct))

@@ -90,6 +90,8 @@ pub(super) fn running_ctx<R>(
 /// Returns 0; -EINVAL (NULL `out`, `size` 0 or above VELOQ_BUF_MAX_SIZE, `ctx` NULL or
 /// not the context of the callback running on this thread; `*out` untouched); -ENOMEM.
 /// Only inside a worker callback, with its `ctx`. Free the buffer with `veloq_buf_free`.
+/// The buffer itself may then go to any thread: a host thread reads and writes files
+/// through it with `veloq_submit` (VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED).
 #[no_mangle]
 pub extern "C" fn veloq_buf_alloc(
     ctx: *mut veloq_ctx,
@@ -148,6 +150,22 @@ pub extern "C" fn veloq_buf_index(b: *const veloq_buf) -> c_int {
         match unsafe { b.as_ref() } {
             None => -libc::EINVAL,
             Some(b) => b.inner.buf_index().map_or(-libc::ENOENT, c_int::from),
+        }
+    })
+}
+
+/// The index of the worker whose pool made the buffer (the worker on whose ring it is
+/// registered, when it is: where VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED use the
+/// fixed-buffer path); -ENOENT for a plain allocation (above 1 MiB, or every fitting
+/// class was empty), which belongs to no worker; -EINVAL for NULL. Callable from any
+/// thread.
+#[no_mangle]
+pub extern "C" fn veloq_buf_worker(b: *const veloq_buf) -> c_int {
+    ffi_boundary!(VELOQ_EPANIC, {
+        // SAFETY: a non-null buffer comes from veloq_buf_alloc and is not freed yet.
+        match unsafe { b.as_ref() } {
+            None => -libc::EINVAL,
+            Some(b) => b.inner.worker().map_or(-libc::ENOENT, |w| w as c_int),
         }
     })
 }

@@ -170,36 +170,13 @@ pub extern "C" fn veloq_read_fixed(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    // SAFETY: a non-null buffer comes from veloq_buf_alloc and is not freed yet (the C
-    // contract), and nothing else uses it during this call.
-    let Some(b) = (unsafe { buf.as_mut() }) else {
-        return -libc::EINVAL as i64;
-    };
-    let data = b.inner.as_mut_ptr();
-    submit_pool_io(
-        ctx,
-        cb,
-        arg,
-        &b.inner,
-        data,
-        buf_offset,
-        len,
-        |buf, index| match index {
-            Some(buf_index) => RawOp::ReadFixed {
-                fd,
-                buf,
-                len,
-                offset,
-                buf_index,
-            },
-            None => RawOp::Read {
-                fd,
-                buf,
-                len,
-                offset,
-            },
-        },
-    )
+    submit_with(ctx, cb, move |cx, cb| {
+        // SAFETY: a non-null buffer comes from veloq_buf_alloc and is not freed yet (the C
+        // contract).
+        let op = unsafe { pool_op(fd, buf, buf_offset.into(), len, offset, PoolDir::Read) }?;
+        // SAFETY: the C contract: the buffer and `arg` stay valid until the callback.
+        unsafe { cx.submit_io(op, cb, arg) }
+    })
 }
 
 /// `pwrite(fd, data + buf_offset, len, offset)` from pool buffer `buf` (`offset`
@@ -221,66 +198,65 @@ pub extern "C" fn veloq_write_fixed(
     cb: veloq_io_cb,
     arg: *mut c_void,
 ) -> i64 {
-    // SAFETY: a non-null buffer comes from veloq_buf_alloc and is not freed yet.
-    let Some(b) = (unsafe { buf.as_ref() }) else {
-        return -libc::EINVAL as i64;
-    };
-    // The kernel only reads it (a write); `as_ptr` is the allocation's own pointer.
-    let data = b.inner.as_ptr().cast_mut();
-    submit_pool_io(
-        ctx,
-        cb,
-        arg,
-        &b.inner,
-        data,
-        buf_offset,
-        len,
-        |buf, index| {
-            let buf = buf.cast_const();
-            match index {
-                Some(buf_index) => RawOp::WriteFixed {
-                    fd,
-                    buf,
-                    len,
-                    offset,
-                    buf_index,
-                },
-                None => RawOp::Write {
-                    fd,
-                    buf,
-                    len,
-                    offset,
-                },
-            }
-        },
-    )
-}
-
-/// The common path of `veloq_read_fixed` / `veloq_write_fixed`: checks that `len` bytes
-/// from `buf_offset` lie inside `buf` (whose first byte is `data`), then submits the
-/// operation `op` builds from their address and the buffer's fixed index, when it is
-/// registered with this worker's ring (the pool decides, as for `File::read_fixed_at`).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn submit_pool_io(
-    ctx: *mut veloq_ctx,
-    cb: veloq_io_cb,
-    arg: *mut c_void,
-    buf: &crate::PoolBuf,
-    data: *mut u8,
-    buf_offset: u32,
-    len: u32,
-    op: impl FnOnce(*mut u8, Option<u16>) -> RawOp,
-) -> i64 {
-    if u64::from(buf_offset) + u64::from(len) > buf.capacity() as u64 {
-        return -libc::EINVAL as i64;
-    }
     submit_with(ctx, cb, move |cx, cb| {
-        // SAFETY: `buf_offset..buf_offset + len` lies inside the buffer (checked above).
-        let at = unsafe { data.add(buf_offset as usize) };
-        let op = op(at, cx.buffers.fixed_index(buf));
+        // SAFETY: a non-null buffer comes from veloq_buf_alloc and is not freed yet.
+        let op = unsafe { pool_op(fd, buf, buf_offset.into(), len, offset, PoolDir::Write) }?;
         // SAFETY: the C contract: the buffer and `arg` stay valid until the callback.
         unsafe { cx.submit_io(op, cb, arg) }
+    })
+}
+
+/// Which way a pool operation moves bytes.
+#[derive(Clone, Copy)]
+pub(super) enum PoolDir {
+    /// From the file into the buffer.
+    Read,
+    /// From the buffer to the file.
+    Write,
+}
+
+/// The operation moving `len` bytes between `fd` (at `offset`) and pool buffer `buf`
+/// from `buf_offset` on: a fixed-buffer one on the worker whose ring the buffer is
+/// registered with, a plain one elsewhere (`RawOp::ReadPool` / `WritePool`). -EINVAL for
+/// NULL `buf` or a span beyond `veloq_buf_capacity(buf)`.
+///
+/// # Safety
+/// A non-null `buf` comes from `veloq_buf_alloc` and is not freed yet.
+pub(super) unsafe fn pool_op(
+    fd: c_int,
+    buf: *const veloq_buf,
+    buf_offset: u64,
+    len: u32,
+    offset: u64,
+    dir: PoolDir,
+) -> Result<RawOp, i32> {
+    // SAFETY: the caller's promise.
+    let Some(b) = (unsafe { buf.as_ref() }) else {
+        return Err(-libc::EINVAL);
+    };
+    if buf_offset.saturating_add(u64::from(len)) > b.inner.capacity() as u64 {
+        return Err(-libc::EINVAL);
+    }
+    // SAFETY: `buf_offset..buf_offset + len` lies inside the buffer (checked above). The
+    // kernel may write through the pointer of a read: the bytes are the buffer's own
+    // allocation, not the `veloq_buf`, and the C contract leaves them to the operation.
+    let data = unsafe { b.inner.as_ptr().add(buf_offset as usize) }.cast_mut();
+    let pool: *const crate::PoolBuf = &b.inner;
+    Ok(match dir {
+        PoolDir::Read => RawOp::ReadPool {
+            fd,
+            pool,
+            data,
+            len,
+            offset,
+        },
+        PoolDir::Write => RawOp::WritePool {
+            fd,
+            pool,
+            data,
+            len,
+            offset,
+        },
     })
 }
 

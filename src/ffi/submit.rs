@@ -6,7 +6,7 @@ use std::ffi::{c_int, c_void};
 use super::cq::veloq_cq;
 use super::error::VELOQ_EPANIC;
 use super::handle;
-use super::io::veloq_io_cb;
+use super::io::{pool_op, veloq_io_cb, PoolDir};
 use super::runtime::veloq_runtime;
 use super::task::veloq_ctx;
 use crate::io::RawOp;
@@ -64,6 +64,20 @@ pub const VELOQ_OP_STATX: u8 = 20;
 /// `fallocate(fd, op_flags = mode, offset, addr2 = length in bytes)`. res: 0.
 pub const VELOQ_OP_FALLOCATE: u8 = 21;
 
+/// `pread(fd, veloq_buf_data(buf) + addr2, len, offset)` into pool buffer `buf =
+/// (veloq_buf *)addr`; `offset` UINT64_MAX: the file position. A fixed-buffer read
+/// (`IORING_OP_READ_FIXED`, no page pinning per operation) on the worker whose ring the
+/// buffer is registered with, a plain read with the same result on any other worker;
+/// `veloq_submit` with worker -1 sends it to the buffer's own worker (`veloq_buf_worker`).
+/// -EINVAL for NULL `buf` or `addr2 + len` above `veloq_buf_capacity(buf)`. The buffer
+/// must not be freed (nor its bytes used) before the completion. res: bytes read.
+pub const VELOQ_OP_READ_FIXED: u8 = 22;
+/// `pwrite(fd, veloq_buf_data(buf) + addr2, len, offset)` from pool buffer `buf =
+/// (veloq_buf *)addr`; `offset` UINT64_MAX: the file position. A fixed-buffer write
+/// (`IORING_OP_WRITE_FIXED`) on the buffer's own worker, a plain write elsewhere, as
+/// VELOQ_OP_READ_FIXED (same routing and errors). res: bytes written.
+pub const VELOQ_OP_WRITE_FIXED: u8 = 23;
+
 /// One operation for `veloq_submit` (from any thread, completion to a queue) or
 /// `veloq_ctx_submit` (inside a worker callback, completion to a callback): `opcode` (a
 /// `VELOQ_OP_*`) says which fields it uses and how (see each constant); the others are
@@ -86,7 +100,8 @@ pub struct veloq_sqe {
     /// MSG_* / O_* / POLL* flags or socket type, by opcode.
     pub op_flags: u32,
     /// A second address or a 64-bit count: the `socklen_t *` of VELOQ_OP_ACCEPT, the `struct
-    /// statx *` of VELOQ_OP_STATX, the length of VELOQ_OP_FALLOCATE.
+    /// statx *` of VELOQ_OP_STATX, the length of VELOQ_OP_FALLOCATE, the offset into the
+    /// buffer of VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED.
     pub addr2: u64,
     /// 0: no deadline. Else the operation's deadline in nanoseconds from its submission
     /// (`IORING_OP_LINK_TIMEOUT`): when it passes first, the kernel cancels the operation
@@ -96,8 +111,13 @@ pub struct veloq_sqe {
     pub timeout_ns: u64,
 }
 
-/// The operation an sqe describes, or -EINVAL for an unknown opcode.
-fn raw_op(s: &veloq_sqe) -> Result<RawOp, i32> {
+/// The operation an sqe describes, or -EINVAL for an unknown opcode (or a pool buffer
+/// span out of bounds).
+///
+/// # Safety
+/// The `veloq_buf *` of a VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED, when not NULL, is
+/// a live buffer from `veloq_buf_alloc`.
+unsafe fn raw_op(s: &veloq_sqe) -> Result<RawOp, i32> {
     let fd = s.fd;
     let ptr = s.addr as usize as *mut c_void;
     Ok(match s.opcode {
@@ -198,13 +218,21 @@ fn raw_op(s: &veloq_sqe) -> Result<RawOp, i32> {
             offset: s.offset,
             len: s.addr2,
         },
+        // SAFETY (both): the caller's promise.
+        VELOQ_OP_READ_FIXED => {
+            unsafe { pool_op(s.fd, ptr.cast(), s.addr2, s.len, s.offset, PoolDir::Read) }?
+        }
+        VELOQ_OP_WRITE_FIXED => {
+            unsafe { pool_op(s.fd, ptr.cast(), s.addr2, s.len, s.offset, PoolDir::Write) }?
+        }
         _ => return Err(-libc::EINVAL),
     })
 }
 
 /// Submits the operation `*sqe` from any thread (host threads, worker callbacks) to the
-/// ring of worker `worker` (0..workers), or of the less loaded of two workers for -1.
-/// `*sqe` is copied: it may be reused as soon as the call returns.
+/// ring of worker `worker` (0..workers), or for -1 of the less loaded of two workers (of
+/// the buffer's own worker for VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED). `*sqe` is
+/// copied: it may be reused as soon as the call returns.
 ///
 /// Returns 0 when accepted: then the operation runs on that worker and exactly one
 /// completion `{user_data, res, flags 0, worker = the worker that ran it}` is posted to
@@ -239,7 +267,8 @@ pub extern "C" fn veloq_submit(
             w if w >= 0 => Placement::Worker(w as usize),
             _ => return -libc::EINVAL,
         };
-        let op = match raw_op(sqe) {
+        // SAFETY: the C contract: a pool buffer the sqe names is live.
+        let op = match unsafe { raw_op(sqe) } {
             Ok(op) => op,
             Err(e) => return e,
         };
@@ -281,7 +310,8 @@ pub extern "C" fn veloq_ctx_submit(
     let Ok(sqe) = (unsafe { handle(sqe) }) else {
         return -libc::EINVAL as i64;
     };
-    let (op, timeout_ns) = match raw_op(sqe) {
+    // SAFETY: the C contract: a pool buffer the sqe names is live.
+    let (op, timeout_ns) = match unsafe { raw_op(sqe) } {
         Ok(op) => (op, sqe.timeout_ns),
         Err(e) => return e as i64,
     };

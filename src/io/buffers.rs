@@ -334,6 +334,9 @@ struct Local {
 struct PoolShared {
     /// `thread_token()` of the owner thread.
     owner: u64,
+    /// The index of the worker owning the pool, when a worker's (see
+    /// [`BufferPool::on_worker`]).
+    worker: Option<usize>,
     classes: Box<[Class]>,
     /// Owner thread only (checked against `owner` before every access).
     local: UnsafeCell<Local>,
@@ -467,12 +470,22 @@ impl BufferPool {
         Ok(BufferPool {
             shared: Arc::new(PoolShared {
                 owner: thread_token(),
+                worker: None,
                 classes: classes.into_boxed_slice(),
                 local: UnsafeCell::new(Local { free, stats }),
                 returned: ReturnStack::new(first_id as usize),
             }),
             _not_send: PhantomData,
         })
+    }
+
+    /// Names the worker owning this pool ([`PoolBuf::worker`] of its buffers). Only
+    /// before the pool hands out a buffer (unchanged after).
+    pub(crate) fn on_worker(mut self, worker: usize) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.worker = Some(worker);
+        }
+        self
     }
 
     /// Registers every class with the ring; on success records each class's first
@@ -677,6 +690,15 @@ impl PoolBuf {
         self.buf_index
     }
 
+    /// The index of the worker whose pool made this buffer: the worker on whose ring it
+    /// is registered, when it is. None for a plain allocation or a pool of no worker.
+    pub fn worker(&self) -> Option<usize> {
+        match &self.origin {
+            Origin::Pool { shared, .. } => shared.worker,
+            Origin::Plain => None,
+        }
+    }
+
     /// Whether the buffer came from a pool class (else a plain allocation).
     pub fn is_pooled(&self) -> bool {
         matches!(self.origin, Origin::Pool { .. })
@@ -793,6 +815,71 @@ mod tests {
         let big = mine.alloc(2 << 20).unwrap();
         assert_eq!(big.buf_index(), None);
         assert_eq!(mine.fixed_index(&big), None);
+    }
+
+    /// `RawOp::ReadPool` / `WritePool` become the fixed-buffer operations only on the
+    /// pool that made the buffer, and name its owner worker for routing.
+    #[test]
+    fn a_pool_operation_is_fixed_only_on_the_buffers_own_pool() {
+        use crate::io::RawOp;
+        let (my_ring, other_ring) = (ring(), ring());
+        let mine = BufferPool::new(&config([2, 0, 0, 0, 0]), Some(&my_ring.submitter()))
+            .unwrap()
+            .on_worker(3);
+        let other =
+            BufferPool::new(&config([2, 0, 0, 0, 0]), Some(&other_ring.submitter())).unwrap();
+        let mut buf = mine.alloc(4096).unwrap();
+        assert_eq!(buf.worker(), Some(3));
+        assert_eq!(
+            other.alloc(4096).unwrap().worker(),
+            None,
+            "a pool of no worker"
+        );
+        let index = buf.buf_index().expect("registered");
+        let data = buf.as_mut_ptr().wrapping_add(512);
+        let read = RawOp::ReadPool {
+            fd: 7,
+            pool: &buf,
+            data,
+            len: 100,
+            offset: 9,
+        };
+        // SAFETY: `buf` is alive.
+        let (on_mine, on_other) = unsafe { (read.resolve_pool(&mine), read.resolve_pool(&other)) };
+        assert_eq!(
+            on_mine,
+            RawOp::ReadFixed {
+                fd: 7,
+                buf: data,
+                len: 100,
+                offset: 9,
+                buf_index: index
+            }
+        );
+        assert_eq!(
+            on_other,
+            RawOp::Read {
+                fd: 7,
+                buf: data,
+                len: 100,
+                offset: 9
+            }
+        );
+        let write = RawOp::WritePool {
+            fd: 7,
+            pool: &buf,
+            data: data.cast_const(),
+            len: 100,
+            offset: 9,
+        };
+        // SAFETY: as above.
+        let (on_mine, on_other) =
+            unsafe { (write.resolve_pool(&mine), write.resolve_pool(&other)) };
+        assert!(matches!(on_mine, RawOp::WriteFixed { buf_index, .. } if buf_index == index));
+        assert!(matches!(on_other, RawOp::Write { .. }));
+        // Any other operation is left as it is.
+        // SAFETY: no pointer is followed.
+        assert_eq!(unsafe { RawOp::Nop.resolve_pool(&mine) }, RawOp::Nop);
     }
 
     #[test]

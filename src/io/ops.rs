@@ -85,6 +85,36 @@ pub enum RawOp {
         /// The registered buffer's index.
         buf_index: u16,
     },
+    /// `pread(fd, data, len, offset)` into pool buffer `pool` (`data` lies inside it):
+    /// submitted as a [`RawOp::ReadFixed`] when `pool` is registered with the ring of the
+    /// worker submitting it, else as a plain [`RawOp::Read`], with the same result.
+    ReadPool {
+        /// The file descriptor operated on.
+        fd: i32,
+        /// The pool buffer the bytes go into (the submitter's, alive until completion).
+        pool: *const crate::io::buffers::PoolBuf,
+        /// Where in `pool` the bytes go.
+        data: *mut u8,
+        /// Bytes to transfer at most.
+        len: u32,
+        /// File offset (`u64::MAX`: the file position).
+        offset: u64,
+    },
+    /// `pwrite(fd, data, len, offset)` from pool buffer `pool`: a [`RawOp::WriteFixed`]
+    /// when `pool` is registered with the submitting worker's ring, else a plain
+    /// [`RawOp::Write`].
+    WritePool {
+        /// The file descriptor operated on.
+        fd: i32,
+        /// The pool buffer the bytes come from (the submitter's, alive until completion).
+        pool: *const crate::io::buffers::PoolBuf,
+        /// Where in `pool` the bytes start.
+        data: *const u8,
+        /// Bytes to transfer at most.
+        len: u32,
+        /// File offset (`u64::MAX`: the file position).
+        offset: u64,
+    },
     /// `recv(fd, buf, len, flags)`.
     Recv {
         /// The file descriptor operated on.
@@ -244,6 +274,8 @@ pub(crate) fn validate(op: &RawOp) -> Result<(), i32> {
             fd < 0 || (buf.is_null() && len > 0)
         }
         RawOp::ReadFixed { fd, buf, .. } => fd < 0 || buf.is_null(),
+        RawOp::ReadPool { fd, pool, data, .. } => fd < 0 || pool.is_null() || data.is_null(),
+        RawOp::WritePool { fd, pool, data, .. } => fd < 0 || pool.is_null() || data.is_null(),
         RawOp::Write { fd, buf, len, .. } | RawOp::Send { fd, buf, len, .. } => {
             fd < 0 || (buf.is_null() && len > 0)
         }
@@ -306,6 +338,71 @@ pub(crate) fn send_entry(fd: i32, buf: *const u8, len: u32, flags: i32) -> Entry
 }
 
 impl RawOp {
+    /// A [`RawOp::ReadPool`] / [`RawOp::WritePool`] as the worker owning `buffers`
+    /// submits it: the fixed-buffer operation when its buffer is registered with this
+    /// worker's ring ([`BufferPool::fixed_index`]), else the plain one. Any other
+    /// operation unchanged.
+    ///
+    /// # Safety
+    /// A pool operation's `pool` points to a live buffer (the submitter's promise for
+    /// every pointer of an operation).
+    ///
+    /// [`BufferPool::fixed_index`]: crate::io::buffers::BufferPool::fixed_index
+    #[inline(always)]
+    pub(crate) unsafe fn resolve_pool(self, buffers: &crate::io::buffers::BufferPool) -> RawOp {
+        match self {
+            RawOp::ReadPool {
+                fd,
+                pool,
+                data,
+                len,
+                offset,
+            } => {
+                // SAFETY: the caller's promise.
+                match buffers.fixed_index(unsafe { &*pool }) {
+                    Some(buf_index) => RawOp::ReadFixed {
+                        fd,
+                        buf: data,
+                        len,
+                        offset,
+                        buf_index,
+                    },
+                    None => RawOp::Read {
+                        fd,
+                        buf: data,
+                        len,
+                        offset,
+                    },
+                }
+            }
+            RawOp::WritePool {
+                fd,
+                pool,
+                data,
+                len,
+                offset,
+            } => {
+                // SAFETY: the caller's promise.
+                match buffers.fixed_index(unsafe { &*pool }) {
+                    Some(buf_index) => RawOp::WriteFixed {
+                        fd,
+                        buf: data,
+                        len,
+                        offset,
+                        buf_index,
+                    },
+                    None => RawOp::Write {
+                        fd,
+                        buf: data,
+                        len,
+                        offset,
+                    },
+                }
+            }
+            op => op,
+        }
+    }
+
     /// Whether the operation completes more than once.
     #[inline]
     pub(crate) fn is_multishot(&self) -> bool {
@@ -366,6 +463,22 @@ impl RawOp {
             } => opcode::WriteFixed::new(Fd(fd), buf, len, buf_index)
                 .offset(offset)
                 .build(),
+            // Not resolved to a fixed-buffer operation by the submitting worker
+            // (`RawOp::resolve_pool`): the plain one, same result.
+            RawOp::ReadPool {
+                fd,
+                data,
+                len,
+                offset,
+                ..
+            } => opcode::Read::new(Fd(fd), data, len).offset(offset).build(),
+            RawOp::WritePool {
+                fd,
+                data,
+                len,
+                offset,
+                ..
+            } => opcode::Write::new(Fd(fd), data, len).offset(offset).build(),
             RawOp::Recv {
                 fd,
                 buf,

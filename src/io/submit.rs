@@ -64,6 +64,8 @@ impl RuntimeContext {
         cb: IoCallback,
         arg: *mut c_void,
     ) -> Result<u64, i32> {
+        // SAFETY: forwarded promise (a pool operation's buffer is alive).
+        let op = unsafe { op.resolve_pool(&self.buffers) };
         let id = if !self.group.get().is_null() {
             // SAFETY: forwarded promise.
             unsafe { self.submit_io_in_group(&op, timeout_ns, cb, arg) }?
@@ -173,6 +175,19 @@ impl RuntimeContext {
     }
 }
 
+/// The worker whose pool made the buffer of a [`RawOp::ReadPool`] / [`RawOp::WritePool`]
+/// (None for any other operation, or a buffer of no worker's pool).
+///
+/// # Safety
+/// A pool operation's buffer pointer is alive.
+unsafe fn pool_owner(op: &RawOp) -> Option<usize> {
+    match *op {
+        // SAFETY: the caller's promise.
+        RawOp::ReadPool { pool, .. } | RawOp::WritePool { pool, .. } => unsafe { &*pool }.worker(),
+        _ => None,
+    }
+}
+
 /// A host-side submission travelling to its worker.
 struct HostIo {
     op: RawOp,
@@ -190,10 +205,13 @@ unsafe extern "C" fn run_host_io(cx: *mut RuntimeContext, arg: *mut c_void) -> i
         cq: io.cq,
         user_data: io.user_data,
     };
+    // SAFETY: the host's promise: the memory the operation names (a pool buffer among
+    // it) stays valid until its completion.
+    let op = unsafe { io.op.resolve_pool(&cx.buffers) };
     if let Err(mut res) = cx
         .driver
         .borrow_mut()
-        .submit_raw(&io.op, target, io.timeout_ns)
+        .submit_raw(&op, target, io.timeout_ns)
     {
         if res == -libc::ESHUTDOWN {
             // Accepted before shutdown, cancelled by it like the operations in flight.
@@ -263,7 +281,12 @@ impl Handle {
     ) -> Result<(), i32> {
         validate(&op)?;
         let placement = match placement {
-            Placement::Any => Placement::Balanced,
+            // SAFETY: the caller's promise: the memory `op` names is alive.
+            Placement::Any | Placement::Balanced => match unsafe { pool_owner(&op) } {
+                // A pool buffer's own worker, where it is registered.
+                Some(w) if w < self.workers() => Placement::Worker(w),
+                _ => Placement::Balanced,
+            },
             p => p,
         };
         cq.reserve();

@@ -79,7 +79,8 @@ impl RuntimeContext {
         driver: Driver,
     ) -> std::io::Result<Self> {
         let n = registry.len();
-        let buffers = BufferPool::new(&registry.config.buffer_pool, Some(&driver.submitter()))?;
+        let buffers = BufferPool::new(&registry.config.buffer_pool, Some(&driver.submitter()))?
+            .on_worker(index);
         let me = ptr::NonNull::from(registry.worker(index));
         let mesh_row = ptr::NonNull::from(&registry.mesh.row(index)[0]);
         Ok(RuntimeContext {
