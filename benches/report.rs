@@ -133,7 +133,7 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 24] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 26] = [
     (
         "veloq",
         "this crate, default settings (the core benches pin their workers to cores; the I/O \
@@ -215,6 +215,19 @@ const SYSTEMS: [(&str, &str, Option<&str>); 24] = [
         "veloq-fixed",
         "veloq's file reads into buffers of the worker's registered pool \
          (`File::read_fixed_at`: `IORING_OP_READ_FIXED`, as `veloq_read_fixed` from C)",
+        Some("veloq"),
+    ),
+    (
+        "veloq-host",
+        "veloq's host-side submission (`veloq_submit` from C; `Handle::submit_io` here): the \
+         bench's own thread, not a worker, routes each read to the worker's ring and takes \
+         its completion from a completion queue, into the host's own buffers",
+        Some("veloq"),
+    ),
+    (
+        "veloq-host-fixed",
+        "as veloq-host, into buffers of the worker's registered pool \
+         (`VELOQ_OP_READ_FIXED`: `IORING_OP_READ_FIXED` on the buffer's worker)",
         Some("veloq"),
     ),
     (

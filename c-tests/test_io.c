@@ -1016,12 +1016,30 @@ static veloq_buf *alloc_on(uint32_t worker, uint32_t size, veloq_buf_stats *stat
     return j.buf;
 }
 
+/* The fixed-buffer operation `o` describes (K_READ_FIXED / K_WRITE_FIXED), as a veloq_sqe for
+ * veloq_ctx_submit (VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED) with deadline `ns`. */
+static void as_fixed_sqe(struct op *o, veloq_sqe *s, uint64_t ns) {
+    memset(s, 0, sizeof *s);
+    s->opcode = o->kind == K_READ_FIXED ? VELOQ_OP_READ_FIXED : VELOQ_OP_WRITE_FIXED;
+    s->fd = o->fd;
+    s->addr = (uint64_t)(uintptr_t)o->vbuf;
+    s->addr2 = o->buf_off;
+    s->len = o->len;
+    s->offset = o->off;
+    s->timeout_ns = ns;
+    o->kind = K_SQE;
+    o->sqe = s;
+}
+
 /* Writes `n` bytes of pattern `seed` from pool buffer b (at buf_off) at file offset `off`,
- * reads them back into pool buffer r (at buf_off) and compares. */
-static void fixed_round_trip(int fd, veloq_buf *b, veloq_buf *r, uint32_t buf_off, uint32_t n,
-                             uint64_t off, unsigned seed) {
+ * reads them back into pool buffer r (at buf_off) and compares. `via_sqe`: through
+ * veloq_ctx_submit's sqe opcodes (1: no deadline, 2: a deadline that does not pass). */
+static void fixed_round_trip_via(int fd, veloq_buf *b, veloq_buf *r, uint32_t buf_off,
+                                 uint32_t n, uint64_t off, unsigned seed, int via_sqe) {
     unsigned char *w = (unsigned char *)veloq_buf_data(b) + buf_off;
     unsigned char *rd = (unsigned char *)veloq_buf_data(r) + buf_off;
+    uint64_t ns = via_sqe == 2 ? 10ull * 1000 * 1000 * 1000 : 0;
+    veloq_sqe s;
     struct op o;
     uint32_t i;
     for (i = 0; i < n; i++)
@@ -1033,6 +1051,8 @@ static void fixed_round_trip(int fd, veloq_buf *b, veloq_buf *r, uint32_t buf_of
     o.buf_off = buf_off;
     o.len = n;
     o.off = off;
+    if (via_sqe)
+        as_fixed_sqe(&o, &s, ns);
     CHECK_EQ(run_op(&o), n);
     o = mk(K_READ_FIXED);
     o.fd = fd;
@@ -1040,8 +1060,15 @@ static void fixed_round_trip(int fd, veloq_buf *b, veloq_buf *r, uint32_t buf_of
     o.buf_off = buf_off;
     o.len = n;
     o.off = off;
+    if (via_sqe)
+        as_fixed_sqe(&o, &s, ns);
     CHECK_EQ(run_op(&o), n);
     CHECK(memcmp(w, rd, n) == 0);
+}
+
+static void fixed_round_trip(int fd, veloq_buf *b, veloq_buf *r, uint32_t buf_off, uint32_t n,
+                             uint64_t off, unsigned seed) {
+    fixed_round_trip_via(fd, b, r, buf_off, n, off, seed, 0);
 }
 
 static void pool_buffers_write_and_read_a_file_fixed_or_plain(void) {
@@ -1072,6 +1099,28 @@ static void pool_buffers_write_and_read_a_file_fixed_or_plain(void) {
     fixed_round_trip(fd, a, b, 100, 1, 7, 3);         /* one byte, unaligned */
     fixed_round_trip(fd, big, b, 0, 16384, 4096, 4);  /* plain buffer: a plain write */
     fixed_round_trip(fd, other, a, 0, 16384, 8192, 5); /* another worker's buffer */
+    /* The same through veloq_ctx_submit's VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED. */
+    fixed_round_trip_via(fd, a, b, 4096, 8192, 131072, 7, 1);
+    fixed_round_trip_via(fd, a, b, 0, 4096, 0, 8, 2); /* with a deadline */
+    fixed_round_trip_via(fd, other, a, 0, 16384, 8192, 9, 1);
+    fixed_round_trip_via(fd, big, b, 0, 16384, 4096, 10, 1);
+    {
+        veloq_sqe s;
+        o = mk(K_READ_FIXED);
+        o.fd = fd;
+        o.vbuf = a;
+        o.buf_off = 16384 - 100; /* 200 bytes from here pass the capacity */
+        o.len = 200;
+        as_fixed_sqe(&o, &s, 0);
+        CHECK_ERR(run_op(&o), -EINVAL);
+        CHECK_EQ(o.calls, 0);
+        o = mk(K_WRITE_FIXED);
+        o.fd = fd;
+        o.len = 8; /* no buffer */
+        as_fixed_sqe(&o, &s, 0);
+        CHECK_ERR(run_op(&o), -EINVAL);
+        CHECK_EQ(o.calls, 0);
+    }
     /* The whole of a 2 MiB plain buffer, then a short read at the end of the file. */
     fixed_round_trip(fd, big, big, 0, 2u << 20, 1u << 20, 6);
     o = mk(K_READ_FIXED);

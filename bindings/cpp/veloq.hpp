@@ -458,7 +458,8 @@ public:
     /// Number of workers (0 for an empty handle).
     std::uint32_t workers() const noexcept { return ::veloq_runtime_workers(self()); }
 
-    /// veloq_submit: runs `sqe` on worker `worker` (-1: the less loaded of two) and posts
+    /// veloq_submit: runs `sqe` on worker `worker` (-1: the less loaded of two, or for
+    /// VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED the buffer's own worker) and posts
     /// its completion {user_data, res, flags, worker} to `cq`. Throws Error when refused
     /// (-EINVAL bad sqe/worker, -ESHUTDOWN); then nothing is posted. The memory the sqe
     /// names must stay valid until the final completion.

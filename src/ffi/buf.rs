@@ -120,10 +120,13 @@ pub extern "C" fn veloq_buf_alloc(
 #[no_mangle]
 pub extern "C" fn veloq_buf_data(b: *mut veloq_buf) -> *mut c_void {
     ffi_boundary!(ptr::null_mut(), {
-        // SAFETY: a non-null buffer comes from veloq_buf_alloc and is not freed yet.
-        match unsafe { b.as_mut() } {
+        // SAFETY: a non-null buffer comes from veloq_buf_alloc and is not freed yet. Only
+        // shared: a worker may be reading the buffer's fields for an operation meanwhile.
+        match unsafe { b.as_ref() } {
             None => ptr::null_mut(),
-            Some(b) => b.inner.as_mut_ptr().cast(),
+            // The bytes are the buffer's own allocation, not the `veloq_buf`: the caller
+            // owning the buffer may write them.
+            Some(b) => b.inner.as_ptr().cast_mut().cast(),
         }
     })
 }
@@ -154,11 +157,11 @@ pub extern "C" fn veloq_buf_index(b: *const veloq_buf) -> c_int {
     })
 }
 
-/// The index of the worker whose pool made the buffer (the worker on whose ring it is
-/// registered, when it is: where VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED use the
-/// fixed-buffer path); -ENOENT for a plain allocation (above 1 MiB, or every fitting
-/// class was empty), which belongs to no worker; -EINVAL for NULL. Callable from any
-/// thread.
+/// The index of the worker whose pool made the buffer, in the runtime that worker
+/// belongs to (the worker on whose ring the buffer is registered, when it is: where
+/// VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED use the fixed-buffer path); -ENOENT for a
+/// plain allocation (above 1 MiB, or every fitting class was empty), which belongs to no
+/// worker; -EINVAL for NULL. Callable from any thread.
 #[no_mangle]
 pub extern "C" fn veloq_buf_worker(b: *const veloq_buf) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {

@@ -68,7 +68,9 @@ pub const VELOQ_OP_FALLOCATE: u8 = 21;
 /// (veloq_buf *)addr`; `offset` UINT64_MAX: the file position. A fixed-buffer read
 /// (`IORING_OP_READ_FIXED`, no page pinning per operation) on the worker whose ring the
 /// buffer is registered with, a plain read with the same result on any other worker;
-/// `veloq_submit` with worker -1 sends it to the buffer's own worker (`veloq_buf_worker`).
+/// `veloq_submit` with worker -1 sends it to the buffer's own worker (`veloq_buf_worker`)
+/// when that worker is of the same runtime, else (a plain allocation, a buffer of another
+/// runtime) to the less loaded of two.
 /// -EINVAL for NULL `buf` or `addr2 + len` above `veloq_buf_capacity(buf)`. The buffer
 /// must not be freed (nor its bytes used) before the completion. res: bytes read.
 pub const VELOQ_OP_READ_FIXED: u8 = 22;
@@ -230,9 +232,9 @@ unsafe fn raw_op(s: &veloq_sqe) -> Result<RawOp, i32> {
 }
 
 /// Submits the operation `*sqe` from any thread (host threads, worker callbacks) to the
-/// ring of worker `worker` (0..workers), or for -1 of the less loaded of two workers (of
-/// the buffer's own worker for VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED). `*sqe` is
-/// copied: it may be reused as soon as the call returns.
+/// ring of worker `worker` (0..workers), or for -1 of the less loaded of two workers (for
+/// VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED: of the buffer's own worker, when its pool is
+/// one of this runtime's). `*sqe` is copied: it may be reused as soon as the call returns.
 ///
 /// Returns 0 when accepted: then the operation runs on that worker and exactly one
 /// completion `{user_data, res, flags 0, worker = the worker that ran it}` is posted to

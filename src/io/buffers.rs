@@ -334,9 +334,9 @@ struct Local {
 struct PoolShared {
     /// `thread_token()` of the owner thread.
     owner: u64,
-    /// The index of the worker owning the pool, when a worker's (see
-    /// [`BufferPool::on_worker`]).
-    worker: Option<usize>,
+    /// The worker owning the pool, when a worker's (see [`BufferPool::on_worker`]): its
+    /// runtime's token and its index.
+    worker: Option<(usize, usize)>,
     classes: Box<[Class]>,
     /// Owner thread only (checked against `owner` before every access).
     local: UnsafeCell<Local>,
@@ -479,11 +479,12 @@ impl BufferPool {
         })
     }
 
-    /// Names the worker owning this pool ([`PoolBuf::worker`] of its buffers). Only
-    /// before the pool hands out a buffer (unchanged after).
-    pub(crate) fn on_worker(mut self, worker: usize) -> Self {
+    /// Names the worker owning this pool: worker `index` of the runtime identified by
+    /// `runtime` (an address unique among live runtimes; see [`PoolBuf::worker_of`]).
+    /// Only before the pool hands out a buffer (unchanged after).
+    pub(crate) fn on_worker(mut self, runtime: usize, index: usize) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.worker = Some(worker);
+            shared.worker = Some((runtime, index));
         }
         self
     }
@@ -690,9 +691,21 @@ impl PoolBuf {
         self.buf_index
     }
 
-    /// The index of the worker whose pool made this buffer: the worker on whose ring it
-    /// is registered, when it is. None for a plain allocation or a pool of no worker.
+    /// The index of the worker whose pool made this buffer (the worker on whose ring it
+    /// is registered, when it is), in whichever runtime that worker belongs to. None for a
+    /// plain allocation or a pool of no worker.
     pub fn worker(&self) -> Option<usize> {
+        self.owner().map(|(_, index)| index)
+    }
+
+    /// [`worker`](Self::worker) when that worker belongs to the runtime identified by
+    /// `runtime` (see `BufferPool::on_worker`), else None.
+    pub(crate) fn worker_of(&self, runtime: usize) -> Option<usize> {
+        self.owner()
+            .and_then(|(rt, index)| (rt == runtime).then_some(index))
+    }
+
+    fn owner(&self) -> Option<(usize, usize)> {
         match &self.origin {
             Origin::Pool { shared, .. } => shared.worker,
             Origin::Plain => None,
@@ -825,11 +838,13 @@ mod tests {
         let (my_ring, other_ring) = (ring(), ring());
         let mine = BufferPool::new(&config([2, 0, 0, 0, 0]), Some(&my_ring.submitter()))
             .unwrap()
-            .on_worker(3);
+            .on_worker(0x1000, 3);
         let other =
             BufferPool::new(&config([2, 0, 0, 0, 0]), Some(&other_ring.submitter())).unwrap();
         let mut buf = mine.alloc(4096).unwrap();
         assert_eq!(buf.worker(), Some(3));
+        assert_eq!(buf.worker_of(0x1000), Some(3));
+        assert_eq!(buf.worker_of(0x2000), None, "another runtime's worker 3");
         assert_eq!(
             other.alloc(4096).unwrap().worker(),
             None,
@@ -877,9 +892,20 @@ mod tests {
             unsafe { (write.resolve_pool(&mine), write.resolve_pool(&other)) };
         assert!(matches!(on_mine, RawOp::WriteFixed { buf_index, .. } if buf_index == index));
         assert!(matches!(on_other, RawOp::Write { .. }));
-        // Any other operation is left as it is.
+        // Any other operation is left as it is, and so is a pool operation without a
+        // buffer, for validation to refuse.
         // SAFETY: no pointer is followed.
         assert_eq!(unsafe { RawOp::Nop.resolve_pool(&mine) }, RawOp::Nop);
+        let no_buffer = RawOp::ReadPool {
+            fd: 7,
+            pool: std::ptr::null(),
+            data,
+            len: 100,
+            offset: 9,
+        };
+        // SAFETY: a null buffer is not followed.
+        assert_eq!(unsafe { no_buffer.resolve_pool(&mine) }, no_buffer);
+        assert_eq!(crate::io::ops::validate(&no_buffer), Err(-libc::EINVAL));
     }
 
     #[test]

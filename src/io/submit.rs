@@ -175,15 +175,18 @@ impl RuntimeContext {
     }
 }
 
-/// The worker whose pool made the buffer of a [`RawOp::ReadPool`] / [`RawOp::WritePool`]
-/// (None for any other operation, or a buffer of no worker's pool).
+/// The worker of runtime `runtime` whose pool made the buffer of a validated
+/// [`RawOp::ReadPool`] / [`RawOp::WritePool`] (None for any other operation, a buffer of
+/// no worker's pool, or of another runtime's).
 ///
 /// # Safety
-/// A pool operation's buffer pointer is alive.
-unsafe fn pool_owner(op: &RawOp) -> Option<usize> {
+/// A pool operation's buffer pointer is alive (and non-null: validated).
+unsafe fn pool_owner(op: &RawOp, runtime: usize) -> Option<usize> {
     match *op {
         // SAFETY: the caller's promise.
-        RawOp::ReadPool { pool, .. } | RawOp::WritePool { pool, .. } => unsafe { &*pool }.worker(),
+        RawOp::ReadPool { pool, .. } | RawOp::WritePool { pool, .. } => {
+            unsafe { &*pool }.worker_of(runtime)
+        }
         _ => None,
     }
 }
@@ -281,12 +284,16 @@ impl Handle {
     ) -> Result<(), i32> {
         validate(&op)?;
         let placement = match placement {
-            // SAFETY: the caller's promise: the memory `op` names is alive.
-            Placement::Any | Placement::Balanced => match unsafe { pool_owner(&op) } {
-                // A pool buffer's own worker, where it is registered.
-                Some(w) if w < self.workers() => Placement::Worker(w),
-                _ => Placement::Balanced,
-            },
+            Placement::Any | Placement::Balanced => {
+                // A pool buffer's own worker (of this runtime), where it is registered.
+                // (A freed runtime's token may be reused: the bound keeps such a buffer's
+                // stale index in range; its operation is then simply a plain one.)
+                // SAFETY: the caller's promise: the memory `op` names is alive; validated.
+                match unsafe { pool_owner(&op, self.registry().token()) } {
+                    Some(w) if w < self.workers() => Placement::Worker(w),
+                    _ => Placement::Balanced,
+                }
+            }
             p => p,
         };
         cq.reserve();

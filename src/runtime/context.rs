@@ -80,7 +80,7 @@ impl RuntimeContext {
     ) -> std::io::Result<Self> {
         let n = registry.len();
         let buffers = BufferPool::new(&registry.config.buffer_pool, Some(&driver.submitter()))?
-            .on_worker(index);
+            .on_worker(registry.token(), index);
         let me = ptr::NonNull::from(registry.worker(index));
         let mesh_row = ptr::NonNull::from(&registry.mesh.row(index)[0]);
         Ok(RuntimeContext {

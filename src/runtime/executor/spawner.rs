@@ -364,6 +364,12 @@ const IDLE_ONE: u64 = 1;
 const IDLE_LEAVE: u64 = (1 << 32) - 1;
 
 impl ExecutorRegistry {
+    /// This runtime's identity among live runtimes (its registry's address), for pool
+    /// buffers to name the runtime of their worker. A runtime freed may pass it on.
+    pub(crate) fn token(&self) -> usize {
+        self as *const ExecutorRegistry as usize
+    }
+
     pub(crate) fn new(
         eventfds: Vec<OwnedFd>,
         mesh_capacity: usize,
