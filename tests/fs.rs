@@ -288,6 +288,50 @@ fn fixed_buffer_writes_and_reads_go_through_the_pool_registration() {
 }
 
 #[test]
+fn fixed_buffer_calls_with_another_workers_or_a_plain_buffer_take_the_plain_path() {
+    let dir = TempDir::new("fixed-foreign");
+    let path = dir.path("data");
+    let rt = Runtime::builder().workers(2).build().expect("runtime");
+    let alloc = |size| {
+        veloq::RuntimeContext::with_current(|cx| cx.expect("on a worker").alloc_buf(size))
+            .expect("alloc")
+    };
+    // Made on worker 1: registered with worker 1's ring, not worker 0's.
+    let made = rt
+        .spawn_local_to(1, move || async move { (alloc(8192), alloc(8192)) })
+        .unwrap();
+    let (mut out, input) = rt.block_on(made).unwrap();
+    assert_eq!(out.worker(), Some(1));
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (i * 13 % 251) as u8;
+    }
+    let used = rt
+        .spawn_local_to(0, move || async move {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .open(&path)
+                .await
+                .expect("create");
+            let (n, out) = file.write_fixed_at(out, 0).await;
+            assert_eq!(n.expect("write_fixed_at"), 8192);
+            let (n, input) = file.read_fixed_at(input, 0).await;
+            assert_eq!(n.expect("read_fixed_at"), 8192);
+            assert_eq!(&input[..8192], &out[..]);
+            // A plain allocation (above the largest class) belongs to no pool.
+            let big = alloc(2 << 20);
+            assert_eq!(big.buf_index(), None);
+            let (n, big) = file.read_fixed_at(big, 0).await;
+            assert_eq!(n.expect("read_fixed_at, plain"), 8192);
+            assert_eq!(&big[..8192], &out[..]);
+        })
+        .unwrap();
+    rt.block_on(used).unwrap();
+    rt.shutdown(Some(Duration::from_secs(30))).unwrap();
+}
+
+#[test]
 fn vectored_writes_and_reads_fill_buffers_in_order() {
     let dir = TempDir::new("vectored");
     let path = dir.path("v");

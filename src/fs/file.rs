@@ -119,9 +119,6 @@ impl File {
     /// this worker's ring, else as a plain read; the buffer's length becomes what was read
     /// if that is more. Returns how many bytes were read and the buffer.
     pub async fn read_fixed_at(&self, buf: PoolBuf, offset: u64) -> (io::Result<usize>, PoolBuf) {
-        let Some(index) = fixed_index(&buf) else {
-            return self.read_at(buf, offset).await;
-        };
         let off = match self::offset(offset) {
             Ok(o) => o,
             Err(e) => return (Err(e), buf),
@@ -129,14 +126,14 @@ impl File {
         let fd = self.fd.as_raw_fd();
         let len = buf.capacity().min(u32::MAX as usize) as u32;
         let (r, mut buf) = op::run(buf, |b| {
-            RawOp::ReadFixed {
+            let data = b.as_mut_ptr();
+            pool_entry(RawOp::ReadPool {
                 fd,
-                buf: b.as_mut_ptr(),
+                pool: &*b,
+                data,
                 len,
                 offset: off,
-                buf_index: index,
-            }
-            .entry()
+            })
         })
         .await;
         if let Ok(n) = r {
@@ -150,9 +147,6 @@ impl File {
     /// (`IORING_OP_WRITE_FIXED`) when the buffer is registered with this worker's ring,
     /// else as a plain write. Returns how many bytes were written and the buffer.
     pub async fn write_fixed_at(&self, buf: PoolBuf, offset: u64) -> (io::Result<usize>, PoolBuf) {
-        let Some(index) = fixed_index(&buf) else {
-            return self.write_at(buf, offset).await;
-        };
         let off = match self::offset(offset) {
             Ok(o) => o,
             Err(e) => return (Err(e), buf),
@@ -160,14 +154,13 @@ impl File {
         let fd = self.fd.as_raw_fd();
         let len = buf.len().min(u32::MAX as usize) as u32;
         let (r, buf) = op::run(buf, |b| {
-            RawOp::WriteFixed {
+            pool_entry(RawOp::WritePool {
                 fd,
-                buf: b.as_ptr(),
+                pool: &*b,
+                data: b.as_ptr(),
                 len,
                 offset: off,
-                buf_index: index,
-            }
-            .entry()
+            })
         })
         .await;
         (r.map(|n| n as usize), buf)
@@ -376,8 +369,14 @@ impl File {
 
 crate::io::fd::impl_fd_traits!(File, "an open file");
 
-/// The fixed-buffer index of `buf` on the current worker's ring: only when it came from
-/// this worker's pool and that pool is registered (a buffer may have moved workers).
-fn fixed_index(buf: &PoolBuf) -> Option<u16> {
-    crate::runtime::RuntimeContext::with_current(|cx| cx?.buffers.fixed_index(buf))
+/// The entry of pool operation `op` on the current worker: the fixed-buffer one when its
+/// buffer is registered with this worker's ring (a buffer may have moved workers), else
+/// the plain one (`RawOp::resolve_pool`, as for C's fixed-buffer calls).
+fn pool_entry(op: RawOp) -> io_uring::squeue::Entry {
+    crate::runtime::RuntimeContext::with_current(|cx| match cx {
+        // SAFETY: the operation's buffer is the future's own, alive until its completion.
+        Some(cx) => unsafe { op.resolve_pool(&cx.buffers) },
+        None => op,
+    })
+    .entry()
 }
