@@ -138,7 +138,8 @@ const SYSTEMS: [(&str, &str, Option<&str>); 26] = [
         "veloq",
         "this crate, default settings (the core benches pin their workers to cores; the I/O \
          bench's echo server, `examples/echo`, does not, and keeps one multishot receive per \
-         connection into a provided-buffer ring; the file rows read with `File::read_at`)",
+         connection into a provided-buffer ring; the file rows read with `File::read_at`, \
+         which on an `O_DIRECT` file hands each read to the kernel as it is issued)",
         Some("veloq"),
     ),
     (
@@ -233,7 +234,8 @@ const SYSTEMS: [(&str, &str, Option<&str>); 26] = [
     (
         "veloq-poll",
         "veloq's file reads with `RuntimeBuilder::io_poll(2 ms)`: a worker with reads in \
-         flight polls its ring instead of parking (busy, as fio's loop is)",
+         flight polls its ring instead of parking (busy: a core spent while reads are in \
+         flight)",
         Some("veloq"),
     ),
     (

@@ -116,11 +116,12 @@ static int wait_one(veloq_cqe *e) {
     return n == 1;
 }
 
-/* Runs *o on a worker: returns the submit error, or the callback's final result. */
-static int64_t run_op(struct op *o) {
+/* Runs *o on a worker through task `fn` (which submits it): returns the submit error, or
+ * the callback's final result. */
+static int64_t run_op_in(struct op *o, veloq_task_fn fn) {
     veloq_cqe e;
     o->calls = 0;
-    if (veloq_spawn_to(g_rt, 1, op_task, o, g_cq, TASK_TAG) != 0)
+    if (veloq_spawn_to(g_rt, 1, fn, o, g_cq, TASK_TAG) != 0)
         return -9998;
     if (!wait_one(&e))
         return -9997;
@@ -136,6 +137,9 @@ static int64_t run_op(struct op *o) {
     CHECK_EQ(o->cb_worker, 1);
     return o->res;
 }
+
+/* Runs *o on a worker: returns the submit error, or the callback's final result. */
+static int64_t run_op(struct op *o) { return run_op_in(o, op_task); }
 
 static void setup(void) {
     g_rt = vt_runtime(2);
@@ -1350,6 +1354,59 @@ static void sqe_submissions_from_a_callback_with_deadlines(void) {
     teardown();
 }
 
+/* ------------------------------------------------------------------ veloq_ctx_flush */
+
+/* What veloq_ctx_flush said in flush_task: before submitting, after, again, for NULL. */
+static int g_flush_before, g_flush_after, g_flush_again, g_flush_null;
+
+/* Submits *o, calling veloq_ctx_flush before, after (twice) and with NULL. */
+static int64_t flush_task(veloq_ctx *ctx, void *arg) {
+    struct op *o = (struct op *)arg;
+    o->submit_worker = veloq_ctx_worker(ctx);
+    g_flush_before = veloq_ctx_flush(ctx);
+    o->submitted = submit_op(ctx, o);
+    g_flush_after = veloq_ctx_flush(ctx);
+    g_flush_again = veloq_ctx_flush(ctx);
+    g_flush_null = veloq_ctx_flush(NULL);
+    return o->submitted;
+}
+
+static void ctx_flush_hands_queued_io_to_the_kernel_at_once(void) {
+    char path[512], out[16];
+    struct op o;
+    int fd;
+    setup();
+    REQUIRE(g_cq);
+    file_path(path, sizeof path, "flush.txt");
+    fd = open(path, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    CHECK_EQ(write(fd, "0123456789abcdef", 16), 16);
+    /* A read queued in the callback: the flush hands over exactly it, then nothing is
+     * left; NULL is refused; the read still completes once, with its bytes. */
+    memset(out, 0, sizeof out);
+    o = mk(K_READ);
+    o.fd = fd;
+    o.buf = out;
+    o.len = 10;
+    o.off = 6;
+    CHECK_EQ(run_op_in(&o, flush_task), 10);
+    CHECK_EQ(g_flush_before, 0);
+    CHECK_EQ(g_flush_after, 1);
+    CHECK_EQ(g_flush_again, 0);
+    CHECK_EQ(g_flush_null, -EINVAL);
+    CHECK(memcmp(out, "6789abcdef", 10) == 0);
+    /* A refused submission queues nothing. */
+    o = mk(K_READ);
+    o.fd = -1;
+    o.buf = out;
+    o.len = 4;
+    CHECK_EQ(run_op_in(&o, flush_task), -EINVAL);
+    CHECK_EQ(g_flush_after, 0);
+    close(fd);
+    unlink(path);
+    teardown();
+}
+
 int main(void) {
     check_init("test_io", 300);
     vio_raise_nofile();
@@ -1379,6 +1436,7 @@ int main(void) {
     RUN_CASE(fixed_ops_refuse_bad_input_and_report_kernel_errors);
     RUN_CASE(statx_and_fallocate_report_sizes_and_errors);
     RUN_CASE(sqe_submissions_from_a_callback_with_deadlines);
+    RUN_CASE(ctx_flush_hands_queued_io_to_the_kernel_at_once);
     rmdir(g_dir);
     return check_summary();
 }

@@ -1288,6 +1288,19 @@ int64_t veloq_timeout(struct veloq_ctx *ctx, uint64_t ns, veloq_io_cb cb, void *
 int64_t veloq_poll_add(struct veloq_ctx *ctx, int fd, uint32_t events, veloq_io_cb cb, void *arg);
 
 /**
+ * Hands the operations queued on this worker to the kernel now, in one `io_uring_enter`,
+ * rather than when the worker's turn ends (where it submits everything queued at once).
+ * For direct (`O_DIRECT`) file I/O: a read or write flushed as soon as it is made
+ * reaches the device at once, where a batch is held back (plugged) by the block layer
+ * and may be served all together by a virtual disk (fio submits so by default). Socket
+ * and buffered file I/O are better left to the batch. Returns how many submission entries
+ * the kernel took: 0 when none were queued, or when the kernel was busy (they then go in
+ * with the batch as usual); -EINVAL for NULL `ctx`. Only inside a callback on a worker,
+ * with its `ctx`.
+ */
+int veloq_ctx_flush(struct veloq_ctx *ctx);
+
+/**
  * Asks for operation `op` (an id returned on this worker) to be cancelled. It still
  * completes through its callback: with -ECANCELED unless it finished first (a multishot
  * operation ends with one entry without `VELOQ_CQE_F_MORE`). Returns 0 when the request

@@ -113,9 +113,15 @@ fn random_writes_at_random_offsets_read_back_as_the_model_says() {
     assert_eq!(std::fs::read(dir.path("data")).unwrap(), model);
 }
 
-#[test]
-fn o_direct_reads_and_writes_aligned_buffers() {
-    // tmpfs refuses O_DIRECT; try places that are usually on a disk.
+/// Runs `body` with the path of a new file in a directory whose file system takes
+/// `O_DIRECT` (tmpfs refuses it; the places tried are usually on a disk). `body` returns
+/// None when the open was refused with EINVAL, and the next place is tried. False when no
+/// place took it (the caller's test is skipped, saying so).
+fn with_direct_path<F, Fut>(tag: &str, body: F) -> bool
+where
+    F: Fn(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Option<()>> + Send + 'static,
+{
     let candidates = [
         std::env::temp_dir(),
         PathBuf::from("/var/tmp"),
@@ -125,48 +131,127 @@ fn o_direct_reads_and_writes_aligned_buffers() {
         if !base.is_dir() {
             continue;
         }
-        let dir = TempDir::new_in(&base, "direct");
-        let path = dir.path("direct");
-        let outcome = run(async move {
-            let file = match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .direct(true)
-                .open(&path)
-                .await
-            {
-                Ok(f) => f,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return None,
-                Err(e) => panic!("open O_DIRECT: {e}"),
-            };
-            let mut out = AlignedBuf::new(16 * 4096, 4096);
-            for (i, b) in out.iter_mut().enumerate() {
-                *b = (i * 7 + i / 4096) as u8;
-            }
-            let expect = out.to_vec();
-            let (r, _) = file.write_all_at(out, 4096).await;
-            r.unwrap();
-            file.sync_data().await.unwrap();
-            let (r, back) = file
-                .read_exact_at(AlignedBuf::new(16 * 4096, 4096), 4096)
-                .await;
-            r.unwrap();
-            // An unaligned offset is refused by the kernel.
-            let (r, _) = file.read_at(AlignedBuf::new(4096, 4096), 100).await;
-            let unaligned = r.unwrap_err().raw_os_error();
-            Some((back.to_vec() == expect, unaligned))
-        });
-        match outcome {
-            Some((same, unaligned)) => {
-                assert!(same, "O_DIRECT data differs");
-                assert_eq!(unaligned, Some(libc::EINVAL));
-                return;
-            }
-            None => println!("note: {} refuses O_DIRECT (EINVAL)", base.display()),
+        let dir = TempDir::new_in(&base, tag);
+        if run(body(dir.path("direct"))).is_some() {
+            return true;
         }
+        println!("note: {} refuses O_DIRECT (EINVAL)", base.display());
     }
-    println!("note: no candidate directory accepts O_DIRECT; O_DIRECT test skipped");
+    println!("note: no candidate directory accepts O_DIRECT; test skipped");
+    false
+}
+
+/// Opens `path` read-write with `O_DIRECT`, created; None when the file system refuses.
+async fn open_direct(path: &Path) -> Option<File> {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .direct(true)
+        .open(path)
+        .await
+    {
+        Ok(f) => Some(f),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
+        Err(e) => panic!("open O_DIRECT: {e}"),
+    }
+}
+
+#[test]
+fn o_direct_reads_and_writes_aligned_buffers() {
+    with_direct_path("direct", |path| async move {
+        let file = open_direct(&path).await?;
+        let mut out = AlignedBuf::new(16 * 4096, 4096);
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = (i * 7 + i / 4096) as u8;
+        }
+        let expect = out.to_vec();
+        let (r, _) = file.write_all_at(out, 4096).await;
+        r.unwrap();
+        file.sync_data().await.unwrap();
+        let (r, back) = file
+            .read_exact_at(AlignedBuf::new(16 * 4096, 4096), 4096)
+            .await;
+        r.unwrap();
+        assert!(back.to_vec() == expect, "O_DIRECT data differs");
+        // An unaligned offset is refused by the kernel.
+        let (r, _) = file.read_at(AlignedBuf::new(4096, 4096), 100).await;
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        Some(())
+    });
+}
+
+/// Polls `fut` once, then asks the worker to hand its queued I/O to the kernel: how many
+/// entries were still queued (what `RuntimeContext::flush_io` says), and the future.
+async fn queued_after_first_poll<F: std::future::Future + Unpin>(mut fut: F) -> (usize, F) {
+    let pending = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx).is_pending())
+    })
+    .await;
+    assert!(pending, "an I/O future is pending after its first poll");
+    let queued = veloq::RuntimeContext::with_current(|cx| cx.expect("on a worker").flush_io());
+    (queued, fut)
+}
+
+#[test]
+fn direct_file_io_goes_to_the_kernel_at_once_buffered_io_with_the_batch() {
+    // Buffered: a read waits in the submission queue for the worker's batch until
+    // `flush_io` hands it over (and then nothing is left for a second call).
+    let dir = TempDir::new("batch");
+    let path = dir.path("buffered");
+    std::fs::write(&path, vec![5u8; 4096]).unwrap();
+    let (queued, again, data) = run(async move {
+        let file = File::open(&path).await.unwrap();
+        let read = Box::pin(file.read_at(vec![0u8; 4096], 0));
+        let (queued, read) = queued_after_first_poll(read).await;
+        let again = veloq::RuntimeContext::with_current(|cx| cx.unwrap().flush_io());
+        let (r, buf) = read.await;
+        assert_eq!(r.unwrap(), 4096);
+        (queued, again, buf)
+    });
+    assert_eq!((queued, again), (1, 0));
+    assert!(data.iter().all(|&b| b == 5));
+
+    // Direct: every read and write is already with the kernel after its first poll,
+    // and completes once with its data.
+    with_direct_path("now", |path| async move {
+        let file = open_direct(&path).await?;
+        let mut out = AlignedBuf::new(4096, 4096);
+        out.iter_mut().for_each(|b| *b = 9);
+        let (queued, write) = queued_after_first_poll(Box::pin(file.write_at(out, 8192))).await;
+        assert_eq!(queued, 0, "a direct write waited for the batch");
+        assert_eq!(write.await.0.unwrap(), 4096);
+        let read = Box::pin(file.read_at(AlignedBuf::new(4096, 4096), 8192));
+        let (queued, read) = queued_after_first_poll(read).await;
+        assert_eq!(queued, 0, "a direct read waited for the batch");
+        let (r, back) = read.await;
+        assert_eq!(r.unwrap(), 4096);
+        assert!(back.iter().all(|&b| b == 9));
+        // Vectored I/O on it too.
+        let bufs = vec![AlignedBuf::new(4096, 4096)];
+        let (queued, readv) =
+            queued_after_first_poll(Box::pin(file.read_vectored_at(bufs, 8192))).await;
+        assert_eq!(queued, 0, "a direct readv waited for the batch");
+        assert_eq!(readv.await.0.unwrap(), 4096);
+        // The same descriptor taken over from the standard library keeps the flag.
+        let std_file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+                .unwrap()
+        };
+        let taken = File::from_std(std_file);
+        let read = Box::pin(taken.read_at(AlignedBuf::new(4096, 4096), 8192));
+        let (queued, read) = queued_after_first_poll(read).await;
+        assert_eq!(
+            queued, 0,
+            "a direct read of a taken-over file waited for the batch"
+        );
+        assert_eq!(read.await.0.unwrap(), 4096);
+        Some(())
+    });
 }
 
 #[test]

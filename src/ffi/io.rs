@@ -629,6 +629,26 @@ pub extern "C" fn veloq_poll_add(
     submit(ctx, cb, arg, move || RawOp::PollAdd { fd, events })
 }
 
+/// Hands the operations queued on this worker to the kernel now, in one `io_uring_enter`,
+/// rather than when the worker's turn ends (where it submits everything queued at once).
+/// For direct (`O_DIRECT`) file I/O: a read or write flushed as soon as it is made
+/// reaches the device at once, where a batch is held back (plugged) by the block layer
+/// and may be served all together by a virtual disk (fio submits so by default). Socket
+/// and buffered file I/O are better left to the batch. Returns how many submission entries
+/// the kernel took: 0 when none were queued, or when the kernel was busy (they then go in
+/// with the batch as usual); -EINVAL for NULL `ctx`. Only inside a callback on a worker,
+/// with its `ctx`.
+#[no_mangle]
+pub extern "C" fn veloq_ctx_flush(ctx: *mut veloq_ctx) -> c_int {
+    ffi_boundary!(VELOQ_EPANIC, {
+        // SAFETY: as in `submit`: the running callback's own context.
+        let Some(cx) = (unsafe { (ctx as *const RuntimeContext).as_ref() }) else {
+            return -libc::EINVAL;
+        };
+        cx.flush_io().min(c_int::MAX as usize) as c_int
+    })
+}
+
 /// Asks for operation `op` (an id returned on this worker) to be cancelled. It still
 /// completes through its callback: with -ECANCELED unless it finished first (a multishot
 /// operation ends with one entry without `VELOQ_CQE_F_MORE`). Returns 0 when the request

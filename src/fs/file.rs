@@ -14,9 +14,20 @@ use crate::io::{IoBuf, IoBufMut, RawOp};
 /// An open file. Every read and write names its offset; buffers are passed by value and
 /// given back (see the [module documentation](crate::fs)). Dropping the file closes it
 /// at once (`close(2)`); [`close`](Self::close) closes it through the ring.
+///
+/// A file opened for direct I/O (`O_DIRECT`: [`OpenOptions::direct`], or a descriptor
+/// taken over with that flag) hands each read and write to the kernel as soon as it is
+/// issued, in an `io_uring_enter` of its own (what fio does by default), rather than with
+/// the worker's next batch: the device gets each request at once instead of the whole
+/// batch when the worker's turn ends, which the block layer holds back (plugs) and a
+/// virtual disk may serve all together. 4 KiB random reads at queue depth 32 measured
+/// 1.04× fio this way against 0.82× batched (`make bench`); buffered I/O, which the page
+/// cache mostly answers at once, keeps the batch and its fewer system calls.
 #[derive(Debug)]
 pub struct File {
     fd: IoFd,
+    /// Opened with `O_DIRECT`: reads and writes go in at once (see above).
+    direct: bool,
 }
 
 /// What `statx` says about a file (see [`File::metadata`]).
@@ -79,10 +90,31 @@ fn offset(off: u64) -> io::Result<u64> {
 }
 
 impl File {
-    pub(super) fn from_new_fd(fd: u32) -> File {
-        // SAFETY: the kernel just created this descriptor for us (openat).
+    /// The file of descriptor `fd` the kernel just opened with `flags`.
+    pub(super) fn from_new_fd(fd: u32, flags: i32) -> File {
         File {
+            // SAFETY: the kernel just created this descriptor for us (openat).
             fd: unsafe { IoFd::from_raw_fd(fd as RawFd) },
+            direct: flags & libc::O_DIRECT != 0,
+        }
+    }
+
+    /// The file of descriptor `fd`, whose `O_DIRECT` flag is asked of the kernel.
+    fn from_io_fd(fd: IoFd) -> File {
+        // SAFETY: F_GETFL takes no argument and only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        File {
+            fd,
+            direct: flags != -1 && flags & libc::O_DIRECT != 0,
+        }
+    }
+
+    /// How this file's reads and writes are submitted (see the type's doc).
+    fn mode(&self) -> op::Mode {
+        if self.direct {
+            op::Mode::Now
+        } else {
+            op::Mode::Plain
         }
     }
 
@@ -103,9 +135,7 @@ impl File {
 
     /// Takes over a file opened by the standard library.
     pub fn from_std(file: std::fs::File) -> File {
-        File {
-            fd: OwnedFd::from(file).into(),
-        }
+        File::from_io_fd(OwnedFd::from(file).into())
     }
 
     /// Reads at `offset` into `buf` (from its first byte, up to `bytes_total()`): how
@@ -125,7 +155,7 @@ impl File {
         };
         let fd = self.fd.as_raw_fd();
         let len = buf.capacity().min(u32::MAX as usize) as u32;
-        let (r, mut buf) = op::run(buf, |b| {
+        let (r, mut buf) = op::run_as(self.mode(), buf, |b| {
             let data = b.as_mut_ptr();
             pool_entry(RawOp::ReadPool {
                 fd,
@@ -153,7 +183,7 @@ impl File {
         };
         let fd = self.fd.as_raw_fd();
         let len = buf.len().min(u32::MAX as usize) as u32;
-        let (r, buf) = op::run(buf, |b| {
+        let (r, buf) = op::run_as(self.mode(), buf, |b| {
             pool_entry(RawOp::WritePool {
                 fd,
                 pool: &*b,
@@ -175,7 +205,7 @@ impl File {
         };
         let fd = self.fd.as_raw_fd();
         let len = (buf.bytes_total() - at).min(u32::MAX as usize) as u32;
-        let (r, mut buf) = op::run(buf, |b| {
+        let (r, mut buf) = op::run_as(self.mode(), buf, |b| {
             RawOp::Read {
                 fd,
                 // SAFETY: at <= bytes_total, inside (or one past) the buffer.
@@ -223,7 +253,7 @@ impl File {
         };
         let fd = self.fd.as_raw_fd();
         let len = (buf.bytes_init() - at).min(u32::MAX as usize) as u32;
-        let (r, buf) = op::run(buf, |b| {
+        let (r, buf) = op::run_as(self.mode(), buf, |b| {
             RawOp::Write {
                 fd,
                 // SAFETY: at <= bytes_init, inside (or one past) the buffer.
@@ -250,7 +280,7 @@ impl File {
             Ok(o) => o,
             Err(e) => return (Err(e), bufs),
         };
-        vectored::read(self.fd.as_raw_fd(), bufs, Via::File(off)).await
+        vectored::read(self.fd.as_raw_fd(), bufs, Via::File(off, self.mode())).await
     }
 
     /// Writes the initialised bytes of `bufs` in order at `offset` (`pwritev`), or a part
@@ -264,7 +294,7 @@ impl File {
             Ok(o) => o,
             Err(e) => return (Err(e), bufs),
         };
-        vectored::write(self.fd.as_raw_fd(), bufs, Via::File(off)).await
+        vectored::write(self.fd.as_raw_fd(), bufs, Via::File(off, self.mode())).await
     }
 
     /// Writes the buffer's `bytes_init()` bytes (or a part of them) at `offset`: how
@@ -367,7 +397,7 @@ impl File {
     }
 }
 
-crate::io::fd::impl_fd_traits!(File, "an open file");
+crate::io::fd::impl_fd_traits!(File, "an open file", from_io_fd);
 
 /// The entry of pool operation `op` on the current worker: the fixed-buffer one when its
 /// buffer is registered with this worker's ring (a buffer may have moved workers), else

@@ -154,6 +154,6 @@ impl OpenOptions {
             .entry()
         })
         .await;
-        Ok(File::from_new_fd(fd?))
+        Ok(File::from_new_fd(fd?, flags))
     }
 }

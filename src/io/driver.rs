@@ -756,12 +756,17 @@ impl Driver {
     }
 
     /// Hands the entries already in the submission queue to the kernel, when there
-    /// are any (before a descriptor they name is closed: see `IoFd`).
-    pub(crate) fn flush_queued(&mut self) {
-        if !self.ring.submission().is_empty() {
-            self.flags_stale = false;
-            self.enter(0);
+    /// are any (before a descriptor they name is closed: see `IoFd`; direct file I/O,
+    /// see [`RuntimeContext::flush_io`](crate::RuntimeContext::flush_io)). Returns how
+    /// many the kernel took: 0 when none were queued, or when the enter failed
+    /// (EINTR, EBUSY, EAGAIN); they then go in with the next turn or park.
+    pub(crate) fn flush_queued(&mut self) -> usize {
+        if self.ring.submission().is_empty() {
+            return 0;
         }
+        self.flags_stale = false;
+        self.stats.enters += 1;
+        self.ring.submit().unwrap_or(0)
     }
 
     fn enter(&mut self, want: usize) {

@@ -82,9 +82,10 @@ pub(crate) fn flush_queued_submissions() {
 
 /// The descriptor traits of a type holding its descriptor in an `fd: IoFd` field:
 /// `AsRawFd`, `AsFd`, `IntoRawFd`, and `FromRawFd` (whose caller must pass `$what` it
-/// owns; it is closed on drop).
+/// owns; it is closed on drop). A third argument names the type's
+/// `fn(IoFd) -> Self` that `FromRawFd` makes the value with, for a type with more fields.
 macro_rules! impl_fd_traits {
-    ($ty:ident, $what:literal) => {
+    (@borrow $ty:ident) => {
         impl std::os::fd::AsRawFd for $ty {
             #[inline]
             fn as_raw_fd(&self) -> std::os::fd::RawFd {
@@ -104,6 +105,9 @@ macro_rules! impl_fd_traits {
                 std::os::fd::IntoRawFd::into_raw_fd(self.fd)
             }
         }
+    };
+    ($ty:ident, $what:literal) => {
+        crate::io::fd::impl_fd_traits!(@borrow $ty);
 
         impl std::os::fd::FromRawFd for $ty {
             #[doc = concat!("# Safety\n`fd` must be ", $what, " the caller owns (closed on drop).")]
@@ -112,6 +116,21 @@ macro_rules! impl_fd_traits {
                     // SAFETY: forwarded promise.
                     fd: unsafe { <crate::io::fd::IoFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
                 }
+            }
+        }
+    };
+    // As above, with `FromRawFd` making the value by `$ty::$from_io_fd(IoFd)` (a type
+    // with more than its descriptor).
+    ($ty:ident, $what:literal, $from_io_fd:ident) => {
+        crate::io::fd::impl_fd_traits!(@borrow $ty);
+
+        impl std::os::fd::FromRawFd for $ty {
+            #[doc = concat!("# Safety\n`fd` must be ", $what, " the caller owns (closed on drop).")]
+            unsafe fn from_raw_fd(fd: std::os::fd::RawFd) -> $ty {
+                // SAFETY: forwarded promise.
+                $ty::$from_io_fd(unsafe {
+                    <crate::io::fd::IoFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                })
             }
         }
     };

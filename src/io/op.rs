@@ -129,6 +129,15 @@ where
     Run::new(data, build, Mode::Plain)
 }
 
+/// [`run`], submitted as `mode` says: `Mode::Plain` (as `run`) or `Mode::Now`.
+pub(crate) fn run_as<T, B>(mode: Mode, data: T, build: B) -> Run<T, B>
+where
+    T: Unpin + 'static,
+    B: FnOnce(&mut T) -> Entry,
+{
+    Run::new(data, build, mode)
+}
+
 /// Like [`run`] for an operation whose result is a new file descriptor: if the future
 /// is dropped, the driver closes a descriptor the kernel still makes rather than leak it.
 pub(crate) fn run_fd<T, B>(data: T, build: B) -> Run<T, B>
@@ -154,6 +163,10 @@ where
 pub(crate) enum Mode {
     /// A plain single-shot operation.
     Plain,
+    /// A plain single-shot operation handed to the kernel at once, with whatever else is
+    /// queued, in an `io_uring_enter` of its own rather than with the worker's next
+    /// batch (direct file I/O, see `fs::File`).
+    Now,
     /// The result is a new descriptor (see [`run_fd`]).
     Fd,
     /// With a linked timeout of this many nanoseconds.
@@ -208,6 +221,9 @@ impl<T: Unpin + 'static, B: BuildEntry<T>> Run<T, B> {
         let submitted = with_driver(|driver, owner| {
             let id = match mode {
                 Mode::Plain => driver.submit(entry, target, false),
+                Mode::Now => driver.submit(entry, target, false).inspect(|_| {
+                    driver.flush_queued();
+                }),
                 Mode::Fd => driver.submit(entry, target, false).inspect(|&id| {
                     driver.set_result_is_fd(id);
                 }),

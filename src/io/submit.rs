@@ -115,6 +115,23 @@ impl RuntimeContext {
         }
     }
 
+    /// Hands the I/O queued on this worker to the kernel now, in one `io_uring_enter`,
+    /// rather than with the worker's batch at the end of its turn (or in its park). For
+    /// direct (`O_DIRECT`) file I/O: a read or write flushed as soon as it is made reaches
+    /// the device at once, where a batch is held back (plugged) by the block layer and
+    /// may be served all together by a virtual disk; [`crate::fs::File`] does this itself
+    /// for a file opened with `O_DIRECT`. Socket and buffered file I/O are better left to
+    /// the batch (one system call for many operations). Returns how many submission
+    /// entries the kernel took: 0 when none were queued, or when the kernel was busy
+    /// (EINTR, EBUSY, EAGAIN), in which case they go in with the batch as usual.
+    pub fn flush_io(&self) -> usize {
+        // Not borrowed between jobs, nor while a task or a C callback runs; a caller
+        // nested in the driver (none today) gets the batch.
+        self.driver
+            .try_borrow_mut()
+            .map_or(0, |mut driver| driver.flush_queued())
+    }
+
     /// Asks for operation `id` of this worker to be cancelled. It completes once more,
     /// with -ECANCELED unless it finished first. -ENOENT when `id` names no live
     /// operation of this worker (finished, never existed, or another worker's);

@@ -52,10 +52,20 @@ fn check_count(n: usize) -> io::Result<()> {
 /// socket (which lets a send say `MSG_NOSIGNAL`).
 #[derive(Clone, Copy)]
 pub(crate) enum Via {
-    /// At this file offset.
-    File(u64),
+    /// At this file offset, submitted as the mode says (see `fs::File`).
+    File(u64, op::Mode),
     /// On a connected socket.
     Socket,
+}
+
+impl Via {
+    /// How the operation is submitted: a socket's with the worker's next batch.
+    fn mode(self) -> op::Mode {
+        match self {
+            Via::File(_, mode) => mode,
+            Via::Socket => op::Mode::Plain,
+        }
+    }
 }
 
 /// Reads into `bufs` in order, each from its first byte up to `bytes_total()`; marks the
@@ -75,8 +85,8 @@ pub(crate) async fn read<B: IoBufMut>(
             iov_len: b.bytes_total(),
         })
         .collect();
-    let (r, mut v) = op::run(Vectored::new(bufs, iovecs), |v| match via {
-        Via::File(offset) => RawOp::Readv {
+    let (r, mut v) = op::run_as(via.mode(), Vectored::new(bufs, iovecs), |v| match via {
+        Via::File(offset, _) => RawOp::Readv {
             fd,
             iov: v.iovecs.as_ptr(),
             iovcnt: v.iovecs.len() as u32,
@@ -124,8 +134,8 @@ pub(crate) async fn write<B: IoBuf>(
             iov_len: b.bytes_init(),
         })
         .collect();
-    let (r, v) = op::run(Vectored::new(bufs, iovecs), |v| match via {
-        Via::File(offset) => RawOp::Writev {
+    let (r, v) = op::run_as(via.mode(), Vectored::new(bufs, iovecs), |v| match via {
+        Via::File(offset, _) => RawOp::Writev {
             fd,
             iov: v.iovecs.as_ptr(),
             iovcnt: v.iovecs.len() as u32,
