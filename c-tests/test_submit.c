@@ -37,6 +37,11 @@ static void bad_submissions_are_einval_and_post_nothing(void) {
     CHECK_ERR(veloq_submit(rt, INT32_MAX, &s, cq, 1), -EINVAL);
     s.opcode = 200;
     CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
+    s = sqe_of(VELOQ_OP_NOP, -1); /* sqe_flags bits that mean nothing */
+    s.sqe_flags = 2;
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
+    s.sqe_flags = 0x80 | VELOQ_SQE_SUBMIT_NOW;
+    CHECK_ERR(veloq_submit(rt, -1, &s, cq, 1), -EINVAL);
     s = sqe_of(VELOQ_OP_READ, -1); /* fd < 0 */
     s.addr = (uint64_t)(uintptr_t)buf;
     s.len = sizeof buf;
@@ -458,6 +463,46 @@ static int64_t submit_wait(veloq_runtime *rt, int worker, veloq_sqe *s, veloq_cq
     return e.user_data == 42 ? e.res : -EPROTO;
 }
 
+/* VELOQ_SQE_SUBMIT_NOW: the same operations and results as without it (it changes only
+ * when the worker hands them to the kernel), with and without a deadline. */
+static void host_submit_now_writes_and_reads_a_file(void) {
+    veloq_runtime *rt = vt_runtime(2);
+    veloq_cq *cq;
+    veloq_sqe s;
+    char path[512], back[16];
+    uint32_t ran = 99;
+    int fd;
+    REQUIRE(rt);
+    cq = vt_cq(rt, 16);
+    REQUIRE(cq);
+    snprintf(path, sizeof path, "%s/now", g_dir);
+    fd = open(path, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    s = sqe_of(VELOQ_OP_WRITE, fd);
+    s.sqe_flags = VELOQ_SQE_SUBMIT_NOW;
+    s.addr = (uint64_t)(uintptr_t)"now and then";
+    s.len = 12;
+    s.offset = 100;
+    CHECK_EQ(submit_wait(rt, 1, &s, cq, &ran), 12);
+    CHECK_EQ(ran, 1);
+    memset(back, 0, sizeof back);
+    s = sqe_of(VELOQ_OP_READ, fd);
+    s.sqe_flags = VELOQ_SQE_SUBMIT_NOW;
+    s.addr = (uint64_t)(uintptr_t)back;
+    s.len = sizeof back;
+    s.offset = 100;
+    s.timeout_ns = 5000000000ull;
+    CHECK_EQ(submit_wait(rt, -1, &s, cq, &ran), 12);
+    CHECK(memcmp(back, "now and then", 12) == 0);
+    s.fd = 1 << 20; /* a descriptor that is not open: the kernel's error, in the entry */
+    s.timeout_ns = 0;
+    CHECK_EQ(submit_wait(rt, 0, &s, cq, &ran), -EBADF);
+    close(fd);
+    unlink(path);
+    CHECK_EQ(veloq_cq_free(cq), 0);
+    veloq_runtime_free(rt);
+}
+
 static void host_fixed_buffer_writes_and_reads_a_file(void) {
     veloq_runtime *rt = vt_runtime(2);
     veloq_cq *cq;
@@ -565,6 +610,7 @@ int main(void) {
     RUN_CASE(two_host_threads_submit_a_mix_each_completion_exactly_once);
     RUN_CASE(host_multishot_accept_ends_with_one_entry_at_shutdown);
     RUN_CASE(host_fixed_buffer_writes_and_reads_a_file);
+    RUN_CASE(host_submit_now_writes_and_reads_a_file);
     rmdir(g_dir);
     return check_summary();
 }

@@ -218,6 +218,17 @@ struct statx;
 #define VELOQ_OP_WRITE_FIXED 23
 
 /**
+ * `veloq_sqe.sqe_flags` bit: the operation is handed to the kernel as soon as its worker
+ * takes it, in an `io_uring_enter` of its own (with whatever else is queued there), rather
+ * than with the worker's batch at the end of its turn (inside a callback: as
+ * `veloq_ctx_flush` right after `veloq_ctx_submit`). For direct (`O_DIRECT`) file reads
+ * and writes: each reaches the device at once, where a batch is held back (plugged) by the
+ * block layer and may be served all together by a virtual disk. Leave it off for sockets
+ * and buffered files, where the batch saves system calls.
+ */
+#define VELOQ_SQE_SUBMIT_NOW 1
+
+/**
  * `flags` bit of `veloq_tcp_listen` and `veloq_udp_bind`: set `SO_REUSEPORT` so that
  * several sockets, e.g. one per worker, share the address and the kernel spreads
  * connections (TCP) or datagrams (UDP, by source) over them. Only sockets of the same
@@ -499,6 +510,11 @@ typedef struct veloq_sqe {
      * A `VELOQ_OP_*` constant.
      */
     uint8_t opcode;
+    /**
+     * `VELOQ_SQE_*` bits saying how the operation goes in; 0: with its worker's batch.
+     * An unknown bit: -EINVAL.
+     */
+    uint8_t sqe_flags;
     /**
      * The file descriptor (or dirfd / domain, see the opcode).
      */
@@ -1325,7 +1341,8 @@ int veloq_cancel(struct veloq_ctx *ctx, int64_t op);
  * Errors (nothing runs, nothing is posted): -EINVAL for NULL `rt`/`sqe`/`cq`, a `worker`
  * that is not -1 or 0..workers, an unknown opcode, or fields the opcode cannot take (fd
  * < 0, NULL buffer with len > 0, NULL path, iovec count 0, ...), a `timeout_ns` on
- * VELOQ_OP_TIMEOUT or a multishot opcode; -ESHUTDOWN once shutdown has started.
+ * VELOQ_OP_TIMEOUT or a multishot opcode, an unknown `sqe_flags` bit; -ESHUTDOWN once
+ * shutdown has started.
  *
  * Ownership: the memory named by the sqe stays the host's and must stay valid (and
  * untouched while the kernel may write it) until the final completion was posted; `cq`

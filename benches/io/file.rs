@@ -411,10 +411,16 @@ fn veloq_host_randread(path: &Path, direct: bool, fixed: bool) -> Result<f64, St
                 offset,
             }
         };
+        // A direct read goes to the kernel as soon as the worker takes it, as the header
+        // tells C callers to ask for O_DIRECT (`VELOQ_SQE_SUBMIT_NOW`).
+        let options = veloq::io::SubmitOptions {
+            timeout_ns: None,
+            now: direct,
+        };
         // SAFETY: the slot's buffer belongs to this read alone until its completion is
         // taken, and the buffers, the file and the queue outlive every read (all are
         // reaped below before they are dropped).
-        unsafe { handle.submit_io(veloq::Placement::Worker(0), op, &cq, slot as u64) }
+        unsafe { handle.submit_io_with(veloq::Placement::Worker(0), op, options, &cq, slot as u64) }
             .map_err(|e| format!("submit: {e}"))
     };
     let mut run = || -> Result<f64, String> {

@@ -671,6 +671,9 @@ public:
     /// veloq_cancel: 0, -ENOENT, -EALREADY. The operation still completes through its
     /// callable (with -ECANCELED unless it finished first).
     int cancel(std::int64_t op) const noexcept { return ::veloq_cancel(ctx_, op); }
+    /// veloq_ctx_flush: hands this worker's queued operations to the kernel now (for
+    /// O_DIRECT file I/O); how many entries the kernel took.
+    int flush() const noexcept { return ::veloq_ctx_flush(ctx_); }
 
     // Provided-buffer rings (veloq_buf_ring_*): plain calls returning 0 / an id or a
     // negative errno, like the C ones. A ring is identified by its group id and belongs to

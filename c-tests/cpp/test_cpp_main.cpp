@@ -612,6 +612,34 @@ static void host_submit_io_posts_to_the_queue_or_throws(void) {
             CHECK_EQ(e.res, -ECANCELED);
         }
     }
+    // An sqe with VELOQ_SQE_SUBMIT_NOW is with the kernel once submit returns: flush()
+    // finds nothing left. A plain one waits for the worker's batch; flush() hands it over.
+    static char got_now[4], got_plain[4];
+    REQUIRE(write(fds[1], "abcdefgh", 8) == 8);
+    rt.spawn_to(0, [q, rfd](veloq_ctx *ctx) {
+        veloq::Io io(ctx);
+        veloq_sqe s{};
+        s.opcode = VELOQ_OP_RECV;
+        s.fd = rfd;
+        s.addr = reinterpret_cast<std::uintptr_t>(got_now);
+        s.len = sizeof got_now;
+        s.sqe_flags = VELOQ_SQE_SUBMIT_NOW;
+        if (io.submit(s, [q](std::int64_t res) { veloq_cq_post(q, 15, res); }) <= 0)
+            return std::int64_t{-1};
+        int left_now = io.flush();
+        s.sqe_flags = 0;
+        s.addr = reinterpret_cast<std::uintptr_t>(got_plain);
+        if (io.submit(s, [q](std::int64_t res) { veloq_cq_post(q, 16, res); }) <= 0)
+            return std::int64_t{-2};
+        int left_plain = io.flush();
+        return std::int64_t{left_now * 10 + left_plain};
+    }, cq, 17);
+    got = reap(cq, 3);
+    REQUIRE(got.size() == 3);
+    for (const veloq_cqe &e : got)
+        CHECK_EQ(e.res, e.user_data == 17 ? 1 : 4);
+    CHECK(memcmp(got_now, "abcd", 4) == 0);
+    CHECK(memcmp(got_plain, "efgh", 4) == 0);
     close(fds[0]);
     close(fds[1]);
 }

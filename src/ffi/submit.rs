@@ -9,7 +9,7 @@ use super::handle;
 use super::io::{pool_op, veloq_io_cb, PoolDir};
 use super::runtime::veloq_runtime;
 use super::task::veloq_ctx;
-use crate::io::RawOp;
+use crate::io::{RawOp, SubmitOptions};
 use crate::Placement;
 
 /// No operation: completes with res 0. Uses no field.
@@ -80,6 +80,15 @@ pub const VELOQ_OP_READ_FIXED: u8 = 22;
 /// VELOQ_OP_READ_FIXED (same routing and errors). res: bytes written.
 pub const VELOQ_OP_WRITE_FIXED: u8 = 23;
 
+/// `veloq_sqe.sqe_flags` bit: the operation is handed to the kernel as soon as its worker
+/// takes it, in an `io_uring_enter` of its own (with whatever else is queued there), rather
+/// than with the worker's batch at the end of its turn (inside a callback: as
+/// `veloq_ctx_flush` right after `veloq_ctx_submit`). For direct (`O_DIRECT`) file reads
+/// and writes: each reaches the device at once, where a batch is held back (plugged) by the
+/// block layer and may be served all together by a virtual disk. Leave it off for sockets
+/// and buffered files, where the batch saves system calls.
+pub const VELOQ_SQE_SUBMIT_NOW: u8 = 1;
+
 /// One operation for `veloq_submit` (from any thread, completion to a queue) or
 /// `veloq_ctx_submit` (inside a worker callback, completion to a callback): `opcode` (a
 /// `VELOQ_OP_*`) says which fields it uses and how (see each constant); the others are
@@ -91,6 +100,9 @@ pub const VELOQ_OP_WRITE_FIXED: u8 = 23;
 pub struct veloq_sqe {
     /// A `VELOQ_OP_*` constant.
     pub opcode: u8,
+    /// `VELOQ_SQE_*` bits saying how the operation goes in; 0: with its worker's batch.
+    /// An unknown bit: -EINVAL.
+    pub sqe_flags: u8,
     /// The file descriptor (or dirfd / domain, see the opcode).
     pub fd: i32,
     /// A buffer, iovec array, sockaddr, path or msghdr, by opcode.
@@ -111,6 +123,18 @@ pub struct veloq_sqe {
     /// buffered file read under way, completes with its own result). Not for
     /// VELOQ_OP_TIMEOUT or a multishot opcode (-EINVAL).
     pub timeout_ns: u64,
+}
+
+/// How the operation an sqe describes goes in: its deadline and `VELOQ_SQE_*` bits, or
+/// -EINVAL for an unknown bit.
+fn submit_options(s: &veloq_sqe) -> Result<SubmitOptions, i32> {
+    if s.sqe_flags & !VELOQ_SQE_SUBMIT_NOW != 0 {
+        return Err(-libc::EINVAL);
+    }
+    Ok(SubmitOptions {
+        timeout_ns: (s.timeout_ns != 0).then_some(s.timeout_ns),
+        now: s.sqe_flags & VELOQ_SQE_SUBMIT_NOW != 0,
+    })
 }
 
 /// The operation an sqe describes, or -EINVAL for an unknown opcode (or a pool buffer
@@ -245,7 +269,8 @@ unsafe fn raw_op(s: &veloq_sqe) -> Result<RawOp, i32> {
 /// Errors (nothing runs, nothing is posted): -EINVAL for NULL `rt`/`sqe`/`cq`, a `worker`
 /// that is not -1 or 0..workers, an unknown opcode, or fields the opcode cannot take (fd
 /// < 0, NULL buffer with len > 0, NULL path, iovec count 0, ...), a `timeout_ns` on
-/// VELOQ_OP_TIMEOUT or a multishot opcode; -ESHUTDOWN once shutdown has started.
+/// VELOQ_OP_TIMEOUT or a multishot opcode, an unknown `sqe_flags` bit; -ESHUTDOWN once
+/// shutdown has started.
 ///
 /// Ownership: the memory named by the sqe stays the host's and must stay valid (and
 /// untouched while the kernel may write it) until the final completion was posted; `cq`
@@ -270,19 +295,15 @@ pub extern "C" fn veloq_submit(
             _ => return -libc::EINVAL,
         };
         // SAFETY: the C contract: a pool buffer the sqe names is live.
-        let op = match unsafe { raw_op(sqe) } {
-            Ok(op) => op,
-            Err(e) => return e,
-        };
+        let (op, options) =
+            match unsafe { raw_op(sqe) }.and_then(|op| Ok((op, submit_options(sqe)?))) {
+                Ok(parsed) => parsed,
+                Err(e) => return e,
+            };
         let handle = rt.inner.handle();
         // SAFETY: the C contract: the sqe's memory stays valid until the final
         // completion, and `cq` until then (its free refuses while one is owed).
-        let r = unsafe {
-            match sqe.timeout_ns {
-                0 => handle.submit_io(placement, op, &cq.inner, user_data),
-                ns => handle.submit_io_with_timeout(placement, op, ns, &cq.inner, user_data),
-            }
-        };
+        let r = unsafe { handle.submit_io_with(placement, op, options, &cq.inner, user_data) };
         match r {
             Ok(()) => 0,
             Err(e) => e,
@@ -313,18 +334,22 @@ pub extern "C" fn veloq_ctx_submit(
         return -libc::EINVAL as i64;
     };
     // SAFETY: the C contract: a pool buffer the sqe names is live.
-    let (op, timeout_ns) = match unsafe { raw_op(sqe) } {
-        Ok(op) => (op, sqe.timeout_ns),
+    let (op, options) = match unsafe { raw_op(sqe) }.and_then(|op| Ok((op, submit_options(sqe)?))) {
+        Ok(parsed) => parsed,
         Err(e) => return e as i64,
     };
     super::io::submit_with(ctx, cb, move |cx, cb| {
         // SAFETY: the C contract: the sqe's memory and `arg` stay valid until the final
         // callback.
-        unsafe {
-            match timeout_ns {
-                0 => cx.submit_io(op, cb, arg),
-                ns => cx.submit_io_with_timeout(op, ns, cb, arg),
+        let id = unsafe {
+            match options.timeout_ns {
+                None => cx.submit_io(op, cb, arg),
+                Some(ns) => cx.submit_io_with_timeout(op, ns, cb, arg),
             }
+        }?;
+        if options.now {
+            cx.flush_io();
         }
+        Ok(id)
     })
 }

@@ -26,6 +26,7 @@ pub use buf_ring::{BufRing, RecvBuf};
 pub use driver::{CQE_BUFFER_SHIFT, CQE_F_BUFFER, CQE_F_MORE};
 pub use op_table::IoCallback;
 pub use ops::RawOp;
+pub use submit::SubmitOptions;
 
 /// A no-op through the current worker's ring: completes once the kernel has seen it.
 /// Measures the driver's own cost. Must run inside a task on a runtime worker.

@@ -208,10 +208,24 @@ unsafe fn pool_owner(op: &RawOp, runtime: usize) -> Option<usize> {
     }
 }
 
+/// How a host-side submission goes in ([`Handle::submit_io_with`]); the default is
+/// [`Handle::submit_io`]'s: no deadline, with the worker's batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubmitOptions {
+    /// A deadline in nanoseconds from the submission, as
+    /// [`Handle::submit_io_with_timeout`]; None: none.
+    pub timeout_ns: Option<u64>,
+    /// Handed to the kernel as soon as its worker takes it, in an `io_uring_enter` of its
+    /// own (with whatever else is queued there), rather than with the worker's batch at
+    /// the end of its turn: for direct (`O_DIRECT`) file I/O, see
+    /// [`RuntimeContext::flush_io`].
+    pub now: bool,
+}
+
 /// A host-side submission travelling to its worker.
 struct HostIo {
     op: RawOp,
-    timeout_ns: Option<u64>,
+    options: SubmitOptions,
     cq: *const CompletionQueue,
     user_data: u64,
 }
@@ -228,11 +242,13 @@ unsafe extern "C" fn run_host_io(cx: *mut RuntimeContext, arg: *mut c_void) -> i
     // SAFETY: the host's promise: the memory the operation names (a pool buffer among
     // it) stays valid until its completion.
     let op = unsafe { io.op.resolve_pool(&cx.buffers) };
-    if let Err(mut res) = cx
-        .driver
-        .borrow_mut()
-        .submit_raw(&op, target, io.timeout_ns)
-    {
+    let mut driver = cx.driver.borrow_mut();
+    let submitted = driver.submit_raw(&op, target, io.options.timeout_ns);
+    if submitted.is_ok() && io.options.now {
+        driver.flush_queued();
+    }
+    drop(driver);
+    if let Err(mut res) = submitted {
         if res == -libc::ESHUTDOWN {
             // Accepted before shutdown, cancelled by it like the operations in flight.
             res = -libc::ECANCELED;
@@ -268,7 +284,7 @@ impl Handle {
         user_data: u64,
     ) -> Result<(), i32> {
         // SAFETY: forwarded promise.
-        unsafe { self.route_io(placement, op, None, cq, user_data) }
+        unsafe { self.route_io(placement, op, SubmitOptions::default(), cq, user_data) }
     }
 
     /// [`submit_io`](Self::submit_io) with a deadline, as
@@ -286,16 +302,40 @@ impl Handle {
         cq: &CompletionQueue,
         user_data: u64,
     ) -> Result<(), i32> {
-        validate_deadline(&op)?;
+        let options = SubmitOptions {
+            timeout_ns: Some(timeout_ns),
+            now: false,
+        };
         // SAFETY: forwarded promise.
-        unsafe { self.route_io(placement, op, Some(timeout_ns), cq, user_data) }
+        unsafe { self.submit_io_with(placement, op, options, cq, user_data) }
+    }
+
+    /// [`submit_io`](Self::submit_io) as `options` say: with a deadline (as
+    /// [`submit_io_with_timeout`](Self::submit_io_with_timeout), with its errors), and/or
+    /// handed to the kernel as soon as the worker takes it (`now`).
+    ///
+    /// # Safety
+    /// As [`submit_io`](Self::submit_io).
+    pub unsafe fn submit_io_with(
+        &self,
+        placement: Placement,
+        op: RawOp,
+        options: SubmitOptions,
+        cq: &CompletionQueue,
+        user_data: u64,
+    ) -> Result<(), i32> {
+        if options.timeout_ns.is_some() {
+            validate_deadline(&op)?;
+        }
+        // SAFETY: forwarded promise.
+        unsafe { self.route_io(placement, op, options, cq, user_data) }
     }
 
     unsafe fn route_io(
         &self,
         placement: Placement,
         op: RawOp,
-        timeout_ns: Option<u64>,
+        options: SubmitOptions,
         cq: &CompletionQueue,
         user_data: u64,
     ) -> Result<(), i32> {
@@ -316,7 +356,7 @@ impl Handle {
         cq.reserve();
         let io = Box::into_raw(Box::new(HostIo {
             op,
-            timeout_ns,
+            options,
             cq,
             user_data,
         }));
@@ -340,5 +380,61 @@ impl Handle {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Runtime;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Whether the worker's ring holds queued entries right after a host submission's job
+    /// ran: yes with the batch, no when the submission asked to go in `now`. Both complete.
+    #[test]
+    fn a_host_submission_marked_now_is_with_the_kernel_when_its_job_returns() {
+        let rt = Runtime::builder().workers(1).build().expect("runtime");
+        let cq = Arc::new(CompletionQueue::new(8).expect("queue"));
+        let q = cq.clone();
+        let job = rt
+            .spawn_local_to(0, move || async move {
+                let mut queued = Vec::new();
+                for now in [false, true] {
+                    q.reserve();
+                    let io = Box::new(HostIo {
+                        op: RawOp::Nop,
+                        options: SubmitOptions {
+                            timeout_ns: None,
+                            now,
+                        },
+                        cq: &*q,
+                        user_data: u64::from(now),
+                    });
+                    RuntimeContext::with_current(|cx| {
+                        let cx = cx.expect("on a worker");
+                        // SAFETY: run as the worker runs a host submission's job: the
+                        // box once, with this worker's own context; the queue outlives
+                        // the operation (the test waits for its completion).
+                        unsafe { run_host_io(cx as *const _ as *mut _, Box::into_raw(io).cast()) };
+                        queued.push(cx.driver.borrow_mut().has_queued());
+                    });
+                }
+                queued
+            })
+            .expect("spawn");
+        assert_eq!(rt.block_on(job).expect("join"), [true, false]);
+        let mut got = [Cqe::default(); 4];
+        let mut n = 0;
+        while n < 2 {
+            n += cq
+                .wait(&mut got[n..], 1, Some(Duration::from_secs(10)))
+                .expect("a completion did not come");
+        }
+        let mut seen: Vec<(u64, i64)> = got[..n].iter().map(|e| (e.user_data, e.res)).collect();
+        seen.sort();
+        assert_eq!(seen, [(0, 0), (1, 0)]);
+        rt.shutdown(Some(Duration::from_secs(10)))
+            .expect("shutdown");
     }
 }
