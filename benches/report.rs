@@ -223,7 +223,7 @@ const SYSTEMS: [(&str, &str, Option<&str>); 26] = [
         "veloq's host-side submission (`veloq_submit` from C; `Handle::submit_io` here): the \
          bench's own thread, not a worker, routes each read to the worker's ring and takes \
          its completion from a completion queue, into the host's own buffers; on the \
-         `O_DIRECT` file each read with `VELOQ_SQE_SUBMIT_NOW` (`SubmitOptions::now`)",
+         `O_DIRECT` file each read with `VELOQ_SQE_SUBMIT_NOW` (`SubmitOptions::submit_now`)",
         Some("veloq"),
     ),
     (

@@ -1373,6 +1373,7 @@ static int64_t flush_task(veloq_ctx *ctx, void *arg) {
 
 static void ctx_flush_hands_queued_io_to_the_kernel_at_once(void) {
     char path[512], out[16];
+    veloq_sqe sqe;
     struct op o;
     int fd;
     setup();
@@ -1400,6 +1401,31 @@ static void ctx_flush_hands_queued_io_to_the_kernel_at_once(void) {
     o.fd = -1;
     o.buf = out;
     o.len = 4;
+    CHECK_EQ(run_op_in(&o, flush_task), -EINVAL);
+    CHECK_EQ(g_flush_after, 0);
+    /* veloq_ctx_submit with VELOQ_SQE_SUBMIT_NOW: with the kernel when it returns, so the
+     * flush right after finds nothing; the same sqe without it waits for the flush. */
+    memset(&sqe, 0, sizeof sqe);
+    sqe.opcode = VELOQ_OP_READ;
+    sqe.fd = fd;
+    sqe.addr = (uint64_t)(uintptr_t)out;
+    sqe.len = 4;
+    sqe.sqe_flags = VELOQ_SQE_SUBMIT_NOW;
+    memset(out, 0, sizeof out);
+    o = mk(K_SQE);
+    o.sqe = &sqe;
+    CHECK_EQ(run_op_in(&o, flush_task), 4);
+    CHECK_EQ(g_flush_after, 0);
+    CHECK(memcmp(out, "0123", 4) == 0);
+    sqe.sqe_flags = 0;
+    o = mk(K_SQE);
+    o.sqe = &sqe;
+    CHECK_EQ(run_op_in(&o, flush_task), 4);
+    CHECK_EQ(g_flush_after, 1);
+    /* A bit that means nothing is refused, and nothing is queued. */
+    sqe.sqe_flags = 2;
+    o = mk(K_SQE);
+    o.sqe = &sqe;
     CHECK_EQ(run_op_in(&o, flush_task), -EINVAL);
     CHECK_EQ(g_flush_after, 0);
     close(fd);

@@ -218,13 +218,15 @@ struct statx;
 #define VELOQ_OP_WRITE_FIXED 23
 
 /**
- * `veloq_sqe.sqe_flags` bit: the operation is handed to the kernel as soon as its worker
- * takes it, in an `io_uring_enter` of its own (with whatever else is queued there), rather
- * than with the worker's batch at the end of its turn (inside a callback: as
- * `veloq_ctx_flush` right after `veloq_ctx_submit`). For direct (`O_DIRECT`) file reads
- * and writes: each reaches the device at once, where a batch is held back (plugged) by the
- * block layer and may be served all together by a virtual disk. Leave it off for sockets
- * and buffered files, where the batch saves system calls.
+ * `veloq_sqe.sqe_flags` bit: the worker hands the operation to the kernel as soon as it
+ * takes it, with an `io_uring_enter` made right away (which also takes whatever else the
+ * worker had queued), rather than with its batch at the end of its turn (inside a
+ * callback: as `veloq_ctx_flush` right after `veloq_ctx_submit`). An operation that has
+ * to wait in the backlog (a full submission queue) still goes in with the backlog. For
+ * direct (`O_DIRECT`) file reads and writes: each reaches the device at once, where a
+ * batch is held back (plugged) by the block layer and may be served all together by a
+ * virtual disk. Leave it off for sockets and buffered files, where the batch saves system
+ * calls.
  */
 #define VELOQ_SQE_SUBMIT_NOW 1
 
@@ -501,7 +503,8 @@ typedef void (*veloq_io_cb)(struct veloq_ctx *ctx, int64_t res, uint32_t flags, 
  * One operation for `veloq_submit` (from any thread, completion to a queue) or
  * `veloq_ctx_submit` (inside a worker callback, completion to a callback): `opcode` (a
  * `VELOQ_OP_*`) says which fields it uses and how (see each constant); the others are
- * ignored and should be 0 (start from `veloq_sqe sqe = {0};`). Addresses are the
+ * ignored but must be 0: start from a zeroed struct (`veloq_sqe sqe = {0};`, `memset`, or
+ * designated initializers), since fields may be added in what is padding now. Addresses are the
  * submitter's memory, passed as integers, and must stay valid until the operation's final
  * completion.
  */
@@ -510,11 +513,6 @@ typedef struct veloq_sqe {
      * A `VELOQ_OP_*` constant.
      */
     uint8_t opcode;
-    /**
-     * `VELOQ_SQE_*` bits saying how the operation goes in; 0: with its worker's batch.
-     * An unknown bit: -EINVAL.
-     */
-    uint8_t sqe_flags;
     /**
      * The file descriptor (or dirfd / domain, see the opcode).
      */
@@ -535,6 +533,12 @@ typedef struct veloq_sqe {
      * MSG_* / O_* / POLL* flags or socket type, by opcode.
      */
     uint32_t op_flags;
+    /**
+     * `VELOQ_SQE_*` bits saying how the operation goes in; 0: with its worker's batch.
+     * An unknown bit: -EINVAL. (It takes what was padding: the struct's size and the
+     * other fields' offsets are those of earlier versions.)
+     */
+    uint32_t sqe_flags;
     /**
      * A second address or a 64-bit count: the `socklen_t *` of VELOQ_OP_ACCEPT, the `struct
      * statx *` of VELOQ_OP_STATX, the length of VELOQ_OP_FALLOCATE, the offset into the
@@ -1304,15 +1308,17 @@ int64_t veloq_timeout(struct veloq_ctx *ctx, uint64_t ns, veloq_io_cb cb, void *
 int64_t veloq_poll_add(struct veloq_ctx *ctx, int fd, uint32_t events, veloq_io_cb cb, void *arg);
 
 /**
- * Hands the operations queued on this worker to the kernel now, in one `io_uring_enter`,
- * rather than when the worker's turn ends (where it submits everything queued at once).
- * For direct (`O_DIRECT`) file I/O: a read or write flushed as soon as it is made
- * reaches the device at once, where a batch is held back (plugged) by the block layer
- * and may be served all together by a virtual disk (fio submits so by default). Socket
- * and buffered file I/O are better left to the batch. Returns how many submission entries
- * the kernel took: 0 when none were queued, or when the kernel was busy (they then go in
- * with the batch as usual); -EINVAL for NULL `ctx`. Only inside a callback on a worker,
- * with its `ctx`.
+ * Hands the operations queued in this worker's submission queue to the kernel now, in one
+ * `io_uring_enter`, rather than when the worker's turn ends (where it submits everything
+ * queued at once). For direct (`O_DIRECT`) file I/O: a read or write flushed as soon as it
+ * is made reaches the device at once, where a batch is held back (plugged) by the block
+ * layer and may be served all together by a virtual disk (fio submits so by default).
+ * Socket and buffered file I/O are better left to the batch. Operations waiting in the
+ * backlog (a full submission queue) are not handed over here; they go in as room frees.
+ * Returns how many entries the kernel took (possibly fewer than were queued): 0 when none
+ * were queued or the kernel refused the enter (EINTR, EBUSY, EAGAIN, ...: what it did not
+ * take goes in with the batch as usual); -EINVAL for NULL `ctx`. Only inside a callback on
+ * a worker, with its `ctx`.
  */
 int veloq_ctx_flush(struct veloq_ctx *ctx);
 

@@ -250,6 +250,63 @@ fn direct_file_io_goes_to_the_kernel_at_once_buffered_io_with_the_batch() {
             "a direct read of a taken-over file waited for the batch"
         );
         assert_eq!(read.await.0.unwrap(), 4096);
+        // And through FromRawFd.
+        let raw = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+                .unwrap()
+        };
+        // SAFETY: a descriptor we own, handed over once.
+        let raw = unsafe {
+            <File as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(raw))
+        };
+        let mut out = AlignedBuf::new(4096, 4096);
+        out.iter_mut().for_each(|b| *b = 3);
+        let (queued, writev) =
+            queued_after_first_poll(Box::pin(raw.write_vectored_at(vec![out], 12288))).await;
+        assert_eq!(queued, 0, "a direct writev waited for the batch");
+        assert_eq!(writev.await.0.unwrap(), 4096);
+        // A fixed-buffer read of a direct file, into a pool buffer.
+        let pool_buf = veloq::RuntimeContext::with_current(|cx| cx.unwrap().alloc_buf(4096))
+            .expect("a pool buffer");
+        let (queued, fixed) =
+            queued_after_first_poll(Box::pin(file.read_fixed_at(pool_buf, 12288))).await;
+        assert_eq!(queued, 0, "a direct fixed-buffer read waited for the batch");
+        let (r, pool_buf) = fixed.await;
+        assert_eq!(r.unwrap(), 4096);
+        assert!(pool_buf.iter().all(|&b| b == 3));
+        // OpenOptions::submit_now overrides the default both ways.
+        let batched = OpenOptions::new()
+            .read(true)
+            .direct(true)
+            .submit_now(false)
+            .open(&path)
+            .await
+            .unwrap();
+        let read = Box::pin(batched.read_at(AlignedBuf::new(4096, 4096), 0));
+        let (queued, read) = queued_after_first_poll(read).await;
+        assert_eq!(
+            queued, 1,
+            "submit_now(false) still sent a direct read at once"
+        );
+        assert_eq!(read.await.0.unwrap(), 4096);
+        let eager = OpenOptions::new()
+            .read(true)
+            .submit_now(true)
+            .open(&path)
+            .await
+            .unwrap();
+        let read = Box::pin(eager.read_at(vec![0u8; 4096], 8192));
+        let (queued, read) = queued_after_first_poll(read).await;
+        assert_eq!(
+            queued, 0,
+            "submit_now(true) left a buffered read for the batch"
+        );
+        assert_eq!(read.await.0.unwrap(), 4096);
         Some(())
     });
 }

@@ -413,10 +413,8 @@ fn veloq_host_randread(path: &Path, direct: bool, fixed: bool) -> Result<f64, St
         };
         // A direct read goes to the kernel as soon as the worker takes it, as the header
         // tells C callers to ask for O_DIRECT (`VELOQ_SQE_SUBMIT_NOW`).
-        let options = veloq::io::SubmitOptions {
-            timeout_ns: None,
-            now: direct,
-        };
+        let mut options = veloq::io::SubmitOptions::default();
+        options.submit_now = direct;
         // SAFETY: the slot's buffer belongs to this read alone until its completion is
         // taken, and the buffers, the file and the queue outlive every read (all are
         // reaped below before they are dropped).

@@ -612,8 +612,21 @@ static void host_submit_io_posts_to_the_queue_or_throws(void) {
             CHECK_EQ(e.res, -ECANCELED);
         }
     }
-    // An sqe with VELOQ_SQE_SUBMIT_NOW is with the kernel once submit returns: flush()
-    // finds nothing left. A plain one waits for the worker's batch; flush() hands it over.
+    close(fds[0]);
+    close(fds[1]);
+}
+
+// Io::flush (veloq_ctx_flush): an sqe with VELOQ_SQE_SUBMIT_NOW is with the kernel once
+// submit returns, so flush() finds nothing left; a plain one waits for the worker's batch,
+// which flush() hands over. Both receive their bytes.
+static void io_flush_and_submit_now_hand_operations_over_at_once(void) {
+    veloq::Runtime rt = veloq::Runtime::builder().workers(2).build();
+    veloq::CompletionQueue cq(rt, 16);
+    veloq_cq *q = cq.get();
+    int fds[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+    int rfd = fds[0];
+    std::vector<veloq_cqe> got;
     static char got_now[4], got_plain[4];
     REQUIRE(write(fds[1], "abcdefgh", 8) == 8);
     rt.spawn_to(0, [q, rfd](veloq_ctx *ctx) {
@@ -954,6 +967,7 @@ int main() {
     RUN_CASE(io_file_calls_allocate_stat_and_move_pool_buffers);
     RUN_CASE(io_recv_multishot_into_a_buffer_ring_recycles_and_frees);
     RUN_CASE(host_submit_io_posts_to_the_queue_or_throws);
+    RUN_CASE(io_flush_and_submit_now_hand_operations_over_at_once);
     RUN_CASE(blocking_lambda_result_reaches_the_queue_once);
     RUN_CASE(group_of_lambdas_completes_once_with_the_first_error);
     RUN_CASE(cancelled_group_completes_with_ecanceled);

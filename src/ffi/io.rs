@@ -629,15 +629,17 @@ pub extern "C" fn veloq_poll_add(
     submit(ctx, cb, arg, move || RawOp::PollAdd { fd, events })
 }
 
-/// Hands the operations queued on this worker to the kernel now, in one `io_uring_enter`,
-/// rather than when the worker's turn ends (where it submits everything queued at once).
-/// For direct (`O_DIRECT`) file I/O: a read or write flushed as soon as it is made
-/// reaches the device at once, where a batch is held back (plugged) by the block layer
-/// and may be served all together by a virtual disk (fio submits so by default). Socket
-/// and buffered file I/O are better left to the batch. Returns how many submission entries
-/// the kernel took: 0 when none were queued, or when the kernel was busy (they then go in
-/// with the batch as usual); -EINVAL for NULL `ctx`. Only inside a callback on a worker,
-/// with its `ctx`.
+/// Hands the operations queued in this worker's submission queue to the kernel now, in one
+/// `io_uring_enter`, rather than when the worker's turn ends (where it submits everything
+/// queued at once). For direct (`O_DIRECT`) file I/O: a read or write flushed as soon as it
+/// is made reaches the device at once, where a batch is held back (plugged) by the block
+/// layer and may be served all together by a virtual disk (fio submits so by default).
+/// Socket and buffered file I/O are better left to the batch. Operations waiting in the
+/// backlog (a full submission queue) are not handed over here; they go in as room frees.
+/// Returns how many entries the kernel took (possibly fewer than were queued): 0 when none
+/// were queued or the kernel refused the enter (EINTR, EBUSY, EAGAIN, ...: what it did not
+/// take goes in with the batch as usual); -EINVAL for NULL `ctx`. Only inside a callback on
+/// a worker, with its `ctx`.
 #[no_mangle]
 pub extern "C" fn veloq_ctx_flush(ctx: *mut veloq_ctx) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {

@@ -80,19 +80,22 @@ pub const VELOQ_OP_READ_FIXED: u8 = 22;
 /// VELOQ_OP_READ_FIXED (same routing and errors). res: bytes written.
 pub const VELOQ_OP_WRITE_FIXED: u8 = 23;
 
-/// `veloq_sqe.sqe_flags` bit: the operation is handed to the kernel as soon as its worker
-/// takes it, in an `io_uring_enter` of its own (with whatever else is queued there), rather
-/// than with the worker's batch at the end of its turn (inside a callback: as
-/// `veloq_ctx_flush` right after `veloq_ctx_submit`). For direct (`O_DIRECT`) file reads
-/// and writes: each reaches the device at once, where a batch is held back (plugged) by the
-/// block layer and may be served all together by a virtual disk. Leave it off for sockets
-/// and buffered files, where the batch saves system calls.
-pub const VELOQ_SQE_SUBMIT_NOW: u8 = 1;
+/// `veloq_sqe.sqe_flags` bit: the worker hands the operation to the kernel as soon as it
+/// takes it, with an `io_uring_enter` made right away (which also takes whatever else the
+/// worker had queued), rather than with its batch at the end of its turn (inside a
+/// callback: as `veloq_ctx_flush` right after `veloq_ctx_submit`). An operation that has
+/// to wait in the backlog (a full submission queue) still goes in with the backlog. For
+/// direct (`O_DIRECT`) file reads and writes: each reaches the device at once, where a
+/// batch is held back (plugged) by the block layer and may be served all together by a
+/// virtual disk. Leave it off for sockets and buffered files, where the batch saves system
+/// calls.
+pub const VELOQ_SQE_SUBMIT_NOW: u32 = 1;
 
 /// One operation for `veloq_submit` (from any thread, completion to a queue) or
 /// `veloq_ctx_submit` (inside a worker callback, completion to a callback): `opcode` (a
 /// `VELOQ_OP_*`) says which fields it uses and how (see each constant); the others are
-/// ignored and should be 0 (start from `veloq_sqe sqe = {0};`). Addresses are the
+/// ignored but must be 0: start from a zeroed struct (`veloq_sqe sqe = {0};`, `memset`, or
+/// designated initializers), since fields may be added in what is padding now. Addresses are the
 /// submitter's memory, passed as integers, and must stay valid until the operation's final
 /// completion.
 #[repr(C)]
@@ -100,9 +103,6 @@ pub const VELOQ_SQE_SUBMIT_NOW: u8 = 1;
 pub struct veloq_sqe {
     /// A `VELOQ_OP_*` constant.
     pub opcode: u8,
-    /// `VELOQ_SQE_*` bits saying how the operation goes in; 0: with its worker's batch.
-    /// An unknown bit: -EINVAL.
-    pub sqe_flags: u8,
     /// The file descriptor (or dirfd / domain, see the opcode).
     pub fd: i32,
     /// A buffer, iovec array, sockaddr, path or msghdr, by opcode.
@@ -113,6 +113,10 @@ pub struct veloq_sqe {
     pub offset: u64,
     /// MSG_* / O_* / POLL* flags or socket type, by opcode.
     pub op_flags: u32,
+    /// `VELOQ_SQE_*` bits saying how the operation goes in; 0: with its worker's batch.
+    /// An unknown bit: -EINVAL. (It takes what was padding: the struct's size and the
+    /// other fields' offsets are those of earlier versions.)
+    pub sqe_flags: u32,
     /// A second address or a 64-bit count: the `socklen_t *` of VELOQ_OP_ACCEPT, the `struct
     /// statx *` of VELOQ_OP_STATX, the length of VELOQ_OP_FALLOCATE, the offset into the
     /// buffer of VELOQ_OP_READ_FIXED / VELOQ_OP_WRITE_FIXED.
@@ -133,7 +137,7 @@ fn submit_options(s: &veloq_sqe) -> Result<SubmitOptions, i32> {
     }
     Ok(SubmitOptions {
         timeout_ns: (s.timeout_ns != 0).then_some(s.timeout_ns),
-        now: s.sqe_flags & VELOQ_SQE_SUBMIT_NOW != 0,
+        submit_now: s.sqe_flags & VELOQ_SQE_SUBMIT_NOW != 0,
     })
 }
 
@@ -296,7 +300,7 @@ pub extern "C" fn veloq_submit(
         };
         // SAFETY: the C contract: a pool buffer the sqe names is live.
         let (op, options) =
-            match unsafe { raw_op(sqe) }.and_then(|op| Ok((op, submit_options(sqe)?))) {
+            match unsafe { raw_op(sqe) }.and_then(|op| submit_options(sqe).map(|o| (op, o))) {
                 Ok(parsed) => parsed,
                 Err(e) => return e,
             };
@@ -334,10 +338,11 @@ pub extern "C" fn veloq_ctx_submit(
         return -libc::EINVAL as i64;
     };
     // SAFETY: the C contract: a pool buffer the sqe names is live.
-    let (op, options) = match unsafe { raw_op(sqe) }.and_then(|op| Ok((op, submit_options(sqe)?))) {
-        Ok(parsed) => parsed,
-        Err(e) => return e as i64,
-    };
+    let (op, options) =
+        match unsafe { raw_op(sqe) }.and_then(|op| submit_options(sqe).map(|o| (op, o))) {
+            Ok(parsed) => parsed,
+            Err(e) => return e as i64,
+        };
     super::io::submit_with(ctx, cb, move |cx, cb| {
         // SAFETY: the C contract: the sqe's memory and `arg` stay valid until the final
         // callback.
@@ -347,7 +352,7 @@ pub extern "C" fn veloq_ctx_submit(
                 Some(ns) => cx.submit_io_with_timeout(op, ns, cb, arg),
             }
         }?;
-        if options.now {
+        if options.submit_now {
             cx.flush_io();
         }
         Ok(id)

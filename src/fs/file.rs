@@ -16,18 +16,21 @@ use crate::io::{IoBuf, IoBufMut, RawOp};
 /// at once (`close(2)`); [`close`](Self::close) closes it through the ring.
 ///
 /// A file opened for direct I/O (`O_DIRECT`: [`OpenOptions::direct`], or a descriptor
-/// taken over with that flag) hands each read and write to the kernel as soon as it is
-/// issued, in an `io_uring_enter` of its own (what fio does by default), rather than with
-/// the worker's next batch: the device gets each request at once instead of the whole
-/// batch when the worker's turn ends, which the block layer holds back (plugs) and a
-/// virtual disk may serve all together. 4 KiB random reads at queue depth 32 measured
-/// 1.04× fio this way against 0.82× batched (`make bench`); buffered I/O, which the page
-/// cache mostly answers at once, keeps the batch and its fewer system calls.
+/// taken over with that flag) hands each read and write to the kernel as it is submitted
+/// (on the future's first poll), with an `io_uring_enter` made right away (which also takes
+/// whatever else the worker had queued), as fio does by default, rather than with the
+/// worker's batch at the end of its turn: the device then gets each request at once, where
+/// a batch is held back (plugged) by the block layer and may be served all together by a
+/// virtual disk. 4 KiB random reads at queue depth 32 measured 0.96–0.99× fio this way
+/// against 0.82× batched on this project's 2-core virtual machine (`make bench`). Buffered
+/// I/O, which the page cache mostly answers at once, keeps the batch and its fewer system
+/// calls. [`OpenOptions::submit_now`] chooses otherwise for a file. The `O_DIRECT` flag is
+/// looked at once, when the `File` is made (a flag set later with `fcntl` is not seen).
 #[derive(Debug)]
 pub struct File {
     fd: IoFd,
-    /// Opened with `O_DIRECT`: reads and writes go in at once (see above).
-    direct: bool,
+    /// Reads and writes go to the kernel as they are submitted (see above).
+    submit_now: bool,
 }
 
 /// What `statx` says about a file (see [`File::metadata`]).
@@ -90,28 +93,30 @@ fn offset(off: u64) -> io::Result<u64> {
 }
 
 impl File {
-    /// The file of descriptor `fd` the kernel just opened with `flags`.
-    pub(super) fn from_new_fd(fd: u32, flags: i32) -> File {
+    /// The file of descriptor `fd` the kernel just opened for us; its reads and writes go
+    /// in at once when `submit_now`.
+    pub(super) fn from_new_fd(fd: u32, submit_now: bool) -> File {
         File {
             // SAFETY: the kernel just created this descriptor for us (openat).
             fd: unsafe { IoFd::from_raw_fd(fd as RawFd) },
-            direct: flags & libc::O_DIRECT != 0,
+            submit_now,
         }
     }
 
-    /// The file of descriptor `fd`, whose `O_DIRECT` flag is asked of the kernel.
+    /// The file of descriptor `fd`, whose `O_DIRECT` flag is asked of the kernel (one
+    /// `fcntl(F_GETFL)`; `from_std` and `FromRawFd` make a `File` this way).
     fn from_io_fd(fd: IoFd) -> File {
         // SAFETY: F_GETFL takes no argument and only reads the descriptor's flags.
         let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
         File {
             fd,
-            direct: flags != -1 && flags & libc::O_DIRECT != 0,
+            submit_now: flags != -1 && flags & libc::O_DIRECT != 0,
         }
     }
 
     /// How this file's reads and writes are submitted (see the type's doc).
-    fn mode(&self) -> op::Mode {
-        if self.direct {
+    fn submit_mode(&self) -> op::Mode {
+        if self.submit_now {
             op::Mode::Now
         } else {
             op::Mode::Plain
@@ -133,7 +138,8 @@ impl File {
             .await
     }
 
-    /// Takes over a file opened by the standard library.
+    /// Takes over a file opened by the standard library (asking the kernel whether it is
+    /// `O_DIRECT`, see the type's doc).
     pub fn from_std(file: std::fs::File) -> File {
         File::from_io_fd(OwnedFd::from(file).into())
     }
@@ -155,7 +161,7 @@ impl File {
         };
         let fd = self.fd.as_raw_fd();
         let len = buf.capacity().min(u32::MAX as usize) as u32;
-        let (r, mut buf) = op::run_as(self.mode(), buf, |b| {
+        let (r, mut buf) = op::run_as(self.submit_mode(), buf, |b| {
             let data = b.as_mut_ptr();
             pool_entry(RawOp::ReadPool {
                 fd,
@@ -183,7 +189,7 @@ impl File {
         };
         let fd = self.fd.as_raw_fd();
         let len = buf.len().min(u32::MAX as usize) as u32;
-        let (r, buf) = op::run_as(self.mode(), buf, |b| {
+        let (r, buf) = op::run_as(self.submit_mode(), buf, |b| {
             pool_entry(RawOp::WritePool {
                 fd,
                 pool: &*b,
@@ -205,7 +211,7 @@ impl File {
         };
         let fd = self.fd.as_raw_fd();
         let len = (buf.bytes_total() - at).min(u32::MAX as usize) as u32;
-        let (r, mut buf) = op::run_as(self.mode(), buf, |b| {
+        let (r, mut buf) = op::run_as(self.submit_mode(), buf, |b| {
             RawOp::Read {
                 fd,
                 // SAFETY: at <= bytes_total, inside (or one past) the buffer.
@@ -253,7 +259,7 @@ impl File {
         };
         let fd = self.fd.as_raw_fd();
         let len = (buf.bytes_init() - at).min(u32::MAX as usize) as u32;
-        let (r, buf) = op::run_as(self.mode(), buf, |b| {
+        let (r, buf) = op::run_as(self.submit_mode(), buf, |b| {
             RawOp::Write {
                 fd,
                 // SAFETY: at <= bytes_init, inside (or one past) the buffer.
@@ -280,7 +286,12 @@ impl File {
             Ok(o) => o,
             Err(e) => return (Err(e), bufs),
         };
-        vectored::read(self.fd.as_raw_fd(), bufs, Via::File(off, self.mode())).await
+        vectored::read(
+            self.fd.as_raw_fd(),
+            bufs,
+            Via::File(off, self.submit_mode()),
+        )
+        .await
     }
 
     /// Writes the initialised bytes of `bufs` in order at `offset` (`pwritev`), or a part
@@ -294,7 +305,12 @@ impl File {
             Ok(o) => o,
             Err(e) => return (Err(e), bufs),
         };
-        vectored::write(self.fd.as_raw_fd(), bufs, Via::File(off, self.mode())).await
+        vectored::write(
+            self.fd.as_raw_fd(),
+            bufs,
+            Via::File(off, self.submit_mode()),
+        )
+        .await
     }
 
     /// Writes the buffer's `bytes_init()` bytes (or a part of them) at `offset`: how

@@ -757,9 +757,10 @@ impl Driver {
 
     /// Hands the entries already in the submission queue to the kernel, when there
     /// are any (before a descriptor they name is closed: see `IoFd`; direct file I/O,
-    /// see [`RuntimeContext::flush_io`](crate::RuntimeContext::flush_io)). Returns how
-    /// many the kernel took: 0 when none were queued, or when the enter failed
-    /// (EINTR, EBUSY, EAGAIN); they then go in with the next turn or park.
+    /// see [`RuntimeContext::flush_io`](crate::RuntimeContext::flush_io)); the backlog
+    /// is left for the next turn. Returns how many the kernel took (possibly fewer than
+    /// were queued): 0 when none were queued or the enter failed (EINTR, EBUSY, EAGAIN,
+    /// ...); what was not taken goes in with the next turn or park.
     pub(crate) fn flush_queued(&mut self) -> usize {
         if self.ring.submission().is_empty() {
             return 0;

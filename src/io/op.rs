@@ -163,9 +163,10 @@ where
 pub(crate) enum Mode {
     /// A plain single-shot operation.
     Plain,
-    /// A plain single-shot operation handed to the kernel at once, with whatever else is
-    /// queued, in an `io_uring_enter` of its own rather than with the worker's next
-    /// batch (direct file I/O, see `fs::File`).
+    /// A plain single-shot operation handed to the kernel at once, with an
+    /// `io_uring_enter` made right after it is queued (which also takes whatever else is
+    /// queued), rather than with the worker's next batch (direct file I/O, see
+    /// `fs::File`); one that had to wait in the backlog goes in with the backlog.
     Now,
     /// The result is a new descriptor (see [`run_fd`]).
     Fd,

@@ -115,15 +115,18 @@ impl RuntimeContext {
         }
     }
 
-    /// Hands the I/O queued on this worker to the kernel now, in one `io_uring_enter`,
-    /// rather than with the worker's batch at the end of its turn (or in its park). For
-    /// direct (`O_DIRECT`) file I/O: a read or write flushed as soon as it is made reaches
-    /// the device at once, where a batch is held back (plugged) by the block layer and
-    /// may be served all together by a virtual disk; [`crate::fs::File`] does this itself
-    /// for a file opened with `O_DIRECT`. Socket and buffered file I/O are better left to
-    /// the batch (one system call for many operations). Returns how many submission
-    /// entries the kernel took: 0 when none were queued, or when the kernel was busy
-    /// (EINTR, EBUSY, EAGAIN), in which case they go in with the batch as usual.
+    /// Hands the I/O queued in this worker's submission queue to the kernel now, in one
+    /// `io_uring_enter`, rather than with the worker's batch at the end of its turn (or in
+    /// its park). For direct (`O_DIRECT`) file I/O: a read or write flushed as soon as it
+    /// is made reaches the device at once, where a batch is held back (plugged) by the
+    /// block layer and may be served all together by a virtual disk; [`crate::fs::File`]
+    /// does this itself for a file opened with `O_DIRECT`. Socket and buffered file I/O
+    /// are better left to the batch (one system call for many operations). Operations
+    /// waiting in the backlog (a full submission queue) are not handed over here; they go
+    /// in as room frees. Returns how many entries the kernel took, possibly fewer than
+    /// were queued; 0 when none were queued, when the enter failed (EINTR, EBUSY, EAGAIN,
+    /// ...) or when called from inside the driver (a buffer's `Drop` run by it); what was
+    /// not taken goes in with the batch as usual.
     pub fn flush_io(&self) -> usize {
         // Not borrowed between jobs, nor while a task or a C callback runs; a caller
         // nested in the driver (none today) gets the batch.
@@ -209,17 +212,20 @@ unsafe fn pool_owner(op: &RawOp, runtime: usize) -> Option<usize> {
 }
 
 /// How a host-side submission goes in ([`Handle::submit_io_with`]); the default is
-/// [`Handle::submit_io`]'s: no deadline, with the worker's batch.
+/// [`Handle::submit_io`]'s: no deadline, with the worker's batch. Start from `default()`
+/// and set fields (more may come).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SubmitOptions {
     /// A deadline in nanoseconds from the submission, as
     /// [`Handle::submit_io_with_timeout`]; None: none.
     pub timeout_ns: Option<u64>,
-    /// Handed to the kernel as soon as its worker takes it, in an `io_uring_enter` of its
-    /// own (with whatever else is queued there), rather than with the worker's batch at
-    /// the end of its turn: for direct (`O_DIRECT`) file I/O, see
-    /// [`RuntimeContext::flush_io`].
-    pub now: bool,
+    /// The worker hands the operation to the kernel as soon as it takes it, with an
+    /// `io_uring_enter` made right away (which also takes whatever else it had queued),
+    /// rather than with its batch at the end of its turn; one that has to wait in the
+    /// backlog (a full submission queue) still goes in with the backlog. For direct
+    /// (`O_DIRECT`) file I/O, see [`RuntimeContext::flush_io`].
+    pub submit_now: bool,
 }
 
 /// A host-side submission travelling to its worker.
@@ -244,7 +250,7 @@ unsafe extern "C" fn run_host_io(cx: *mut RuntimeContext, arg: *mut c_void) -> i
     let op = unsafe { io.op.resolve_pool(&cx.buffers) };
     let mut driver = cx.driver.borrow_mut();
     let submitted = driver.submit_raw(&op, target, io.options.timeout_ns);
-    if submitted.is_ok() && io.options.now {
+    if submitted.is_ok() && io.options.submit_now {
         driver.flush_queued();
     }
     drop(driver);
@@ -304,7 +310,7 @@ impl Handle {
     ) -> Result<(), i32> {
         let options = SubmitOptions {
             timeout_ns: Some(timeout_ns),
-            now: false,
+            ..SubmitOptions::default()
         };
         // SAFETY: forwarded promise.
         unsafe { self.submit_io_with(placement, op, options, cq, user_data) }
@@ -312,7 +318,7 @@ impl Handle {
 
     /// [`submit_io`](Self::submit_io) as `options` say: with a deadline (as
     /// [`submit_io_with_timeout`](Self::submit_io_with_timeout), with its errors), and/or
-    /// handed to the kernel as soon as the worker takes it (`now`).
+    /// handed to the kernel as soon as the worker takes it (`submit_now`).
     ///
     /// # Safety
     /// As [`submit_io`](Self::submit_io).
@@ -406,7 +412,7 @@ mod tests {
                         op: RawOp::Nop,
                         options: SubmitOptions {
                             timeout_ns: None,
-                            now,
+                            submit_now: now,
                         },
                         cq: &*q,
                         user_data: u64::from(now),
