@@ -21,7 +21,7 @@ use crate::io::{IoBuf, IoBufMut, RawOp};
 /// whatever else the worker had queued), as fio does by default, rather than with the
 /// worker's batch at the end of its turn: the device then gets each request at once, where
 /// a batch is held back (plugged) by the block layer and may be served all together by a
-/// virtual disk. 4 KiB random reads at queue depth 32 measured 0.96–0.99× fio this way
+/// virtual disk. 4 KiB random reads at queue depth 32 measured 0.96–1.02× fio this way
 /// against 0.82× batched on this project's 2-core virtual machine (`make bench`). Buffered
 /// I/O, which the page cache mostly answers at once, keeps the batch and its fewer system
 /// calls. [`OpenOptions::submit_now`] chooses otherwise for a file. The `O_DIRECT` flag is
