@@ -193,6 +193,38 @@ async fn queued_after_first_poll<F: std::future::Future + Unpin>(mut fut: F) -> 
     (queued, fut)
 }
 
+/// Runs I/O future `fut`, checking that `queued` entries were left for the worker's batch
+/// after its first poll (0: it went to the kernel at once); `what` names it in a failure.
+/// Returns its byte count (which must be 4096) and its buffer.
+async fn run_expecting_queued<F, B>(fut: F, queued: usize, what: &str) -> B
+where
+    F: std::future::Future<Output = (std::io::Result<usize>, B)>,
+{
+    let (left, fut) = queued_after_first_poll(Box::pin(fut)).await;
+    assert_eq!(left, queued, "{what}: entries left for the batch");
+    let (r, buf) = fut.await;
+    assert_eq!(r.expect(what), 4096, "{what}: bytes");
+    buf
+}
+
+/// A descriptor of `path` opened read-write with `O_DIRECT` by the standard library.
+fn std_direct(path: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap()
+}
+
+/// An aligned 4 KiB buffer filled with `byte`.
+fn page_of(byte: u8) -> AlignedBuf {
+    let mut b = AlignedBuf::new(4096, 4096);
+    b.iter_mut().for_each(|x| *x = byte);
+    b
+}
+
 #[test]
 fn direct_file_io_goes_to_the_kernel_at_once_buffered_io_with_the_batch() {
     // Buffered: a read waits in the submission queue for the worker's batch until
@@ -216,97 +248,42 @@ fn direct_file_io_goes_to_the_kernel_at_once_buffered_io_with_the_batch() {
     // and completes once with its data.
     with_direct_path("now", |path| async move {
         let file = open_direct(&path).await?;
-        let mut out = AlignedBuf::new(4096, 4096);
-        out.iter_mut().for_each(|b| *b = 9);
-        let (queued, write) = queued_after_first_poll(Box::pin(file.write_at(out, 8192))).await;
-        assert_eq!(queued, 0, "a direct write waited for the batch");
-        assert_eq!(write.await.0.unwrap(), 4096);
-        let read = Box::pin(file.read_at(AlignedBuf::new(4096, 4096), 8192));
-        let (queued, read) = queued_after_first_poll(read).await;
-        assert_eq!(queued, 0, "a direct read waited for the batch");
-        let (r, back) = read.await;
-        assert_eq!(r.unwrap(), 4096);
+        run_expecting_queued(file.write_at(page_of(9), 8192), 0, "a direct write").await;
+        let back = AlignedBuf::new(4096, 4096);
+        let back = run_expecting_queued(file.read_at(back, 8192), 0, "a direct read").await;
         assert!(back.iter().all(|&b| b == 9));
-        // Vectored I/O on it too.
         let bufs = vec![AlignedBuf::new(4096, 4096)];
-        let (queued, readv) =
-            queued_after_first_poll(Box::pin(file.read_vectored_at(bufs, 8192))).await;
-        assert_eq!(queued, 0, "a direct readv waited for the batch");
-        assert_eq!(readv.await.0.unwrap(), 4096);
-        // The same descriptor taken over from the standard library keeps the flag.
-        let std_file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&path)
-                .unwrap()
-        };
-        let taken = File::from_std(std_file);
-        let read = Box::pin(taken.read_at(AlignedBuf::new(4096, 4096), 8192));
-        let (queued, read) = queued_after_first_poll(read).await;
-        assert_eq!(
-            queued, 0,
-            "a direct read of a taken-over file waited for the batch"
-        );
-        assert_eq!(read.await.0.unwrap(), 4096);
-        // And through FromRawFd.
-        let raw = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&path)
-                .unwrap()
-        };
+        let bufs =
+            run_expecting_queued(file.read_vectored_at(bufs, 8192), 0, "a direct readv").await;
+        assert!(bufs[0].iter().all(|&b| b == 9));
+        // Descriptors taken over with the flag keep it: from_std, FromRawFd.
+        let taken = File::from_std(std_direct(&path));
+        let what = "a direct read of a taken-over file";
+        run_expecting_queued(taken.read_at(AlignedBuf::new(4096, 4096), 8192), 0, what).await;
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(std_direct(&path));
         // SAFETY: a descriptor we own, handed over once.
-        let raw = unsafe {
-            <File as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(raw))
-        };
-        let mut out = AlignedBuf::new(4096, 4096);
-        out.iter_mut().for_each(|b| *b = 3);
-        let (queued, writev) =
-            queued_after_first_poll(Box::pin(raw.write_vectored_at(vec![out], 12288))).await;
-        assert_eq!(queued, 0, "a direct writev waited for the batch");
-        assert_eq!(writev.await.0.unwrap(), 4096);
+        let raw = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let bufs = vec![page_of(3)];
+        run_expecting_queued(raw.write_vectored_at(bufs, 12288), 0, "a direct writev").await;
         // A fixed-buffer read of a direct file, into a pool buffer.
         let pool_buf = veloq::RuntimeContext::with_current(|cx| cx.unwrap().alloc_buf(4096))
             .expect("a pool buffer");
-        let (queued, fixed) =
-            queued_after_first_poll(Box::pin(file.read_fixed_at(pool_buf, 12288))).await;
-        assert_eq!(queued, 0, "a direct fixed-buffer read waited for the batch");
-        let (r, pool_buf) = fixed.await;
-        assert_eq!(r.unwrap(), 4096);
+        let what = "a direct fixed-buffer read";
+        let pool_buf = run_expecting_queued(file.read_fixed_at(pool_buf, 12288), 0, what).await;
         assert!(pool_buf.iter().all(|&b| b == 3));
         // OpenOptions::submit_now overrides the default both ways.
-        let batched = OpenOptions::new()
-            .read(true)
-            .direct(true)
-            .submit_now(false)
-            .open(&path)
-            .await
-            .unwrap();
-        let read = Box::pin(batched.read_at(AlignedBuf::new(4096, 4096), 0));
-        let (queued, read) = queued_after_first_poll(read).await;
-        assert_eq!(
-            queued, 1,
-            "submit_now(false) still sent a direct read at once"
-        );
-        assert_eq!(read.await.0.unwrap(), 4096);
+        let mut options = OpenOptions::new();
+        let batched = options.read(true).direct(true).submit_now(false);
+        let batched = batched.open(&path).await.unwrap();
+        let what = "a direct read with submit_now(false)";
+        run_expecting_queued(batched.read_at(AlignedBuf::new(4096, 4096), 0), 1, what).await;
         let eager = OpenOptions::new()
             .read(true)
             .submit_now(true)
             .open(&path)
-            .await
-            .unwrap();
-        let read = Box::pin(eager.read_at(vec![0u8; 4096], 8192));
-        let (queued, read) = queued_after_first_poll(read).await;
-        assert_eq!(
-            queued, 0,
-            "submit_now(true) left a buffered read for the batch"
-        );
-        assert_eq!(read.await.0.unwrap(), 4096);
+            .await;
+        let what = "a buffered read with submit_now(true)";
+        run_expecting_queued(eager.unwrap().read_at(vec![0u8; 4096], 8192), 0, what).await;
         Some(())
     });
 }

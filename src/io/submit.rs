@@ -290,7 +290,7 @@ impl Handle {
         user_data: u64,
     ) -> Result<(), i32> {
         // SAFETY: forwarded promise.
-        unsafe { self.route_io(placement, op, SubmitOptions::default(), cq, user_data) }
+        unsafe { self.submit_io_with(placement, op, SubmitOptions::default(), cq, user_data) }
     }
 
     /// [`submit_io`](Self::submit_io) with a deadline, as
@@ -333,18 +333,6 @@ impl Handle {
         if options.timeout_ns.is_some() {
             validate_deadline(&op)?;
         }
-        // SAFETY: forwarded promise.
-        unsafe { self.route_io(placement, op, options, cq, user_data) }
-    }
-
-    unsafe fn route_io(
-        &self,
-        placement: Placement,
-        op: RawOp,
-        options: SubmitOptions,
-        cq: &CompletionQueue,
-        user_data: u64,
-    ) -> Result<(), i32> {
         validate(&op)?;
         let placement = match placement {
             Placement::Any | Placement::Balanced => {
