@@ -511,12 +511,13 @@ static int64_t cancel_task(veloq_ctx *ctx, void *arg) {
     return c->rc;
 }
 
-static int run_cancel(int64_t id) {
+/* Cancels `id` from a callback on `worker`: veloq_cancel's result. */
+static int run_cancel_on(int32_t worker, int64_t id) {
     struct cancel_req c;
     veloq_cqe e;
     c.id = id;
     c.rc = -9999;
-    if (veloq_spawn_to(g_rt, 1, cancel_task, &c, g_cq, TASK_TAG) != 0)
+    if (veloq_spawn_to(g_rt, worker, cancel_task, &c, g_cq, TASK_TAG) != 0)
         return -9998;
     while (wait_one(&e)) {
         if (e.user_data == TASK_TAG)
@@ -525,6 +526,8 @@ static int run_cancel(int64_t id) {
     }
     return -9997;
 }
+
+static int run_cancel(int64_t id) { return run_cancel_on(1, id); }
 
 static void cancel_of_an_unknown_op_is_enoent(void) {
     setup();
@@ -586,6 +589,35 @@ static void cancelled_timeout_completes_with_ecanceled(void) {
     REQUIRE(wait_one(&e));
     CHECK_ERR(e.res, -ECANCELED);
     CHECK_EQ(o.calls, 1);
+    teardown();
+}
+
+/* Each worker's first operation: the ids differ, and cancelling one worker's operation on
+ * the other finds nothing there and cancels nothing. */
+static void cancel_of_another_workers_op_is_enoent_and_cancels_nothing(void) {
+    struct op o[2] = {mk(K_TIMEOUT), mk(K_TIMEOUT)};
+    veloq_cqe e;
+    int w;
+    setup();
+    REQUIRE(g_cq);
+    for (w = 0; w < 2; w++) {
+        o[w].ns = 3600ULL * 1000000000ULL;
+        REQUIRE(veloq_spawn_to(g_rt, w, op_task, &o[w], g_cq, TASK_TAG) == 0);
+        REQUIRE(wait_one(&e));
+        REQUIRE(e.res > 0);
+    }
+    CHECK(o[0].submitted != o[1].submitted);
+    CHECK_ERR(run_cancel_on(0, o[1].submitted), -ENOENT);
+    CHECK_ERR(run_cancel_on(1, o[0].submitted), -ENOENT);
+    check_sleep_ms(20);
+    CHECK_EQ(veloq_cq_poll(g_cq, &e, 1), 0); /* both still waiting */
+    for (w = 0; w < 2; w++) {
+        CHECK_EQ(run_cancel_on(w, o[w].submitted), 0);
+        REQUIRE(wait_one(&e));
+        CHECK_EQ(e.user_data, (uint64_t)(uintptr_t)&o[w]);
+        CHECK_ERR(e.res, -ECANCELED);
+        CHECK_EQ(o[w].calls, 1);
+    }
     teardown();
 }
 
@@ -1449,6 +1481,7 @@ int main(void) {
     RUN_CASE(timeouts_expire_with_etime_after_their_time);
     RUN_CASE(recv_multishot_without_buffers_ends_with_one_final_entry);
     RUN_CASE(cancel_of_an_unknown_op_is_enoent);
+    RUN_CASE(cancel_of_another_workers_op_is_enoent_and_cancels_nothing);
     RUN_CASE(cancelled_recv_completes_once_and_never_touches_the_buffer);
     RUN_CASE(cancelled_timeout_completes_with_ecanceled);
     RUN_CASE(multishot_accept_takes_1000_connections_until_cancelled);

@@ -305,7 +305,7 @@ impl Driver {
             wake_armed: false,
             park_in_poll,
             flags,
-            table: OpTable::new(),
+            table: OpTable::new(worker),
             backlog: VecDeque::new(),
             synthetic: VecDeque::new(),
             in_flight: 0,

@@ -4,11 +4,13 @@
 //! Slots live in fixed-size chunks that are never moved or freed while the driver lives,
 //! so a slot's address is stable (the kernel may be handed pointers into it, e.g. a
 //! timeout's `timespec`). An operation is named by its [`OpId`]: the slot index in the low
-//! 32 bits and the slot's generation in the next 31, bumped every time the slot is
-//! freed. A slot keeps the whole id of its current (or, while free, its next) operation,
-//! so taking a slot reads its id and checking a completion compares one word. A
-//! completion whose id does not name an operation in flight (stale, foreign, or
-//! corrupted) is counted and ignored, never dereferenced.
+//! 32 bits, the slot's generation in the next 21, bumped every time the slot is freed,
+//! and the owning worker in the 10 above them, so no two workers' live operations share
+//! an id (a C caller cancelling another worker's operation on its own gets -ENOENT, not
+//! one of its own operations). A slot keeps the whole id of its current (or, while free,
+//! its next) operation, so taking a slot reads its id and checking a completion compares
+//! one word. A completion whose id does not name an operation in flight (stale, foreign,
+//! or corrupted) is counted and ignored, never dereferenced.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -26,30 +28,36 @@ const CHUNK: usize = 64;
 const CHUNK_SHIFT: u32 = CHUNK.trailing_zeros();
 /// Ids with this bit set are the driver's own (wake read, cancellations); never a slot.
 pub(crate) const INTERNAL_BIT: u64 = 1 << 63;
+/// Where the generation starts in an id.
+const GENERATION_SHIFT: u32 = 32;
 /// The largest generation.
-#[cfg(test)]
-const GENERATION_MASK: u32 = (1 << 31) - 1;
+const GENERATION_MASK: u64 = (1 << 21) - 1;
+/// Where the owning worker's number starts in an id (10 bits: `RuntimeBuilder::MAX_WORKERS`
+/// is 1024).
+const OWNER_SHIFT: u32 = 53;
+/// The owner bits.
+const OWNER_MASK: u64 = (1 << 10) - 1;
 
-/// An operation's name: slot index and generation; always > 0 and < 2^63, so it fits the
-/// C API's positive `int64_t` op ids.
+/// An operation's name: owning worker, slot index and generation; always > 0 and < 2^63,
+/// so it fits the C API's positive `int64_t` op ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct OpId(u64);
 
 impl OpId {
-    /// Slot `index`'s first id (generation 1).
-    fn first(index: u32) -> OpId {
-        OpId((1 << 32) | index as u64)
+    /// Slot `index`'s first id (generation 1) in the table of `owner` (a worker's number,
+    /// taken modulo 1024).
+    fn first(owner: u32, index: u32) -> OpId {
+        OpId(((owner as u64 & OWNER_MASK) << OWNER_SHIFT) | (1 << GENERATION_SHIFT) | index as u64)
     }
 
     /// The id of the same slot's next operation: the generation goes 1, 2, ...,
     /// `GENERATION_MASK`, then 1 again (never 0, so the id stays > 0 and < 2^63).
     #[inline(always)]
     fn next(self) -> OpId {
-        let next = self.0 + (1 << 32);
-        if next & INTERNAL_BIT != 0 {
-            OpId::first(self.index() as u32)
+        if self.generation() == GENERATION_MASK {
+            OpId(self.0 & !(GENERATION_MASK << GENERATION_SHIFT) | (1 << GENERATION_SHIFT))
         } else {
-            OpId(next)
+            OpId(self.0 + (1 << GENERATION_SHIFT))
         }
     }
 
@@ -61,16 +69,20 @@ impl OpId {
     /// Decodes a `user_data` that may be anything (the kernel echoes what we gave it, but
     /// a table must never trust it).
     pub(crate) fn from_raw(raw: u64) -> Option<OpId> {
-        (raw & INTERNAL_BIT == 0 && raw >> 32 != 0).then_some(OpId(raw))
+        (raw & INTERNAL_BIT == 0 && OpId(raw).generation() != 0).then_some(OpId(raw))
     }
 
     fn index(self) -> usize {
         (self.0 & 0xffff_ffff) as usize
     }
 
+    fn generation(self) -> u64 {
+        (self.0 >> GENERATION_SHIFT) & GENERATION_MASK
+    }
+
     #[cfg(test)]
-    fn generation(self) -> u32 {
-        (self.0 >> 32) as u32
+    fn owner(self) -> u32 {
+        ((self.0 >> OWNER_SHIFT) & OWNER_MASK) as u32
     }
 }
 
@@ -196,9 +208,9 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn empty(index: u32, next_free: u32) -> Slot {
+    fn empty(owner: u32, index: u32, next_free: u32) -> Slot {
         Slot {
-            id: OpId::first(index),
+            id: OpId::first(owner, index),
             phase: Phase::Free,
             target: Target::Orphan,
             results: Results::new(),
@@ -268,6 +280,8 @@ impl InFlight<'_> {
 
 /// The table. Owned by one driver, used only on its worker thread.
 pub(crate) struct OpTable {
+    /// The worker whose operations these are (part of every id).
+    owner: u32,
     /// Fixed-size chunks: a place within one needs no bounds check.
     chunks: Vec<Box<[Slot; CHUNK]>>,
     free_head: u32,
@@ -280,8 +294,10 @@ pub(crate) struct OpTable {
 }
 
 impl OpTable {
-    pub(crate) fn new() -> OpTable {
+    /// An empty table for worker `owner`'s operations (its number goes into their ids).
+    pub(crate) fn new(owner: u32) -> OpTable {
         OpTable {
+            owner,
             chunks: Vec::new(),
             free_head: NO_FREE,
             inserted: 0,
@@ -333,7 +349,7 @@ impl OpTable {
                 } else {
                     NO_FREE
                 };
-                Slot::empty(base + i, next)
+                Slot::empty(self.owner, base + i, next)
             })
             .collect();
         let Ok(chunk) = chunk.try_into() else {
@@ -469,7 +485,7 @@ mod tests {
 
     #[test]
     fn ids_are_positive_and_go_stale_when_the_slot_is_reused() {
-        let mut t = OpTable::new();
+        let mut t = OpTable::new(0);
         let a = t.insert(Target::Orphan, false, Phase::Backlog);
         assert!(a.raw() > 0 && (a.raw() as i64) > 0);
         t.remove(a);
@@ -481,17 +497,38 @@ mod tests {
     }
 
     #[test]
-    fn a_generation_wraps_to_1_never_0() {
-        let last = OpId(((GENERATION_MASK as u64) << 32) | 5);
+    fn a_generation_wraps_to_1_never_0_and_keeps_its_owner() {
+        let last = OpId(OpId::first(1023, 5).0 | (GENERATION_MASK << GENERATION_SHIFT));
+        assert_eq!((last.owner(), last.generation()), (1023, GENERATION_MASK));
         let next = last.next();
-        assert_eq!((next.generation(), next.index()), (1, 5));
-        assert_eq!(OpId::first(5).next().generation(), 2);
+        assert_eq!(
+            (next.owner(), next.generation(), next.index()),
+            (1023, 1, 5)
+        );
+        assert_eq!(OpId::first(0, 5).next().generation(), 2);
         assert!(OpId::from_raw(next.raw()).is_some());
+        assert!((next.raw() as i64) > 0, "fits a positive int64_t");
+    }
+
+    #[test]
+    fn two_workers_never_hand_out_the_same_id() {
+        let (mut a, mut b) = (OpTable::new(0), OpTable::new(1));
+        let ids_a: Vec<_> = (0..100)
+            .map(|_| a.insert(Target::Orphan, false, Phase::Backlog))
+            .collect();
+        for _ in 0..100 {
+            let id = b.insert(Target::Orphan, false, Phase::Backlog);
+            assert!(!ids_a.contains(&id));
+            assert!(
+                a.get_mut(id).is_none(),
+                "worker 1's id names nothing of worker 0"
+            );
+        }
     }
 
     #[test]
     fn completions_for_unknown_ids_are_counted_not_followed() {
-        let mut t = OpTable::new();
+        let mut t = OpTable::new(0);
         let a = t.insert(Target::Orphan, false, Phase::Backlog);
         // Backlog, not in flight yet.
         assert!(t.in_flight_mut(a.raw()).is_none());
@@ -512,7 +549,7 @@ mod tests {
 
     #[test]
     fn slot_addresses_are_stable_while_the_table_grows() {
-        let mut t = OpTable::new();
+        let mut t = OpTable::new(0);
         let first = t.insert(Target::Orphan, false, Phase::Backlog);
         let addr = &t.get_mut(first).unwrap().timespec as *const Timespec;
         let many: Vec<_> = (0..10 * CHUNK)
