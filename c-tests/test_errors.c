@@ -39,6 +39,22 @@ static void strerror_gives_a_string_for_every_code(void) {
     }
 }
 
+/* Every errno the documented calls return has a real text, those without one of
+ * libveloq's own included (the C library's). */
+static void strerror_describes_every_errno_the_calls_return(void) {
+    static const int returned[] = {-EALREADY, -ENODATA,  -ETIME,    -ENOBUFS,
+                                   -EOPNOTSUPP, -ENOTSOCK, -EINPROGRESS, -EMSGSIZE};
+    size_t i;
+    for (i = 0; i < sizeof returned / sizeof returned[0]; i++) {
+        const char *s = veloq_strerror(returned[i]);
+        REQUIRE(s != NULL);
+        if (strcmp(s, "unknown error") == 0)
+            check_fail_(__FILE__, __LINE__, "veloq_strerror(%d) = \"%s\"", returned[i], s);
+        CHECK(s == veloq_strerror(returned[i])); /* static: the same string every time */
+    }
+    CHECK(strcmp(veloq_strerror(-4095), "unknown error") == 0); /* no errno */
+}
+
 static void epanic_is_a_library_code_with_its_own_string(void) {
     const char *panic = veloq_strerror(VELOQ_EPANIC);
     size_t i;
@@ -109,6 +125,7 @@ static void version_is_the_crate_version(void) {
 int main(void) {
     check_init("test_errors", 60);
     RUN_CASE(strerror_gives_a_string_for_every_code);
+    RUN_CASE(strerror_describes_every_errno_the_calls_return);
     RUN_CASE(epanic_is_a_library_code_with_its_own_string);
     RUN_CASE(strerror_is_safe_from_many_threads);
     RUN_CASE(version_agrees_with_the_macros);

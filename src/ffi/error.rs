@@ -1,6 +1,7 @@
 //! Error codes and their descriptions.
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::sync::OnceLock;
 
 /// The call hit an internal bug (a Rust panic was caught at the boundary). Nothing was
 /// accepted; the runtime stays usable. libveloq's own codes live below -4096, away from
@@ -23,7 +24,7 @@ pub extern "C" fn veloq_strerror(err: c_int) -> *const c_char {
             libc::ECANCELED => b"operation cancelled\0",
             libc::ETIMEDOUT => b"timed out\0",
             libc::ESHUTDOWN => b"the runtime is shutting down\0",
-            libc::EDEADLK => b"refused: would deadlock (called from a worker callback)\0",
+            libc::EDEADLK => b"refused: would deadlock (called from the runtime's own worker or blocking thread)\0",
             libc::ENOSYS => b"function not implemented (io_uring unavailable?)\0",
             libc::EPERM => b"operation not permitted\0",
             libc::EACCES => b"permission denied\0",
@@ -44,8 +45,33 @@ pub extern "C" fn veloq_strerror(err: c_int) -> *const c_char {
             libc::EADDRNOTAVAIL => b"address not available on this host\0",
             libc::EAFNOSUPPORT => b"address family not supported\0",
             libc::EOVERFLOW => b"value too large\0",
-            _ => b"unknown error\0",
+            e => return system_text(e).map_or(c"unknown error".as_ptr(), CStr::as_ptr),
         },
     };
     s.as_ptr() as *const c_char
+}
+
+/// Largest errno given the C library's text: Linux's stop well below it.
+const MAX_SYSTEM_ERRNO: c_int = 255;
+
+/// The C library's description of errno `e` (-ETIME, -ENOBUFS, ... which the table above
+/// has no text of its own for), made once for every errno and kept for the process's
+/// life; None for a value that is no errno.
+fn system_text(e: c_int) -> Option<&'static CStr> {
+    static TEXTS: OnceLock<Vec<Option<CString>>> = OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        (0..=MAX_SYSTEM_ERRNO)
+            .map(|e| {
+                let mut buf = [0 as c_char; 128];
+                // SAFETY: the buffer is writable for its length; the XSI strerror_r (the
+                // one the libc crate binds) NUL-terminates what it writes on success.
+                let rc = unsafe { libc::strerror_r(e, buf.as_mut_ptr(), buf.len()) };
+                // SAFETY: NUL-terminated by strerror_r (checked rc) within the buffer.
+                let text = unsafe { CStr::from_ptr(buf.as_ptr()) };
+                let known = rc == 0 && e != 0 && !text.to_bytes().starts_with(b"Unknown error");
+                known.then(|| text.to_owned())
+            })
+            .collect()
+    });
+    texts.get(usize::try_from(e).ok()?)?.as_deref()
 }
