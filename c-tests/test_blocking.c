@@ -235,6 +235,37 @@ static void bad_input_is_einval_and_changes_nothing(void) {
     veloq_runtime_free(rt);
 }
 
+/* A blocking job that tries to shut its own runtime down (with and without a limit) and to
+ * free it: each is refused at once, since the shutdown would wait for the job itself. */
+static int64_t job_shutting_down_its_runtime(veloq_ctx *ctx, void *arg) {
+    veloq_runtime *rt = (veloq_runtime *)arg;
+    int bounded = veloq_runtime_shutdown(rt, 1000000000LL);
+    int unbounded = veloq_runtime_shutdown(rt, -1);
+    (void)ctx;
+    veloq_runtime_free(rt); /* refused: nothing happens, the runtime stays usable */
+    return bounded == -EDEADLK && unbounded == -EDEADLK ? 1 : (int64_t)bounded * 1000 + unbounded;
+}
+
+static void shutdown_from_a_blocking_job_is_edeadlk_and_changes_nothing(void) {
+    veloq_runtime *rt = pool_runtime(0, 2);
+    veloq_cq *cq;
+    veloq_cqe e;
+    REQUIRE(rt);
+    cq = vt_cq(rt, 8);
+    REQUIRE(cq);
+    CHECK_EQ(veloq_spawn_blocking(rt, job_shutting_down_its_runtime, rt, cq, 7), 0);
+    REQUIRE(veloq_cq_wait(cq, &e, 1, 1, VT_REAP_DEADLINE_NS) == 1);
+    CHECK_EQ(e.user_data, 7);
+    CHECK_EQ(e.res, 1);
+    /* Still running: a spawn is taken, and the real shutdown from here succeeds. */
+    CHECK_EQ(veloq_spawn_blocking(rt, job_counted, (void *)(uintptr_t)3, cq, 3), 0);
+    REQUIRE(veloq_cq_wait(cq, &e, 1, 1, VT_REAP_DEADLINE_NS) == 1);
+    CHECK_EQ(e.res, 3);
+    CHECK_EQ(veloq_runtime_shutdown(rt, -1), 0);
+    CHECK_EQ(veloq_cq_free(cq), 0);
+    veloq_runtime_free(rt);
+}
+
 int main(void) {
     check_init("test_blocking", 300);
     RUN_CASE(jobs_from_a_host_thread_each_run_once_on_a_pool_thread_and_complete_once);
@@ -242,5 +273,6 @@ int main(void) {
     RUN_CASE(shutdown_with_a_full_queue_runs_each_job_once_then_refuses_with_eshutdown);
     RUN_CASE(a_cq_owed_a_blocking_completion_cannot_be_freed);
     RUN_CASE(bad_input_is_einval_and_changes_nothing);
+    RUN_CASE(shutdown_from_a_blocking_job_is_edeadlk_and_changes_nothing);
     return check_summary();
 }

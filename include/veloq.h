@@ -770,15 +770,17 @@ uint32_t veloq_runtime_workers(const struct veloq_runtime *rt);
  * completion owed is posted; then the workers and blocking threads exit. Returns 0 when
  * they have; -ETIMEDOUT when
  * `timeout_ns` (< 0: no limit) passed first (call again to go on waiting); -EDEADLK
- * when called from one of this runtime's worker callbacks (nothing happens);
- * -EINVAL for NULL. Callable from any other thread, any number of times.
+ * when called from one of this runtime's worker callbacks or blocking jobs
+ * (`veloq_spawn_blocking`), which it would wait for (nothing happens); -EINVAL for
+ * NULL. Callable from any other thread, any number of times.
  */
 int veloq_runtime_shutdown(struct veloq_runtime *rt, int64_t timeout_ns);
 
 /**
  * Shuts the runtime down without a time limit (see `veloq_runtime_shutdown`), then
  * frees it. NULL is a no-op. Refused (nothing happens) when called from one of this
- * runtime's worker callbacks. No other call may use `rt` during or after this one.
+ * runtime's worker callbacks or blocking jobs. No other call may use `rt` during or
+ * after this one.
  */
 void veloq_runtime_free(struct veloq_runtime *rt);
 

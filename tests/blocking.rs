@@ -466,3 +466,27 @@ fn an_idle_timeout_too_long_for_the_clock_means_threads_never_time_out() {
         2
     );
 }
+
+#[test]
+fn shutdown_from_a_blocking_job_is_refused_and_changes_nothing() {
+    let rt = Arc::new(runtime(1, 0, 2));
+    let r = rt.clone();
+    let job = rt
+        .spawn_blocking(move || {
+            // Both would wait for this very job to finish.
+            (r.shutdown(Some(Duration::from_secs(1))), r.shutdown(None))
+        })
+        .expect("spawn");
+    assert_eq!(
+        job.join().unwrap(),
+        (
+            Err(ShutdownError::FromWorker),
+            Err(ShutdownError::FromWorker)
+        )
+    );
+    assert_eq!(
+        rt.spawn_blocking(|| 3).expect("still open").join().unwrap(),
+        3
+    );
+    assert_eq!(rt.shutdown(None), Ok(()));
+}

@@ -206,8 +206,9 @@ pub extern "C" fn veloq_runtime_workers(rt: *const veloq_runtime) -> u32 {
 /// completion owed is posted; then the workers and blocking threads exit. Returns 0 when
 /// they have; -ETIMEDOUT when
 /// `timeout_ns` (< 0: no limit) passed first (call again to go on waiting); -EDEADLK
-/// when called from one of this runtime's worker callbacks (nothing happens);
-/// -EINVAL for NULL. Callable from any other thread, any number of times.
+/// when called from one of this runtime's worker callbacks or blocking jobs
+/// (`veloq_spawn_blocking`), which it would wait for (nothing happens); -EINVAL for
+/// NULL. Callable from any other thread, any number of times.
 #[no_mangle]
 pub extern "C" fn veloq_runtime_shutdown(rt: *mut veloq_runtime, timeout_ns: i64) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {
@@ -226,7 +227,8 @@ pub extern "C" fn veloq_runtime_shutdown(rt: *mut veloq_runtime, timeout_ns: i64
 
 /// Shuts the runtime down without a time limit (see `veloq_runtime_shutdown`), then
 /// frees it. NULL is a no-op. Refused (nothing happens) when called from one of this
-/// runtime's worker callbacks. No other call may use `rt` during or after this one.
+/// runtime's worker callbacks or blocking jobs. No other call may use `rt` during or
+/// after this one.
 #[no_mangle]
 pub extern "C" fn veloq_runtime_free(rt: *mut veloq_runtime) {
     ffi_boundary!((), {

@@ -287,6 +287,12 @@ impl BlockingPool {
         Ok(())
     }
 
+    /// Whether the calling thread is one of this pool's (running one of its jobs): such
+    /// a thread must not wait for the pool to drain, it would wait for itself.
+    pub(crate) fn is_own_thread(&self) -> bool {
+        SERVING.with(|s| std::ptr::eq(s.get(), Arc::as_ptr(&self.shared)))
+    }
+
     /// Shutdown step 1–2 (module doc): refuse new jobs, wake every idle thread so it
     /// drains the queue and exits. Idempotent.
     pub(crate) fn close(&self) {
@@ -346,8 +352,15 @@ impl BlockingPool {
     }
 }
 
+thread_local! {
+    /// The pool this thread serves (its `PoolShared`'s address); null on other threads.
+    static SERVING: std::cell::Cell<*const PoolShared> =
+        const { std::cell::Cell::new(std::ptr::null()) };
+}
+
 /// The body of a pool thread: take jobs until closing and empty, or idle too long.
 fn thread_main(pool: Arc<PoolShared>, handle: Handle) {
+    SERVING.with(|s| s.set(Arc::as_ptr(&pool)));
     let _entered = rt::EnterGuard::enter(handle);
     let config = &pool.config;
     let mut state = pool.lock();

@@ -102,7 +102,8 @@ pub enum ShutdownError {
     /// The limit passed first. Unfinished futures are now being cancelled; call
     /// `shutdown` again to wait for the workers to exit.
     TimedOut,
-    /// Called from one of the runtime's own workers, where waiting would deadlock.
+    /// Called from one of the runtime's own threads (a worker, or a blocking-pool
+    /// thread running a job), where waiting would deadlock. Nothing was done.
     FromWorker,
 }
 
@@ -110,7 +111,9 @@ impl fmt::Display for ShutdownError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             ShutdownError::TimedOut => "shutdown timed out; unfinished tasks are being cancelled",
-            ShutdownError::FromWorker => "shutdown called from a worker of the same runtime",
+            ShutdownError::FromWorker => {
+                "shutdown called from a worker or blocking thread of the same runtime"
+            }
         })
     }
 }
@@ -1230,11 +1233,9 @@ impl Runtime {
     /// cancels the unfinished futures (dropped on their own workers, their handles
     /// resolve to `Cancelled`; callbacks and blocking jobs still run); call again to wait
     /// for the exit. `None` waits without limit. Callable from any thread but the
-    /// runtime's own workers (`Err(FromWorker)`).
+    /// runtime's own workers and blocking-pool threads (`Err(FromWorker)`, nothing done).
     pub fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
-        if context::with_current(|cx| {
-            cx.is_some_and(|cx| Arc::ptr_eq(&cx.registry, &self.handle.registry))
-        }) {
+        if self.on_own_thread() {
             return Err(ShutdownError::FromWorker);
         }
         let registry = &*self.handle.registry;
@@ -1350,15 +1351,21 @@ impl Runtime {
     pub fn mesh_memory_bytes(workers: usize, capacity: usize) -> usize {
         MeshMatrix::<Job>::full_footprint(workers, capacity)
     }
+
+    /// Whether the calling thread is one of this runtime's workers or blocking-pool
+    /// threads, which a shutdown would wait for.
+    fn on_own_thread(&self) -> bool {
+        let registry = &self.handle.registry;
+        registry.blocking.is_own_thread()
+            || context::with_current(|cx| cx.is_some_and(|cx| Arc::ptr_eq(&cx.registry, registry)))
+    }
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        if context::with_current(|cx| {
-            cx.is_some_and(|cx| Arc::ptr_eq(&cx.registry, &self.handle.registry))
-        }) {
-            // Dropped on its own worker: cannot wait for ourselves. Stop what can be
-            // stopped; the threads exit on their own.
+        if self.on_own_thread() {
+            // Dropped on its own worker or blocking thread: cannot wait for ourselves.
+            // Stop what can be stopped; the threads exit on their own.
             self.handle.registry.closed.store(true, SeqCst);
             self.handle.registry.cancel.store(true, SeqCst);
             self.handle.registry.blocking.close();
