@@ -206,10 +206,10 @@ const SYSTEMS: [(&str, &str, Option<&str>); 26] = [
         Some("veloq"),
     ),
     (
-        "veloq-batch",
-        "veloq's Rust echo server with completion batching at park on: a busy worker's \
-         park waits up to 50 µs for a batch of completions (`examples/echo --batch-us 50`, \
-         `RuntimeBuilder::io_batch_wait`)",
+        "veloq-nobatch",
+        "veloq's Rust echo server with completion batching at park off (`examples/echo \
+         --batch-us 0`; by default a busy worker's park waits up to 20 µs for a batch of \
+         completions, `RuntimeBuilder::io_batch_wait`)",
         Some("veloq"),
     ),
     (

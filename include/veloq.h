@@ -701,12 +701,14 @@ int veloq_builder_ring_entries(struct veloq_builder *b, uint32_t entries);
 
 /**
  * Completion batching for busy I/O workers: the longest, in microseconds, a worker
- * whose recent parks each brought many I/O completions (4 or more on average) waits,
- * when it parks again, for a batch of them (their recent average, at most 32) before
- * it takes what is there; 0 turns it off (the default), at most 1000. Trades fewer
- * system calls per completion under load for up to this much extra latency on a busy
- * worker (a completion, or a wake-up for a spawn or task handed to it, is acted on at
- * most this late; nothing is lost). Needs Linux 6.12; stays off on older kernels.
+ * waits when it parks for a batch of I/O completions before it takes what is there;
+ * default 20, 0 turns it off, at most 1000. Only a busy worker's park waits: one with
+ * 32 or more operations in the kernel whose recent parks brought, on average, 4 or more
+ * completions beyond what they submitted (a server with a hundred connections, say);
+ * every other park returns at the first completion or wake-up. Trades fewer system
+ * calls per completion under load for up to this much extra latency on a busy worker
+ * (a completion, or a wake-up for a spawn or task handed to it, is acted on at most
+ * this late; nothing is lost). Needs Linux 6.12; stays off on older kernels.
  * Returns 0, or -EINVAL (NULL builder, more than 1000; the builder is unchanged).
  */
 int veloq_builder_io_batch_wait(struct veloq_builder *b, uint32_t usec);

@@ -60,11 +60,11 @@ pub const SERVERS: [Server; 10] = [
         build: "cargo build --release --example echo",
     },
     Server {
-        name: "veloq-batch",
+        name: "veloq-nobatch",
         launch: Launch::Binary("target/release/examples/echo"),
-        // The default server with completion batching at park on
-        // (`RuntimeBuilder::io_batch_wait`).
-        args: &["--batch-us", "50"],
+        // The default server with completion batching at park off
+        // (`RuntimeBuilder::io_batch_wait`): what the batching buys or costs.
+        args: &["--batch-us", "0"],
         build: "cargo build --release --example echo",
     },
     Server {

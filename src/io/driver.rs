@@ -55,9 +55,12 @@ pub(crate) const REAP_BATCH: usize = 256;
 /// Completions copied out of the ring at a time (one head update per batch).
 pub(crate) const CQE_BATCH: usize = 64;
 
-/// Average completions per park below which a park waits for one completion, as it
-/// would with batching off (see [`ParkBatch`]).
+/// Outside completions a batched park waits for at least: fewer, and it waits for one,
+/// as it would with batching off (see [`ParkBatch`]).
 const BATCH_MIN: u32 = 4;
+/// A batched park waits for at most one in this many of the operations already in the
+/// kernel (see [`ParkBatch`]).
+const BATCH_SHARE: usize = 8;
 /// Most completions a batched park waits for.
 const BATCH_MAX: u32 = 32;
 /// The timeout of a batched park, in seconds (it ends only the wait: the worker parks
@@ -180,15 +183,29 @@ pub(crate) struct DriverStats {
 /// asks the kernel for `k` completions but to return as soon as one is there once
 /// `wait_us` has passed (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12): one enter per `k`
 /// completions while they come fast, at most `wait_us` of extra delay when they do not.
-/// `k` follows the completions the last parks brought (their average, rounded up,
-/// capped at [`BATCH_MAX`]); below [`BATCH_MIN`] (light load, a park ended by a peer's
-/// wake-up) the park is the plain one, waiting for one completion with no minimum wait.
+///
+/// `k` is the entries this park hands over plus a number of *outside* completions: the
+/// average of those the last parks brought beyond the entries they handed over (rounded
+/// up), but at most one in [`BATCH_SHARE`] of the operations already in the kernel and
+/// at most [`BATCH_MAX`]. Below [`BATCH_MIN`] outside completions the park is the plain
+/// one, waiting for one completion with no minimum wait.
+///
+/// Both rules keep the wait away from light load, where it costs latency: the entries a
+/// park submits (a reply's send, say) mostly complete inside the same call and say
+/// nothing about load, and a worker with few operations in the kernel (a server with a
+/// dozen connections, whose requests each wait for the peer to read a reply) would wait
+/// out the minimum for completions that come only after its peers answer. Measured on
+/// the echo example (2 workers, loopback, batching at 20 µs against off): no change in
+/// requests/s or latency from 1 to 50 connections; at 100 and 500 connections half to
+/// a third of the system calls per request (a fifth with 16 requests pipelined).
 #[derive(Clone, Copy, Debug, Default)]
 struct ParkBatch {
     /// The minimum wait in µs; 0: off (configured so, or the kernel lacks the feature).
     wait_us: u32,
-    /// Eight times the moving average of the completions reaped after a park.
+    /// Eight times the moving average of the outside completions reaped after a park.
     avg8: u32,
+    /// Entries the last park handed to the kernel.
+    handed_over: u32,
     /// The last park has not been followed by a reap yet.
     after_park: bool,
 }
@@ -200,19 +217,24 @@ impl ParkBatch {
     fn reaped(&mut self, n: usize) {
         if self.after_park {
             self.after_park = false;
-            let n = (n as u32).min(BATCH_MAX);
-            // avg ← avg + (n − avg) / 8, kept times eight.
-            self.avg8 = self.avg8 - self.avg8 / 8 + n;
+            let outside = (n as u32).saturating_sub(self.handed_over).min(BATCH_MAX);
+            // avg ← avg + (outside − avg) / 8, kept times eight.
+            self.avg8 = self.avg8 - self.avg8 / 8 + outside;
         }
     }
 
-    /// The completions the next park waits for (1: the plain park).
-    fn want(&self) -> u32 {
+    /// Notes a park about to hand `entries` over, with `in_kernel` operations already
+    /// in the kernel; returns the completions it waits for (1: the plain park).
+    fn park(&mut self, entries: usize, in_kernel: usize) -> u32 {
+        self.after_park = true;
+        self.handed_over = u32::try_from(entries).unwrap_or(u32::MAX);
         let avg = self.avg8.div_ceil(8);
-        if self.wait_us == 0 || avg < BATCH_MIN {
+        let cap = u32::try_from(in_kernel / BATCH_SHARE).unwrap_or(u32::MAX);
+        let outside = avg.min(cap).min(BATCH_MAX);
+        if self.wait_us == 0 || outside < BATCH_MIN {
             1
         } else {
-            avg.min(BATCH_MAX)
+            outside.saturating_add(self.handed_over)
         }
     }
 }
@@ -1119,7 +1141,8 @@ impl Driver {
             return;
         }
         // A park handing over queued submissions is also an enter that submits.
-        if !self.ring.submission().is_empty() {
+        let handing_over = self.ring.submission().len();
+        if handing_over != 0 {
             self.stats.enters += 1;
         }
         if !self.wake_armed {
@@ -1141,8 +1164,9 @@ impl Driver {
             }
             self.wake_armed = true;
         }
-        self.batch.after_park = true;
-        let want = self.batch.want();
+        let want = self
+            .batch
+            .park(handing_over, self.in_flight.saturating_sub(handing_over));
         // Errors are not failures here (EINTR: the caller loops; EBUSY/EAGAIN: reaping
         // makes progress).
         let _ = if want > 1 {
@@ -1363,30 +1387,64 @@ mod tests {
 
     #[test]
     fn a_park_waits_for_a_batch_only_after_parks_that_brought_many_completions() {
+        const MANY: usize = 1000; // operations in the kernel: no cap from them
         let mut batch = ParkBatch::default();
-        let park_then_reap = |batch: &mut ParkBatch, n: usize| {
-            batch.after_park = true;
+        // A park handing over `sent` entries, then the reap of what it brought.
+        let park_then_reap = |batch: &mut ParkBatch, sent: usize, n: usize| {
+            batch.park(sent, MANY);
             batch.reaped(n);
         };
         for _ in 0..64 {
-            park_then_reap(&mut batch, 20);
+            park_then_reap(&mut batch, 0, 20);
         }
-        assert_eq!(batch.want(), 1, "off: always the plain park");
+        assert_eq!(batch.park(0, MANY), 1, "off: always the plain park");
         batch.wait_us = 50;
-        assert_eq!(batch.want(), 20, "busy: the recent batch size");
+        assert_eq!(batch.park(0, MANY), 20, "busy: the recent batch size");
+        assert_eq!(batch.park(5, MANY), 25, "and what this park hands over");
+        assert_eq!(
+            batch.park(0, 80),
+            10,
+            "at most one in 8 of those in the kernel"
+        );
+        assert_eq!(
+            batch.park(0, 31),
+            1,
+            "too few in the kernel: the plain park"
+        );
         for _ in 0..64 {
-            park_then_reap(&mut batch, 1000);
+            park_then_reap(&mut batch, 0, 1000);
         }
-        assert_eq!(batch.want(), BATCH_MAX, "capped");
+        assert_eq!(batch.park(0, MANY), BATCH_MAX, "capped");
         for _ in 0..64 {
-            park_then_reap(&mut batch, 1);
+            park_then_reap(&mut batch, 0, 1);
         }
-        assert_eq!(batch.want(), 1, "light load: the plain park again");
+        assert_eq!(batch.park(0, MANY), 1, "light load: the plain park again");
         // Reaps that follow no park (a busy turn's own enter) do not count.
+        batch.reaped(0);
         for _ in 0..64 {
             batch.reaped(20);
         }
-        assert_eq!(batch.want(), 1);
+        assert_eq!(batch.park(0, MANY), 1);
+        batch.reaped(0);
+        // Each park sends two replies, which complete in the park's own call, and brings
+        // the two requests that follow: not a batch's worth of outside completions.
+        for _ in 0..64 {
+            park_then_reap(&mut batch, 2, 4);
+        }
+        assert_eq!(
+            batch.park(2, MANY),
+            1,
+            "its own sends do not make a worker busy"
+        );
+        batch.reaped(4);
+        for _ in 0..64 {
+            park_then_reap(&mut batch, 10, 30);
+        }
+        assert_eq!(
+            batch.park(10, MANY),
+            30,
+            "twenty outside completions a park: busy"
+        );
     }
 
     #[test]
@@ -1397,8 +1455,21 @@ mod tests {
         if !driver.set_batch_wait(std::time::Duration::from_millis(1)) {
             return; // a kernel before 6.12: batching stays off, the park is the plain one
         }
+        // Enough operations in the kernel for a full batch: polls of a pipe nobody
+        // writes (the driver's drop cancels them).
+        let mut fds = [0; 2];
+        // SAFETY: plain syscall into a two-int array, result checked.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let in_kernel = BATCH_SHARE * BATCH_MAX as usize;
+        for _ in 0..in_kernel {
+            let poll = opcode::PollAdd::new(types::Fd(fds[0]), libc::POLLIN as u32).build();
+            driver
+                .submit(poll, Target::Orphan, false)
+                .expect("submitted");
+        }
+        driver.flush();
         driver.batch.avg8 = 8 * BATCH_MAX;
-        assert_eq!(driver.batch.want(), BATCH_MAX);
+        assert_eq!(driver.batch.park(0, in_kernel), BATCH_MAX);
         let waker = write_eventfd_soon(efd.as_raw_fd());
         // One completion (the wake read) of the 32 asked for: returns once the batch
         // wait has passed.
@@ -1406,5 +1477,10 @@ mod tests {
         driver.reap(&mut Vec::new());
         assert!(!driver.wake_armed);
         waker.join().unwrap();
+        drop(driver);
+        // SAFETY: the pipe's own fds, no longer used by the dropped driver.
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: as above.
+        unsafe { libc::close(fds[1]) };
     }
 }

@@ -217,8 +217,8 @@ impl RuntimeBuilder {
     /// [`Self::spin_before_park`]).
     pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
     /// The longest a busy worker's park waits for a batch of I/O completions, unless
-    /// set (see [`Self::io_batch_wait`]): off.
-    pub const DEFAULT_IO_BATCH_WAIT: Duration = Duration::ZERO;
+    /// set (see [`Self::io_batch_wait`]).
+    pub const DEFAULT_IO_BATCH_WAIT: Duration = Duration::from_micros(20);
     /// Longest [`Self::io_batch_wait`].
     pub const MAX_IO_BATCH_WAIT: Duration = Duration::from_millis(1);
     /// How long a worker with I/O in flight polls its ring before it parks, unless set
@@ -295,12 +295,18 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Completion batching for busy I/O workers: the longest a worker whose recent parks
-    /// each brought many I/O completions (4 or more on average) waits, when it parks
-    /// again, for a batch of them (their recent average, at most 32) before it takes
-    /// what is there; default [`Self::DEFAULT_IO_BATCH_WAIT`] (off), at most
-    /// [`Self::MAX_IO_BATCH_WAIT`] (checked by [`Self::set_io_batch_wait`]).
-    /// `Duration::ZERO`: off, every park returns at the first completion or wake-up.
+    /// Completion batching for busy I/O workers: the longest a worker waits, when it
+    /// parks, for a batch of I/O completions before it takes what is there; default
+    /// [`Self::DEFAULT_IO_BATCH_WAIT`] (20 µs), at most [`Self::MAX_IO_BATCH_WAIT`]
+    /// (checked by [`Self::set_io_batch_wait`]). `Duration::ZERO`: off, every park
+    /// returns at the first completion or wake-up.
+    ///
+    /// A park waits for a batch only on a busy worker: one with at least 32 operations
+    /// in the kernel whose recent parks brought, on average, 4 or more completions beyond
+    /// the operations they submitted (a server with a hundred connections, say). It then
+    /// waits for their recent average, at most 32 and at most one in eight of the
+    /// operations in the kernel. Every other park (light load, a dozen connections, a
+    /// worker running only tasks) is the plain one, as with batching off.
     ///
     /// What it trades: fewer system calls per completion (one `io_uring_enter` per batch
     /// instead of one per completion or two) and less CPU per request under load, for up
@@ -308,9 +314,8 @@ impl RuntimeBuilder {
     /// handed to the worker from elsewhere (a spawn, a mesh message, shutdown), that
     /// arrives while the worker waits for a batch is acted on at most this late. Never
     /// later: a batch that does not fill ends at this bound, and nothing is lost either
-    /// way. A worker whose parks bring few completions (light load, a park ended by a
-    /// peer's wake-up) parks as with batching off. Needs Linux 6.12
-    /// (`IORING_FEAT_MIN_TIMEOUT`); on older kernels, and under valgrind, it stays off.
+    /// way. Needs Linux 6.12 (`IORING_FEAT_MIN_TIMEOUT`); on older kernels, and under
+    /// valgrind, it stays off.
     pub fn io_batch_wait(mut self, wait: Duration) -> Self {
         let r = self.set_io_batch_wait(wait);
         self.record(r);
