@@ -228,8 +228,9 @@ fn main() {
     if args.stats {
         for (w, s) in rt.stats().iter().enumerate() {
             println!(
-                "worker {w}: io submitted {} completed {}, io_uring_enter calls {}, parks {}",
-                s.io_submitted, s.io_completed, s.io_enters, s.parks
+                "worker {w}: io submitted {} completed {}, io_uring_enter calls {}, parks {} \
+                 ({} waited for a batch)",
+                s.io_submitted, s.io_completed, s.io_enters, s.parks, s.io_batched_parks
             );
         }
     }

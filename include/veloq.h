@@ -489,6 +489,11 @@ typedef struct veloq_worker_stats {
      * Jobs waiting in the inbound mesh channels.
      */
     uint64_t queue_mesh;
+    /**
+     * Parks that waited for a batch of I/O completions (see
+     * `veloq_builder_io_batch_wait`); included in `parks`.
+     */
+    uint64_t io_batched_parks;
 } veloq_worker_stats;
 
 /**
@@ -705,7 +710,9 @@ int veloq_builder_ring_entries(struct veloq_builder *b, uint32_t entries);
  * default 20, 0 turns it off, at most 1000. Only a busy worker's park waits: one with
  * 32 or more operations in the kernel whose recent parks brought, on average, 4 or more
  * completions beyond what they submitted (a server with a hundred connections, say);
- * every other park returns at the first completion or wake-up. Trades fewer system
+ * it then waits for what it submits plus that average, at most 32 more and at most one
+ * in 8 of the operations in the kernel. Every other park returns at the first
+ * completion or wake-up. Trades fewer system
  * calls per completion under load for up to this much extra latency on a busy worker
  * (a completion, or a wake-up for a spawn or task handed to it, is acted on at most
  * this late; nothing is lost). Needs Linux 6.12; stays off on older kernels.
@@ -1331,8 +1338,10 @@ int veloq_ctx_flush(struct veloq_ctx *ctx);
  * completes through its callback: with -ECANCELED unless it finished first (a multishot
  * operation ends with one entry without `VELOQ_CQE_F_MORE`). Returns 0 when the request
  * was made; -ENOENT when `op` names no live operation of this worker (finished, unknown,
- * or another worker's); -EALREADY when a cancel of it is already on its way; -EINVAL for
- * NULL `ctx`. Only inside a callback on a worker, with its `ctx`.
+ * or another worker's of this runtime); -EALREADY when a cancel of it is already on its
+ * way; -EINVAL for NULL `ctx`. Only inside a callback on a worker, with its `ctx`.
+ * Forget an id once its final completion has run: ids are reused, so one kept for long
+ * (tens of millions of operations later) may name a new operation.
  */
 int veloq_cancel(struct veloq_ctx *ctx, int64_t op);
 

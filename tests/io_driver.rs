@@ -2,6 +2,8 @@
 //! once, a full ring queues rather than fails, dropping a future cancels safely, and
 //! shutdown cancels what is in flight.
 
+use std::future::Future;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -447,8 +449,12 @@ where
     }
 }
 
-/// With completion batching on, a busy worker's park waits for a batch of completions,
-/// bounded: a lone completion or a wake-up for an outside spawn still ends it.
+/// With completion batching on and enough operations in the kernel for a park to wait for
+/// a batch, every operation still completes once and outside spawns still run: a batch
+/// wait is bounded, and a lone completion or a wake-up ends it. Whether a given park
+/// waits for a batch depends on timing (on how many completions were already pending
+/// when it began); the driver's unit tests force one
+/// (`a_park_waiting_for_a_batch_still_returns_for_a_lone_wake_up`).
 #[test]
 fn with_completion_batching_lone_completions_and_outside_spawns_still_get_through() {
     let rt = Runtime::builder()
@@ -456,19 +462,76 @@ fn with_completion_batching_lone_completions_and_outside_spawns_still_get_throug
         .io_batch_wait(RuntimeBuilder::MAX_IO_BATCH_WAIT)
         .build()
         .expect("runtime");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().expect("accept");
+    // The peer: one byte per burst, a little after the worker asked for it (by then the
+    // worker is parked).
+    let (poke, poked) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        use std::io::Write;
+        while poked.recv().is_ok() {
+            std::thread::sleep(Duration::from_millis(1));
+            client.write_all(b"x").expect("write");
+        }
+    });
     let done = Arc::new(AtomicUsize::new(0));
     let d = done.clone();
     let h = rt
         .spawn_local_to(0, move || async move {
-            // Bursts of 32 operations: each park brings many completions, so the worker
-            // goes on to wait for batches.
-            bursts(&d, |_| async { io::nop().await.expect("nop") }).await;
-            // Lone completions while the worker waits for batches.
+            // 64 timers that stay in the kernel all along (dropped, so cancelled, at the
+            // end): enough operations there for a park to wait for a batch...
+            let mut waiting: Vec<_> = (0..64)
+                .map(|_| Box::pin(time::sleep(Duration::from_secs(3600))))
+                .collect();
+            std::future::poll_fn(|cx| {
+                for sleep in &mut waiting {
+                    assert!(sleep.as_mut().poll(cx).is_pending());
+                }
+                std::task::Poll::Ready(())
+            })
+            .await;
+            // ...and bursts of 32 completions arriving together while the worker is
+            // parked: 32 polls of one socket, made readable by one byte from the peer.
+            let stream = Rc::new(veloq::net::TcpStream::from_std(server));
+            for _ in 0..BURSTS {
+                let burst: Vec<_> = (0..BURST)
+                    .map(|_| {
+                        let (d, stream) = (d.clone(), stream.clone());
+                        veloq::spawn_local(async move {
+                            stream.readable().await.expect("readable");
+                            d.fetch_add(1, SeqCst);
+                        })
+                        .unwrap()
+                    })
+                    .collect();
+                // Runs after the burst's tasks queued their polls (local tasks start in
+                // spawn order): the polls go in, then the peer writes.
+                let poke = poke.clone();
+                veloq::spawn_local(async move {
+                    veloq::RuntimeContext::with_current(|cx| cx.expect("worker").flush_io());
+                    poke.send(()).expect("peer");
+                })
+                .unwrap();
+                for h in burst {
+                    h.await.unwrap();
+                }
+                let (read, _) = stream.read(vec![0u8; 8]).await;
+                assert_eq!(read.expect("read"), 1);
+            }
+            drop(poke);
+            // Lone completions.
             for _ in 0..8 {
                 time::sleep(Duration::from_micros(100)).await;
                 io::nop().await.expect("nop");
                 d.fetch_add(1, SeqCst);
             }
+            // The timers stay in the kernel while the outside spawns below wake it.
+            veloq::spawn_local(async move {
+                time::sleep(Duration::from_millis(300)).await;
+                drop(waiting);
+            })
+            .unwrap();
         })
         .unwrap();
     rt.block_on(h).unwrap();
@@ -477,11 +540,13 @@ fn with_completion_batching_lone_completions_and_outside_spawns_still_get_throug
         BURSTS * BURST + 8,
         "every operation completed once"
     );
-    // The worker is parked, waiting for a batch: spawns from outside still run.
     for i in 0..32 {
         let h = rt.spawn(async move { i * 2 }).unwrap();
         assert_eq!(rt.block_on(h).unwrap(), i * 2);
     }
+    peer.join().unwrap();
+    let stats = rt.worker_stats(0).expect("worker 0");
+    assert!(stats.io_batched_parks <= stats.parks, "{stats:?}");
 }
 
 /// With polling on, a worker with I/O in flight polls instead of parking: timers and

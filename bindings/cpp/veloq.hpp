@@ -57,7 +57,9 @@
 // Threads. Spawning, Runtime::workers and every CompletionQueue member may be used from any
 // thread, workers included (a RuntimeRef made from the veloq_ctx passed to a callable spawns
 // from inside it). Runtime's destructor and shutdown must be called from a host thread: from
-// inside a callback they are refused by the library (shutdown throws Error(-EDEADLK)).
+// inside one of the runtime's callbacks or blocking jobs they are refused by the library
+// (shutdown throws Error(-EDEADLK); a destructor run there would free the stall handler
+// under a runtime that lives on, so never destroy a Runtime from its own threads).
 //
 // Lifetimes. Runtime and CompletionQueue are move-only owners of their C handle; a moved-from
 // object holds nothing and its destructor does nothing. Destroying a Runtime shuts it down
@@ -873,7 +875,7 @@ public:
     /// Graceful shutdown, waiting at most `limit` (negative: no limit). Returns true when it
     /// finished, false when the limit passed first (call again to go on waiting). New
     /// submissions are refused (-ESHUTDOWN) from the first call on. Throws Error
-    /// (-EDEADLK from inside a callback).
+    /// (-EDEADLK from inside one of the runtime's callbacks or blocking jobs).
     bool shutdown(std::chrono::nanoseconds limit = no_timeout) {
         int rc = ::veloq_runtime_shutdown(rt_, static_cast<std::int64_t>(limit.count()));
         if (rc == -ETIMEDOUT)

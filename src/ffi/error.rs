@@ -16,7 +16,7 @@ pub extern "C" fn veloq_strerror(err: c_int) -> *const c_char {
         0 => b"success\0",
         VELOQ_EPANIC => b"internal error in libveloq (panic caught); the runtime stays usable\0",
         e if e > 0 => b"not an error code (positive value)\0",
-        e => match -e {
+        e => match e.wrapping_neg() {
             libc::EINVAL => b"invalid argument\0",
             libc::ENOMEM => b"out of memory\0",
             libc::EAGAIN => b"resource temporarily unavailable\0",
@@ -62,14 +62,12 @@ fn system_text(e: c_int) -> Option<&'static CStr> {
     let texts = TEXTS.get_or_init(|| {
         (0..=MAX_SYSTEM_ERRNO)
             .map(|e| {
-                let mut buf = [0 as c_char; 128];
-                // SAFETY: the buffer is writable for its length; the XSI strerror_r (the
-                // one the libc crate binds) NUL-terminates what it writes on success.
-                let rc = unsafe { libc::strerror_r(e, buf.as_mut_ptr(), buf.len()) };
-                // SAFETY: NUL-terminated by strerror_r (checked rc) within the buffer.
-                let text = unsafe { CStr::from_ptr(buf.as_ptr()) };
-                let known = rc == 0 && e != 0 && !text.to_bytes().starts_with(b"Unknown error");
-                known.then(|| text.to_owned())
+                let mut buf = [0u8; 128];
+                // SAFETY: the buffer is writable for its length (the XSI strerror_r, the
+                // one the libc crate binds, writes at most that much).
+                let rc = unsafe { libc::strerror_r(e, buf.as_mut_ptr().cast(), buf.len()) };
+                let text = CStr::from_bytes_until_nul(&buf).ok().filter(|_| rc == 0)?;
+                (!text.to_bytes().starts_with(b"Unknown error")).then(|| text.to_owned())
             })
             .collect()
     });

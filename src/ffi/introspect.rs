@@ -224,6 +224,9 @@ pub struct veloq_worker_stats {
     pub queue_inbox: u64,
     /// Jobs waiting in the inbound mesh channels.
     pub queue_mesh: u64,
+    /// Parks that waited for a batch of I/O completions (see
+    /// `veloq_builder_io_batch_wait`); included in `parks`.
+    pub io_batched_parks: u64,
 }
 
 /// The part of `veloq_worker_stats` every caller must have room for (`size`, `ring_flags`).
@@ -281,6 +284,7 @@ pub extern "C" fn veloq_runtime_stats(
             queue_injector: s.queues.injector,
             queue_inbox: s.queues.inbox,
             queue_mesh: s.queues.mesh,
+            io_batched_parks: s.io_batched_parks,
         };
         // Whole 8-byte fields only, never past the caller's size or ours.
         let n = size.min(std::mem::size_of::<veloq_worker_stats>()) & !7;

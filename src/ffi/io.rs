@@ -655,8 +655,10 @@ pub extern "C" fn veloq_ctx_flush(ctx: *mut veloq_ctx) -> c_int {
 /// completes through its callback: with -ECANCELED unless it finished first (a multishot
 /// operation ends with one entry without `VELOQ_CQE_F_MORE`). Returns 0 when the request
 /// was made; -ENOENT when `op` names no live operation of this worker (finished, unknown,
-/// or another worker's); -EALREADY when a cancel of it is already on its way; -EINVAL for
-/// NULL `ctx`. Only inside a callback on a worker, with its `ctx`.
+/// or another worker's of this runtime); -EALREADY when a cancel of it is already on its
+/// way; -EINVAL for NULL `ctx`. Only inside a callback on a worker, with its `ctx`.
+/// Forget an id once its final completion has run: ids are reused, so one kept for long
+/// (tens of millions of operations later) may name a new operation.
 #[no_mangle]
 pub extern "C" fn veloq_cancel(ctx: *mut veloq_ctx, op: i64) -> c_int {
     ffi_boundary!(VELOQ_EPANIC, {

@@ -85,7 +85,9 @@ pub extern "C" fn veloq_builder_ring_entries(b: *mut veloq_builder, entries: u32
 /// default 20, 0 turns it off, at most 1000. Only a busy worker's park waits: one with
 /// 32 or more operations in the kernel whose recent parks brought, on average, 4 or more
 /// completions beyond what they submitted (a server with a hundred connections, say);
-/// every other park returns at the first completion or wake-up. Trades fewer system
+/// it then waits for what it submits plus that average, at most 32 more and at most one
+/// in 8 of the operations in the kernel. Every other park returns at the first
+/// completion or wake-up. Trades fewer system
 /// calls per completion under load for up to this much extra latency on a busy worker
 /// (a completion, or a wake-up for a spawn or task handed to it, is acted on at most
 /// this late; nothing is lost). Needs Linux 6.12; stays off on older kernels.

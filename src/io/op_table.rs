@@ -4,13 +4,18 @@
 //! Slots live in fixed-size chunks that are never moved or freed while the driver lives,
 //! so a slot's address is stable (the kernel may be handed pointers into it, e.g. a
 //! timeout's `timespec`). An operation is named by its [`OpId`]: the slot index in the low
-//! 32 bits, the slot's generation in the next 21, bumped every time the slot is freed,
-//! and the owning worker in the 10 above them, so no two workers' live operations share
-//! an id (a C caller cancelling another worker's operation on its own gets -ENOENT, not
-//! one of its own operations). A slot keeps the whole id of its current (or, while free,
-//! its next) operation, so taking a slot reads its id and checking a completion compares
-//! one word. A completion whose id does not name an operation in flight (stale, foreign,
-//! or corrupted) is counted and ignored, never dereferenced.
+//! 27 bits (at most [`MAX_SLOTS`] operations live per worker), the slot's generation in
+//! the next 26, bumped every time the slot is freed, and the owning worker in the 10
+//! above them, so no two workers of a runtime share a live operation's id (a C caller
+//! cancelling another worker's operation on its own gets -ENOENT, not one of its own
+//! operations). A slot's id comes back only after 2^26 - 1 more operations used that slot
+//! (the free list hands the last freed slot out first, so a busy worker's favourite slot
+//! gets there soonest: at 3.5 million operations a second, after about 20 seconds);
+//! a stale id kept longer could name a new operation. A slot keeps the whole id of its
+//! current (or, while free, its next) operation, so taking a slot reads its id and
+//! checking a completion compares one word. A completion whose id does not name an
+//! operation in flight (stale, foreign, or corrupted) is counted and ignored, never
+//! dereferenced.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -28,10 +33,15 @@ const CHUNK: usize = 64;
 const CHUNK_SHIFT: u32 = CHUNK.trailing_zeros();
 /// Ids with this bit set are the driver's own (wake read, cancellations); never a slot.
 pub(crate) const INTERNAL_BIT: u64 = 1 << 63;
+/// The slot index bits of an id.
+const INDEX_MASK: u64 = (1 << 27) - 1;
+/// Most slots a table has (operations live at once on one worker): 2^27, over 10 GiB of
+/// slots.
+pub(crate) const MAX_SLOTS: usize = 1 << 27;
 /// Where the generation starts in an id.
-const GENERATION_SHIFT: u32 = 32;
+const GENERATION_SHIFT: u32 = 27;
 /// The largest generation.
-const GENERATION_MASK: u64 = (1 << 21) - 1;
+const GENERATION_MASK: u64 = (1 << 26) - 1;
 /// Where the owning worker's number starts in an id (10 bits: `RuntimeBuilder::MAX_WORKERS`
 /// is 1024).
 const OWNER_SHIFT: u32 = 53;
@@ -47,6 +57,7 @@ impl OpId {
     /// Slot `index`'s first id (generation 1) in the table of `owner` (a worker's number,
     /// taken modulo 1024).
     fn first(owner: u32, index: u32) -> OpId {
+        debug_assert!(u64::from(owner) <= OWNER_MASK && u64::from(index) <= INDEX_MASK);
         OpId(((owner as u64 & OWNER_MASK) << OWNER_SHIFT) | (1 << GENERATION_SHIFT) | index as u64)
     }
 
@@ -73,7 +84,7 @@ impl OpId {
     }
 
     fn index(self) -> usize {
-        (self.0 & 0xffff_ffff) as usize
+        (self.0 & INDEX_MASK) as usize
     }
 
     fn generation(self) -> u64 {
@@ -282,6 +293,8 @@ impl InFlight<'_> {
 pub(crate) struct OpTable {
     /// The worker whose operations these are (part of every id).
     owner: u32,
+    /// Most slots the table may have ([`MAX_SLOTS`]; less in tests).
+    max_slots: usize,
     /// Fixed-size chunks: a place within one needs no bounds check.
     chunks: Vec<Box<[Slot; CHUNK]>>,
     free_head: u32,
@@ -296,8 +309,14 @@ pub(crate) struct OpTable {
 impl OpTable {
     /// An empty table for worker `owner`'s operations (its number goes into their ids).
     pub(crate) fn new(owner: u32) -> OpTable {
+        Self::with_max_slots(owner, MAX_SLOTS)
+    }
+
+    /// An empty table that never grows past `max_slots` (a multiple of the chunk size).
+    fn with_max_slots(owner: u32, max_slots: usize) -> OpTable {
         OpTable {
             owner,
+            max_slots,
             chunks: Vec::new(),
             free_head: NO_FREE,
             inserted: 0,
@@ -308,11 +327,17 @@ impl OpTable {
 
     /// Takes a free slot (growing the table by one chunk when none is free) for an
     /// operation with `target`, starting in `phase` (Backlog, or InFlight when its entry
-    /// goes straight into the ring); O(1).
+    /// goes straight into the ring); O(1). -ENOMEM (and `target` dropped) when the table
+    /// already has [`MAX_SLOTS`] live operations.
     #[inline]
-    pub(crate) fn insert(&mut self, target: Target, multishot: bool, phase: Phase) -> OpId {
-        if self.free_head == NO_FREE {
-            self.grow();
+    pub(crate) fn insert(
+        &mut self,
+        target: Target,
+        multishot: bool,
+        phase: Phase,
+    ) -> Result<OpId, i32> {
+        if self.free_head == NO_FREE && !self.grow() {
+            return Err(-libc::ENOMEM);
         }
         let index = self.free_head;
         let i = index as usize;
@@ -335,12 +360,16 @@ impl OpTable {
         slot.result_is_fd = false;
         debug_assert!(slot.results.is_empty() && slot.keep.is_none());
         self.inserted += 1;
-        slot.id
+        Ok(slot.id)
     }
 
+    /// Adds a chunk of free slots; false when that would pass `max_slots`.
     #[cold]
     #[inline(never)]
-    fn grow(&mut self) {
+    fn grow(&mut self) -> bool {
+        if self.chunks.len() * CHUNK + CHUNK > self.max_slots {
+            return false;
+        }
         let base = (self.chunks.len() * CHUNK) as u32;
         let chunk: Box<[Slot]> = (0..CHUNK as u32)
             .map(|i| {
@@ -357,6 +386,7 @@ impl OpTable {
         };
         self.chunks.push(chunk);
         self.free_head = base;
+        true
     }
 
     /// The slot at `index`, whatever its state; None past the table.
@@ -486,10 +516,10 @@ mod tests {
     #[test]
     fn ids_are_positive_and_go_stale_when_the_slot_is_reused() {
         let mut t = OpTable::new(0);
-        let a = t.insert(Target::Orphan, false, Phase::Backlog);
+        let a = t.insert(Target::Orphan, false, Phase::Backlog).unwrap();
         assert!(a.raw() > 0 && (a.raw() as i64) > 0);
         t.remove(a);
-        let b = t.insert(Target::Orphan, false, Phase::Backlog);
+        let b = t.insert(Target::Orphan, false, Phase::Backlog).unwrap();
         assert_eq!(a.index(), b.index(), "the slot is reused");
         assert_ne!(a, b);
         assert!(t.get_mut(a).is_none(), "old id no longer names it");
@@ -511,13 +541,42 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_refuses_with_enomem_and_takes_again_once_a_slot_is_freed() {
+        let mut t = OpTable::with_max_slots(3, 2 * CHUNK);
+        let ids: Vec<_> = (0..2 * CHUNK)
+            .map(|_| t.insert(Target::Orphan, false, Phase::Backlog).unwrap())
+            .collect();
+        assert_eq!(
+            t.insert(Target::Orphan, false, Phase::Backlog).err(),
+            Some(-libc::ENOMEM)
+        );
+        assert_eq!(t.live(), 2 * CHUNK, "the refusal took nothing");
+        t.remove(ids[7]);
+        let again = t.insert(Target::Orphan, false, Phase::Backlog).unwrap();
+        assert_eq!(again.index(), ids[7].index());
+        assert_eq!(again.owner(), 3);
+    }
+
+    #[test]
+    fn the_largest_index_generation_and_owner_fit_a_positive_int64() {
+        let id = OpId(
+            OpId::first(1023, (MAX_SLOTS - 1) as u32).0 | (GENERATION_MASK << GENERATION_SHIFT),
+        );
+        assert_eq!(
+            (id.owner(), id.index(), id.generation()),
+            (1023, MAX_SLOTS - 1, GENERATION_MASK)
+        );
+        assert!((id.raw() as i64) > 0 && id.raw() & INTERNAL_BIT == 0);
+    }
+
+    #[test]
     fn two_workers_never_hand_out_the_same_id() {
         let (mut a, mut b) = (OpTable::new(0), OpTable::new(1));
         let ids_a: Vec<_> = (0..100)
-            .map(|_| a.insert(Target::Orphan, false, Phase::Backlog))
+            .map(|_| a.insert(Target::Orphan, false, Phase::Backlog).unwrap())
             .collect();
         for _ in 0..100 {
-            let id = b.insert(Target::Orphan, false, Phase::Backlog);
+            let id = b.insert(Target::Orphan, false, Phase::Backlog).unwrap();
             assert!(!ids_a.contains(&id));
             assert!(
                 a.get_mut(id).is_none(),
@@ -529,7 +588,7 @@ mod tests {
     #[test]
     fn completions_for_unknown_ids_are_counted_not_followed() {
         let mut t = OpTable::new(0);
-        let a = t.insert(Target::Orphan, false, Phase::Backlog);
+        let a = t.insert(Target::Orphan, false, Phase::Backlog).unwrap();
         // Backlog, not in flight yet.
         assert!(t.in_flight_mut(a.raw()).is_none());
         t.get_mut(a).unwrap().phase = Phase::InFlight;
@@ -550,10 +609,10 @@ mod tests {
     #[test]
     fn slot_addresses_are_stable_while_the_table_grows() {
         let mut t = OpTable::new(0);
-        let first = t.insert(Target::Orphan, false, Phase::Backlog);
+        let first = t.insert(Target::Orphan, false, Phase::Backlog).unwrap();
         let addr = &t.get_mut(first).unwrap().timespec as *const Timespec;
         let many: Vec<_> = (0..10 * CHUNK)
-            .map(|_| t.insert(Target::Orphan, false, Phase::Backlog))
+            .map(|_| t.insert(Target::Orphan, false, Phase::Backlog).unwrap())
             .collect();
         assert_eq!(addr, &t.get_mut(first).unwrap().timespec as *const Timespec);
         assert_eq!(t.live(), 10 * CHUNK + 1);

@@ -46,8 +46,8 @@
 //!    still run. Calling `shutdown` again goes on waiting.
 //! 5. Once every pool thread has left (`alive == 0`), `shutdown` joins their threads, so
 //!    after it returned (and after `Runtime` drop or `veloq_runtime_free`) no pool thread
-//!    runs. A runtime dropped on one of its own workers cannot wait: the pool is closed
-//!    and its threads exit by themselves once the queue is empty.
+//!    runs. A runtime dropped on one of its own workers or pool threads cannot wait: the
+//!    pool is closed and its threads exit by themselves once the queue is empty.
 //!
 //! # C jobs
 //! A C job (`veloq_spawn_blocking`) is a [`RawTask`] run with a NULL context on a pool

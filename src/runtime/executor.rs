@@ -268,6 +268,7 @@ impl RuntimeContext {
         c.io_stale.store(d.stale, Relaxed);
         c.io_backlog.store(d.backlog, Relaxed);
         c.io_enters.store(d.enters, Relaxed);
+        c.io_batched_parks.store(d.batched_parks, Relaxed);
     }
 
     /// Takes this worker out of the shutdown idle count before it takes work.

@@ -304,8 +304,8 @@ impl RuntimeBuilder {
     /// A park waits for a batch only on a busy worker: one with at least 32 operations
     /// in the kernel whose recent parks brought, on average, 4 or more completions beyond
     /// the operations they submitted (a server with a hundred connections, say). It then
-    /// waits for their recent average, at most 32 and at most one in eight of the
-    /// operations in the kernel. Every other park (light load, a dozen connections, a
+    /// waits for the entries it hands over plus their recent average, at most 32 and at
+    /// most one in eight of the operations in the kernel. Every other park (light load, a dozen connections, a
     /// worker running only tasks) is the plain one, as with batching off.
     ///
     /// What it trades: fewer system calls per completion (one `io_uring_enter` per batch
@@ -690,6 +690,9 @@ pub struct WorkerStats {
     /// `io_uring_enter` calls made to submit or reap (a park counted only when it also
     /// handed queued submissions to the kernel).
     pub io_enters: u64,
+    /// Parks that waited for a batch of I/O completions (see
+    /// [`RuntimeBuilder::io_batch_wait`]); included in `parks`.
+    pub io_batched_parks: u64,
     /// Stalls the watchdog noticed (see [`RuntimeBuilder::stall_threshold`]).
     pub stalls: u64,
     /// Nanoseconds spent in stalls that have ended (as the watchdog measured them).
@@ -1153,7 +1156,9 @@ impl Drop for EnterGuard {
 }
 
 /// A thread-per-core runtime: owns the worker threads. Dropping it cancels unfinished
-/// futures, runs every accepted callback, and joins the workers.
+/// futures, runs every accepted callback, and joins the workers (dropped on one of its
+/// own workers or blocking-pool threads, it cannot wait for itself: it stops what it can
+/// and the threads exit on their own).
 pub struct Runtime {
     handle: Handle,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
@@ -1339,6 +1344,7 @@ impl Runtime {
             io_stale: c.io_stale.load(Relaxed),
             io_backlog: c.io_backlog.load(Relaxed),
             io_enters: c.io_enters.load(Relaxed),
+            io_batched_parks: c.io_batched_parks.load(Relaxed),
             stalls: w.watch.stalls.load(Relaxed),
             stalled_ns: w.watch.stalled_ns.load(Relaxed),
             stalled: w.is_stalled(),

@@ -55,6 +55,7 @@ pub(crate) struct WorkerCounters {
     pub(crate) io_stale: AtomicU64,
     pub(crate) io_backlog: AtomicU64,
     pub(crate) io_enters: AtomicU64,
+    pub(crate) io_batched_parks: AtomicU64,
 }
 
 /// Written by the worker once per turn, read by every balanced submission.
