@@ -239,11 +239,56 @@ static void bad_input_is_einval_and_changes_nothing(void) {
  * free it: each is refused at once, since the shutdown would wait for the job itself. */
 static int64_t job_shutting_down_its_runtime(veloq_ctx *ctx, void *arg) {
     veloq_runtime *rt = (veloq_runtime *)arg;
-    int bounded = veloq_runtime_shutdown(rt, 1000000000LL);
+    int bounded;
+    if (veloq_runtime_is_own_thread(rt) != 1)
+        return -1;
+    bounded = veloq_runtime_shutdown(rt, 1000000000LL);
     int unbounded = veloq_runtime_shutdown(rt, -1);
     (void)ctx;
     veloq_runtime_free(rt); /* refused: nothing happens, the runtime stays usable */
     return bounded == -EDEADLK && unbounded == -EDEADLK ? 1 : (int64_t)bounded * 1000 + unbounded;
+}
+
+static int64_t report_own_thread(veloq_ctx *ctx, void *arg) {
+    (void)ctx;
+    return veloq_runtime_is_own_thread((const veloq_runtime *)arg);
+}
+
+/* veloq_runtime_is_own_thread: 1 in the runtime's callbacks and blocking jobs, 0 on a
+ * host thread, in another runtime's and for NULL. */
+static void own_threads_are_told_apart_from_the_others(void) {
+    veloq_runtime *rt = pool_runtime(0, 1), *other = pool_runtime(0, 1);
+    veloq_cq *cq, *other_cq;
+    veloq_cqe e[4];
+    int i, n = 0;
+    int64_t res[4] = {-1, -1, -1, -1};
+    REQUIRE(rt && other);
+    cq = vt_cq(rt, 8);
+    other_cq = vt_cq(other, 8);
+    REQUIRE(cq && other_cq);
+    CHECK_EQ(veloq_runtime_is_own_thread(rt), 0);
+    CHECK_EQ(veloq_runtime_is_own_thread(NULL), 0);
+    CHECK_EQ(veloq_spawn_to(rt, 1, report_own_thread, rt, cq, 0), 0);
+    CHECK_EQ(veloq_spawn_blocking(rt, report_own_thread, rt, cq, 1), 0);
+    CHECK_EQ(veloq_spawn_to(other, 0, report_own_thread, rt, other_cq, 2), 0);
+    CHECK_EQ(veloq_spawn_blocking(other, report_own_thread, rt, other_cq, 3), 0);
+    while (n < 4) {
+        int got = veloq_cq_wait(n < 2 ? cq : other_cq, e, 4, n < 2 ? 2 - n : 4 - n,
+                                VT_REAP_DEADLINE_NS);
+        REQUIRE(got > 0);
+        for (i = 0; i < got; i++)
+            if (e[i].user_data < 4)
+                res[e[i].user_data] = e[i].res;
+        n += got;
+    }
+    CHECK_EQ(res[0], 1); /* its worker */
+    CHECK_EQ(res[1], 1); /* its blocking pool */
+    CHECK_EQ(res[2], 0); /* another runtime's worker */
+    CHECK_EQ(res[3], 0); /* another runtime's pool */
+    veloq_runtime_free(other);
+    CHECK_EQ(veloq_cq_free(other_cq), 0);
+    CHECK_EQ(veloq_cq_free(cq), 0);
+    veloq_runtime_free(rt);
 }
 
 static void shutdown_from_a_blocking_job_is_edeadlk_and_changes_nothing(void) {
@@ -277,5 +322,6 @@ int main(void) {
     RUN_CASE(a_cq_owed_a_blocking_completion_cannot_be_freed);
     RUN_CASE(bad_input_is_einval_and_changes_nothing);
     RUN_CASE(shutdown_from_a_blocking_job_is_edeadlk_and_changes_nothing);
+    RUN_CASE(own_threads_are_told_apart_from_the_others);
     return check_summary();
 }

@@ -769,6 +769,14 @@ int veloq_runtime_build(struct veloq_builder *b, struct veloq_runtime **out);
 int veloq_runtime_new(struct veloq_runtime **out);
 
 /**
+ * 1 when the calling thread is one of `rt`'s workers or blocking-pool threads (inside
+ * one of its callbacks or blocking jobs), where `veloq_runtime_shutdown` is refused with
+ * -EDEADLK and `veloq_runtime_free` does nothing; else 0 (NULL included). Callable from
+ * any thread.
+ */
+int veloq_runtime_is_own_thread(const struct veloq_runtime *rt);
+
+/**
  * Number of worker threads; 0 for NULL.
  */
 uint32_t veloq_runtime_workers(const struct veloq_runtime *rt);

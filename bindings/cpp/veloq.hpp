@@ -58,8 +58,8 @@
 // thread, workers included (a RuntimeRef made from the veloq_ctx passed to a callable spawns
 // from inside it). Runtime's destructor and shutdown must be called from a host thread: from
 // inside one of the runtime's callbacks or blocking jobs they are refused by the library
-// (shutdown throws Error(-EDEADLK); a destructor run there would free the stall handler
-// under a runtime that lives on, so never destroy a Runtime from its own threads).
+// (shutdown throws Error(-EDEADLK); a destructor run there lets go of the runtime, which
+// goes on running, and leaks it with its stall handler).
 //
 // Lifetimes. Runtime and CompletionQueue are move-only owners of their C handle; a moved-from
 // object holds nothing and its destructor does nothing. Destroying a Runtime shuts it down
@@ -904,6 +904,16 @@ private:
     // The stall handler is freed only after the runtime (and its watchdog thread) is.
     // (After release() the runtime may still run: the graveyard then keeps its states.)
     void reset() noexcept {
+        if (rt_ && ::veloq_runtime_is_own_thread(rt_)) {
+            // Destroyed inside one of its own callbacks or blocking jobs: the library
+            // refuses to free the runtime there, and it goes on running. Let go of it as
+            // release() does, and of the stall handler its watchdog may still call: both
+            // are leaked rather than freed under it.
+            rt_ = nullptr;
+            (void)on_stall_.release();
+            graveyard_.reset();
+            return;
+        }
         bool freed = rt_ != nullptr;
         if (rt_)
             ::veloq_runtime_free(std::exchange(rt_, nullptr));

@@ -106,7 +106,33 @@ static void stats_tasks_started_add_up_to_tasks_spawned(void) {
     }
 }
 
+// A Runtime destroyed inside one of its own blocking jobs lets go of the runtime, which
+// the library refuses to free there: it goes on running, and the host frees it.
+static void runtime_destroyed_on_its_own_thread_lets_go_and_runs_on(void) {
+    auto owner = std::make_unique<veloq::Runtime>(veloq::Runtime::builder().workers(1).build());
+    veloq_runtime *raw = owner->get();
+    CHECK_EQ(::veloq_runtime_is_own_thread(raw), 0);
+    veloq::CompletionQueue cq(veloq::RuntimeRef(raw), 8);
+    owner->spawn_blocking([&owner, raw]() -> std::int64_t {
+        int own = ::veloq_runtime_is_own_thread(raw);
+        owner.reset(); // refused by the library: must neither free nor hang
+        return own;
+    }, cq, 1);
+    auto got = cq.wait(1, 1, std::chrono::seconds(60));
+    REQUIRE(got.size() == 1);
+    CHECK_EQ(got[0].res, 1);
+    CHECK(owner == nullptr);
+    // Still running: a spawn through the raw handle completes.
+    veloq::RuntimeRef(raw).spawn([] { return std::int64_t(5); }, cq, 2);
+    got = cq.wait(1, 1, std::chrono::seconds(60));
+    REQUIRE(got.size() == 1);
+    CHECK_EQ(got[0].res, 5);
+    cq.close();
+    ::veloq_runtime_free(raw);
+}
+
 void run_other_tu_cases() {
+    RUN_CASE(runtime_destroyed_on_its_own_thread_lets_go_and_runs_on);
     RUN_CASE(move_only_callable_is_boxed_and_run);
     RUN_CASE(runtime_ref_from_ctx_spawns_from_inside_a_callback);
     RUN_CASE(builder_rejects_bad_options_with_error);

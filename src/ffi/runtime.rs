@@ -196,6 +196,18 @@ fn build_into(builder: RuntimeBuilder, out: *mut *mut veloq_runtime) -> c_int {
     }
 }
 
+/// 1 when the calling thread is one of `rt`'s workers or blocking-pool threads (inside
+/// one of its callbacks or blocking jobs), where `veloq_runtime_shutdown` is refused with
+/// -EDEADLK and `veloq_runtime_free` does nothing; else 0 (NULL included). Callable from
+/// any thread.
+#[no_mangle]
+pub extern "C" fn veloq_runtime_is_own_thread(rt: *const veloq_runtime) -> c_int {
+    ffi_boundary!(0, {
+        // SAFETY: a non-null runtime is live (caller's promise).
+        unsafe { handle(rt) }.map_or(0, |rt| c_int::from(rt.inner.is_own_thread()))
+    })
+}
+
 /// Number of worker threads; 0 for NULL.
 #[no_mangle]
 pub extern "C" fn veloq_runtime_workers(rt: *const veloq_runtime) -> u32 {

@@ -1245,7 +1245,7 @@ impl Runtime {
     /// for the exit. `None` waits without limit. Callable from any thread but the
     /// runtime's own workers and blocking-pool threads (`Err(FromWorker)`, nothing done).
     pub fn shutdown(&self, timeout: Option<Duration>) -> Result<(), ShutdownError> {
-        if self.on_own_thread() {
+        if self.is_own_thread() {
             return Err(ShutdownError::FromWorker);
         }
         let registry = &*self.handle.registry;
@@ -1364,8 +1364,10 @@ impl Runtime {
     }
 
     /// Whether the calling thread is one of this runtime's workers or blocking-pool
-    /// threads, which a shutdown would wait for.
-    fn on_own_thread(&self) -> bool {
+    /// threads (running one of its tasks, callbacks or blocking jobs), where
+    /// [`Self::shutdown`] is refused and dropping the runtime cannot wait for it.
+    /// Callable from any thread.
+    pub fn is_own_thread(&self) -> bool {
         let registry = &self.handle.registry;
         registry.blocking.is_own_thread()
             || context::with_current(|cx| cx.is_some_and(|cx| Arc::ptr_eq(&cx.registry, registry)))
@@ -1374,7 +1376,7 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        if self.on_own_thread() {
+        if self.is_own_thread() {
             // Dropped on its own worker or blocking thread: cannot wait for ourselves.
             // Stop what can be stopped; the threads exit on their own.
             self.handle.registry.closed.store(true, SeqCst);
