@@ -133,13 +133,14 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 26] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 27] = [
     (
         "veloq",
-        "this crate, default settings (the core benches pin their workers to cores; the I/O \
-         bench's echo server, `examples/echo`, does not, and keeps one multishot receive per \
-         connection into a provided-buffer ring; the file rows read with `File::read_at`, \
-         which on an `O_DIRECT` file hands each read to the kernel as it is issued)",
+        "this crate, default settings, workers under `SCHED_BATCH` (the core benches pin \
+         their workers to cores; the I/O bench's echo server, `examples/echo`, does not, \
+         and keeps one multishot receive per connection into a provided-buffer ring; the \
+         file rows read with `File::read_at`, which on an `O_DIRECT` file hands each read \
+         to the kernel as it is issued)",
         Some("veloq"),
     ),
     (
@@ -210,6 +211,14 @@ const SYSTEMS: [(&str, &str, Option<&str>); 26] = [
         "veloq's Rust echo server with completion batching at park off (`examples/echo \
          --batch-us 0`; by default a busy worker's park waits up to 20 µs for a batch of \
          completions, `RuntimeBuilder::io_batch_wait`)",
+        Some("veloq"),
+    ),
+    (
+        "veloq-other",
+        "veloq's Rust echo server with its workers under the default scheduling policy, \
+         `SCHED_OTHER` (`examples/echo --sched-other`; by default workers run under \
+         `SCHED_BATCH`, `RuntimeBuilder::sched_batch`: a woken worker does not preempt the \
+         thread running on its core)",
         Some("veloq"),
     ),
     (

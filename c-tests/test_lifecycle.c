@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <sched.h>
 
 #include "vtest.h"
 
@@ -16,6 +17,8 @@ static void builder_accepts_every_option_in_range(void) {
     CHECK_EQ(veloq_builder_workers(b, 2), 0);
     CHECK_EQ(veloq_builder_pin_workers(b, true), 0);
     CHECK_EQ(veloq_builder_pin_workers(b, false), 0);
+    CHECK_EQ(veloq_builder_sched_batch(b, false), 0);
+    CHECK_EQ(veloq_builder_sched_batch(b, true), 0);
     CHECK_EQ(veloq_builder_mesh_capacity(b, 1), 0);
     CHECK_EQ(veloq_builder_mesh_capacity(b, 1000), 0); /* not a power of two: fine */
     CHECK_EQ(veloq_builder_mesh_capacity(b, 64), 0);
@@ -125,6 +128,79 @@ static void pinned_workers_run_their_tasks(void) {
     CHECK_EQ(pl.on_worker[1], 50);
     CHECK_EQ(veloq_cq_free(cq), 0);
     veloq_runtime_free(rt);
+}
+
+struct policy_probe {
+    veloq_runtime *rt;
+    veloq_cq *cq;
+    int64_t seen[4]; /* by user_data: workers 0 and 1, a blocking job, the spawn */
+};
+
+static int64_t task_policy(veloq_ctx *ctx, void *arg) {
+    (void)ctx;
+    (void)arg;
+    return sched_getscheduler(0);
+}
+
+/* On a worker: starts a blocking job (user_data 2) that reports its thread's policy. */
+static int64_t task_spawns_blocking_probe(veloq_ctx *ctx, void *arg) {
+    struct policy_probe *p = (struct policy_probe *)arg;
+    (void)ctx;
+    return veloq_spawn_blocking(p->rt, task_policy, NULL, p->cq, 2);
+}
+
+static void on_policy(const veloq_cqe *e, void *arg) {
+    struct policy_probe *p = (struct policy_probe *)arg;
+    if (e->user_data < 4)
+        p->seen[e->user_data] = e->res;
+}
+
+/* Builds 2 workers from this (SCHED_OTHER) thread with `veloq_builder_sched_batch(b,
+ * setting)`, or without calling it when `setting` is -1 (the default); checks what each
+ * worker and a blocking job started by a worker run under. */
+static void check_policies(int setting, int want_worker) {
+    veloq_builder *b = veloq_builder_new();
+    veloq_runtime *rt = NULL;
+    veloq_worker_stats s;
+    struct policy_probe p;
+    uint32_t w;
+    REQUIRE(b);
+    CHECK_EQ(veloq_builder_workers(b, 2), 0);
+    if (setting >= 0)
+        CHECK_EQ(veloq_builder_sched_batch(b, setting != 0), 0);
+    REQUIRE_OK(veloq_runtime_build(b, &rt));
+    REQUIRE(rt);
+    memset(&p, 0, sizeof p);
+    p.rt = rt;
+    p.cq = vt_cq(rt, 16);
+    REQUIRE(p.cq);
+    for (w = 0; w < 2; w++)
+        CHECK_OK(veloq_spawn_to(rt, w, task_policy, NULL, p.cq, w));
+    CHECK_OK(veloq_spawn_to(rt, 0, task_spawns_blocking_probe, &p, p.cq, 3));
+    CHECK_EQ(vt_reap(p.cq, 4, on_policy, &p), 4);
+    CHECK_EQ(p.seen[0], want_worker);
+    CHECK_EQ(p.seen[1], want_worker);
+    CHECK_EQ(p.seen[2], SCHED_OTHER); /* the building thread's policy */
+    CHECK_EQ(p.seen[3], 0);           /* the spawn was accepted */
+    for (w = 0; w < 2; w++) {
+        memset(&s, 0, sizeof s);
+        s.size = sizeof s;
+        CHECK_OK(veloq_runtime_stats(rt, w, &s));
+        CHECK_EQ(s.sched_policy, (uint64_t)want_worker);
+    }
+    CHECK_EQ(veloq_runtime_shutdown(rt, -1), 0);
+    CHECK_EQ(veloq_cq_free(p.cq), 0);
+    veloq_runtime_free(rt);
+}
+
+/* Workers run under SCHED_BATCH by default, under SCHED_OTHER when it is turned off;
+ * blocking threads run under the building thread's policy either way. */
+static void workers_run_under_sched_batch_unless_turned_off(void) {
+    REQUIRE(sched_getscheduler(0) == SCHED_OTHER);
+    check_policies(-1, SCHED_BATCH);
+    check_policies(1, SCHED_BATCH);
+    check_policies(0, SCHED_OTHER);
+    CHECK_EQ(veloq_builder_sched_batch(NULL, true), -EINVAL);
 }
 
 /* Small settings (mesh of 1 slot, budget 1) still lose nothing: a full channel overflows. */
@@ -272,6 +348,7 @@ int main(void) {
     RUN_CASE(zero_workers_means_one_per_cpu);
     RUN_CASE(runtime_new_builds_with_the_defaults);
     RUN_CASE(pinned_workers_run_their_tasks);
+    RUN_CASE(workers_run_under_sched_batch_unless_turned_off);
     RUN_CASE(tiny_mesh_and_budget_lose_no_task);
     RUN_CASE(shutdown_runs_every_accepted_task_first);
     RUN_CASE(free_without_shutdown_runs_every_accepted_task);

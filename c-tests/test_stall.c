@@ -164,7 +164,7 @@ static void spinning_callback_is_reported_and_its_work_runs_on_the_other_worker(
     CHECK_OK(veloq_runtime_stats(rt, 0, &s));
     CHECK_EQ(s.stalled, 1);
     CHECK_EQ(s.stalls, 1);
-    CHECK_EQ(s.size, sizeof s); /* every field written, io_batched_parks the last */
+    CHECK_EQ(s.size, sizeof s); /* every field written, sched_policy the last */
     CHECK(s.io_batched_parks <= s.parks);
 
     /* Balanced spawns while worker 0 is stalled go to worker 1. */

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example echo -- [--port 7878] [--workers 2] [--seconds N]
-//!     [--recv-per-request] [--spin-us US] [--batch-us US] [--stats]
+//!     [--recv-per-request] [--spin-us US] [--batch-us US] [--sched-other] [--stats]
 //! ```
 //!
 //! Each worker binds its own `SO_REUSEPORT` listener (the kernel spreads connections
@@ -16,7 +16,9 @@
 //! idle worker spins before it parks (the runtime's default otherwise; the spin adapts
 //! below it, see `RuntimeBuilder::spin_before_park`). `--batch-us` sets the longest a
 //! busy worker's park waits for a batch of completions (`RuntimeBuilder::io_batch_wait`;
-//! the runtime's default otherwise). `--stats` prints each worker's I/O counters when the
+//! the runtime's default otherwise). `--sched-other` keeps the workers under the default
+//! scheduling policy instead of `SCHED_BATCH` (`RuntimeBuilder::sched_batch(false)`).
+//! `--stats` prints each worker's I/O counters when the
 //! server stops (operations, `io_uring_enter` calls, parks: how many completions one
 //! system call carried). `--multishot`, the default, is still accepted.
 //! Runs until SIGINT/SIGTERM, or for `--seconds N`.
@@ -48,6 +50,8 @@ struct Args {
     spin: Option<Duration>,
     /// `io_batch_wait` override (`--batch-us`); the runtime's default otherwise.
     batch: Option<Duration>,
+    /// Keep the workers under `SCHED_OTHER` (`--sched-other`).
+    sched_other: bool,
     /// Print each worker's I/O counters at the end (`--stats`).
     stats: bool,
 }
@@ -64,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
         multishot: true,
         spin: None,
         batch: None,
+        sched_other: false,
         stats: false,
     };
     let mut it = std::env::args().skip(1);
@@ -87,11 +92,12 @@ fn parse_args() -> Result<Args, String> {
                 let us: u64 = value()?.parse().map_err(|e| format!("--batch-us: {e}"))?;
                 args.batch = Some(Duration::from_micros(us));
             }
+            "--sched-other" => args.sched_other = true,
             "--stats" => args.stats = true,
             "-h" | "--help" => {
                 return Err(
                     "usage: echo [--port P] [--workers W] [--seconds N] [--recv-per-request] \
-                 [--spin-us US] [--batch-us US] [--stats]"
+                 [--spin-us US] [--batch-us US] [--sched-other] [--stats]"
                         .into(),
                 )
             }
@@ -187,6 +193,7 @@ fn main() {
             args.batch
                 .unwrap_or(veloq::RuntimeBuilder::DEFAULT_IO_BATCH_WAIT),
         )
+        .sched_batch(!args.sched_other)
         .build()
         .unwrap_or_else(|e| {
             eprintln!("runtime: {e}");
@@ -229,8 +236,17 @@ fn main() {
         for (w, s) in rt.stats().iter().enumerate() {
             println!(
                 "worker {w}: io submitted {} completed {}, io_uring_enter calls {}, parks {} \
-                 ({} waited for a batch)",
-                s.io_submitted, s.io_completed, s.io_enters, s.parks, s.io_batched_parks
+                 ({} waited for a batch), scheduling policy {}",
+                s.io_submitted,
+                s.io_completed,
+                s.io_enters,
+                s.parks,
+                s.io_batched_parks,
+                match s.sched_policy {
+                    libc::SCHED_BATCH => "SCHED_BATCH",
+                    libc::SCHED_OTHER => "SCHED_OTHER",
+                    _ => "another (inherited)",
+                }
             );
         }
     }

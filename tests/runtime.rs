@@ -960,3 +960,82 @@ fn a_callback_waiting_on_its_own_workers_completion_is_not_left_waiting() {
     assert_eq!((buf[0].user_data, buf[0].res), (8, 7));
     rt.shutdown(None).unwrap();
 }
+
+/// The calling thread's scheduling policy.
+fn policy() -> i32 {
+    // SAFETY: plain system call on the calling thread.
+    unsafe { libc::sched_getscheduler(0) }
+}
+
+/// Builds a 2-worker runtime, calling `sched_batch` with `setting` unless it is `None`
+/// (the default), and returns (what each worker's task saw, what the stats say, what a
+/// blocking job started by a worker saw).
+fn policies_seen(setting: Option<bool>) -> (Vec<i32>, Vec<i32>, i32) {
+    let mut builder = Runtime::builder()
+        .workers(2)
+        .stall_threshold(Duration::ZERO);
+    if let Some(on) = setting {
+        builder = builder.sched_batch(on);
+    }
+    let rt = builder.build().expect("runtime");
+    let on_workers: Vec<i32> = (0..2)
+        .map(|w| {
+            rt.block_on(rt.spawn_to(w, async { policy() }).unwrap())
+                .unwrap()
+        })
+        .collect();
+    let stats = rt.stats().iter().map(|s| s.sched_policy).collect();
+    let blocking = rt
+        .block_on(
+            rt.spawn(async { veloq::spawn_blocking(policy).unwrap().await.unwrap() })
+                .unwrap(),
+        )
+        .unwrap();
+    (on_workers, stats, blocking)
+}
+
+/// Runs `f` on a thread of its own under `policy` (priority 0).
+fn under_policy<T: Send + 'static>(policy_: i32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: valid sched_param; the calling thread (pid 0) only.
+        assert_eq!(unsafe { libc::sched_setscheduler(0, policy_, &param) }, 0);
+        assert_eq!(policy(), policy_);
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn workers_run_under_sched_batch_by_default_and_blocking_threads_do_not() {
+    for setting in [None, Some(true)] {
+        let (workers, stats, blocking) =
+            under_policy(libc::SCHED_OTHER, move || policies_seen(setting));
+        assert_eq!(workers, vec![libc::SCHED_BATCH; 2], "{setting:?}");
+        assert_eq!(stats, vec![libc::SCHED_BATCH; 2], "{setting:?}");
+        assert_eq!(blocking, libc::SCHED_OTHER, "the builder's policy");
+    }
+}
+
+#[test]
+fn sched_batch_off_leaves_workers_under_the_default_policy() {
+    let (workers, stats, blocking) = under_policy(libc::SCHED_OTHER, || policies_seen(Some(false)));
+    assert_eq!(workers, vec![libc::SCHED_OTHER; 2]);
+    assert_eq!(stats, vec![libc::SCHED_OTHER; 2]);
+    assert_eq!(blocking, libc::SCHED_OTHER);
+}
+
+#[test]
+fn a_runtime_built_under_another_policy_keeps_it_on_its_workers() {
+    // SCHED_BATCH stands for any policy but SCHED_OTHER (the rule is the same for
+    // SCHED_IDLE and the real-time ones, which would starve or need privileges here);
+    // asking for sched_batch or not changes nothing then.
+    for setting in [None, Some(false)] {
+        let (workers, stats, blocking) =
+            under_policy(libc::SCHED_BATCH, move || policies_seen(setting));
+        assert_eq!(workers, vec![libc::SCHED_BATCH; 2], "{setting:?}");
+        assert_eq!(stats, vec![libc::SCHED_BATCH; 2], "{setting:?}");
+        assert_eq!(blocking, libc::SCHED_BATCH, "{setting:?}");
+    }
+}

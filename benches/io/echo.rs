@@ -44,7 +44,7 @@ pub struct Server {
 
 /// Every echo server, veloq's first. A `Binary` that does not exist is skipped with a
 /// "not built" note, so veloq's rows appear as soon as its servers are built.
-pub const SERVERS: [Server; 10] = [
+pub const SERVERS: [Server; 11] = [
     Server {
         name: VELOQ,
         launch: Launch::Binary("target/release/examples/echo"),
@@ -65,6 +65,14 @@ pub const SERVERS: [Server; 10] = [
         // The default server with completion batching at park off
         // (`RuntimeBuilder::io_batch_wait`): what the batching buys or costs.
         args: &["--batch-us", "0"],
+        build: "cargo build --release --example echo",
+    },
+    Server {
+        name: "veloq-other",
+        launch: Launch::Binary("target/release/examples/echo"),
+        // The default server with its workers under SCHED_OTHER instead of SCHED_BATCH
+        // (`RuntimeBuilder::sched_batch(false)`): what the policy buys or costs.
+        args: &["--sched-other"],
         build: "cargo build --release --example echo",
     },
     Server {

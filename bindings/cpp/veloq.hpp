@@ -960,6 +960,13 @@ public:
         detail::check(::veloq_builder_pin_workers(b_, pin), "veloq_builder_pin_workers");
         return *this;
     }
+    /// Run the workers under Linux's SCHED_BATCH policy (default: on; see
+    /// `veloq_builder_sched_batch`: a woken worker does not preempt the thread running
+    /// on its core).
+    Builder &sched_batch(bool on = true) {
+        detail::check(::veloq_builder_sched_batch(b_, on), "veloq_builder_sched_batch");
+        return *this;
+    }
     /// Slots per SPSC mesh channel.
     Builder &mesh_capacity(std::uint32_t slots) {
         detail::check(::veloq_builder_mesh_capacity(b_, slots), "veloq_builder_mesh_capacity");

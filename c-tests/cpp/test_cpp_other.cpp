@@ -2,6 +2,7 @@
 #include "test_cpp.hpp"
 
 #include <memory>
+#include <sched.h>
 #include <string>
 
 std::int64_t spawn_plain_function_in_other_tu(veloq::Runtime &rt, veloq::CompletionQueue &cq) {
@@ -62,6 +63,28 @@ static void builder_rejects_bad_options_with_error(void) {
     }
     veloq::Runtime rt = b.pin_workers(false).ring_entries(64).budget(32).build();
     CHECK_EQ(rt.workers(), 1);
+}
+
+// Builder::sched_batch: workers under SCHED_BATCH by default and with sched_batch(), under
+// SCHED_OTHER with sched_batch(false) (this thread runs under SCHED_OTHER).
+static void builder_sched_batch_sets_the_workers_policy(void) {
+    CHECK_EQ(sched_getscheduler(0), SCHED_OTHER);
+    const auto batch = static_cast<std::uint64_t>(SCHED_BATCH);
+    {
+        veloq::Runtime::Builder b = veloq::Runtime::builder();
+        veloq::Runtime rt = b.workers(1).build();
+        CHECK_EQ(rt.stats(0).sched_policy, batch);
+    }
+    {
+        veloq::Runtime::Builder b = veloq::Runtime::builder();
+        veloq::Runtime rt = b.workers(1).sched_batch().build();
+        CHECK_EQ(rt.stats(0).sched_policy, batch);
+    }
+    {
+        veloq::Runtime::Builder b = veloq::Runtime::builder();
+        veloq::Runtime rt = b.workers(1).sched_batch(false).build();
+        CHECK_EQ(rt.stats(0).sched_policy, static_cast<std::uint64_t>(SCHED_OTHER));
+    }
 }
 
 // Once every spawned task has run (shutdown finished), the tasks started by source add
@@ -136,5 +159,6 @@ void run_other_tu_cases() {
     RUN_CASE(move_only_callable_is_boxed_and_run);
     RUN_CASE(runtime_ref_from_ctx_spawns_from_inside_a_callback);
     RUN_CASE(builder_rejects_bad_options_with_error);
+    RUN_CASE(builder_sched_batch_sets_the_workers_policy);
     RUN_CASE(stats_tasks_started_add_up_to_tasks_spawned);
 }

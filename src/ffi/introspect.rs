@@ -227,6 +227,11 @@ pub struct veloq_worker_stats {
     /// Parks that waited for a batch of I/O completions (see
     /// `veloq_builder_io_batch_wait`); included in `parks`.
     pub io_batched_parks: u64,
+    /// The Linux scheduling policy the worker runs under: `SCHED_BATCH` (3) by default,
+    /// else the one it inherited from the thread that built the runtime (`SCHED_OTHER`,
+    /// 0, for most; see `veloq_builder_sched_batch`). Written only by libraries that know
+    /// it: check that the returned `size` covers it.
+    pub sched_policy: u64,
 }
 
 /// The part of `veloq_worker_stats` every caller must have room for (`size`, `ring_flags`).
@@ -285,6 +290,7 @@ pub extern "C" fn veloq_runtime_stats(
             queue_inbox: s.queues.inbox,
             queue_mesh: s.queues.mesh,
             io_batched_parks: s.io_batched_parks,
+            sched_policy: s.sched_policy as u64,
         };
         // Whole 8-byte fields only, never past the caller's size or ours.
         let n = size.min(std::mem::size_of::<veloq_worker_stats>()) & !7;

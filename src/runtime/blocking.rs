@@ -71,6 +71,7 @@ use super::executor::spawner::ExecutorRegistry;
 use super::job::RawTask;
 use super::join::{JoinError, SharedJoin};
 use super::runtime::{self as rt, Handle, Runtime, SpawnError, SpawnErrorKind};
+use super::sched::ThreadPolicies;
 
 /// The pool's settings, fixed at build time (see `RuntimeBuilder::blocking_threads`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +79,8 @@ pub(crate) struct BlockingConfig {
     pub(crate) min: usize,
     pub(crate) max: usize,
     pub(crate) idle_timeout: Duration,
+    /// The policy the pool's threads run under (see `runtime::sched`).
+    pub(crate) policies: ThreadPolicies,
 }
 
 impl Default for BlockingConfig {
@@ -86,6 +89,7 @@ impl Default for BlockingConfig {
             min: 0,
             max: DEFAULT_MAX_THREADS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            policies: ThreadPolicies::default(),
         }
     }
 }
@@ -361,6 +365,7 @@ thread_local! {
 /// The body of a pool thread: take jobs until closing and empty, or idle too long.
 fn thread_main(pool: Arc<PoolShared>, handle: Handle) {
     SERVING.with(|s| s.set(Arc::as_ptr(&pool)));
+    pool.config.policies.enter_blocking();
     let _entered = rt::EnterGuard::enter(handle);
     let config = &pool.config;
     let mut state = pool.lock();

@@ -15,6 +15,7 @@ mod named;
 mod park;
 #[allow(clippy::module_inception)]
 mod runtime;
+mod sched;
 pub mod scope;
 mod spin;
 mod task;

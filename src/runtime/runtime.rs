@@ -20,6 +20,7 @@ use super::introspect::{self, QueueDepths, RuntimeDump};
 use super::job::{InboxJob, Job, RawTask};
 use super::join::JoinHandle;
 use super::mesh::MeshMatrix;
+use super::sched::ThreadPolicies;
 use super::task::TaskRef;
 use super::watchdog::{StallConfig, StallReport, Watchdog};
 use crate::io::buffers::BufferPoolConfig;
@@ -163,6 +164,7 @@ impl From<OsError> for io::Error {
 pub struct RuntimeBuilder {
     workers: usize,
     pin_workers: bool,
+    sched_batch: bool,
     mesh_capacity: usize,
     budget: usize,
     coop_budget: u32,
@@ -181,6 +183,7 @@ impl Default for RuntimeBuilder {
         RuntimeBuilder {
             workers: 0,
             pin_workers: false,
+            sched_batch: true,
             mesh_capacity: Self::DEFAULT_MESH_CAPACITY,
             budget: Self::DEFAULT_BUDGET,
             coop_budget: super::coop::DEFAULT_COOP_BUDGET,
@@ -227,7 +230,8 @@ impl RuntimeBuilder {
     /// Longest [`Self::io_poll`].
     pub const MAX_IO_POLL: Duration = Duration::from_millis(10);
 
-    /// A builder with the defaults: one worker per online CPU, not pinned.
+    /// A builder with the defaults: one worker per online CPU, not pinned, under
+    /// `SCHED_BATCH` (see [`Self::sched_batch`]).
     pub fn new() -> Self {
         Self::default()
     }
@@ -242,6 +246,45 @@ impl RuntimeBuilder {
     /// Pins worker i to core i (modulo the cores there are).
     pub fn pin_workers(mut self, pin: bool) -> Self {
         self.pin_workers = pin;
+        self
+    }
+
+    /// Runs the workers under Linux's `SCHED_BATCH` scheduling policy (default: on).
+    ///
+    /// What it changes: a worker woken (by a completion, a spawn, a mesh message) while
+    /// another thread runs on its core does not preempt that thread; it runs when the
+    /// thread sleeps or its time slice ends. On a core no other thread wants there is
+    /// nothing to preempt and nothing changes. On a core
+    /// it shares with the threads that feed it (a client, a load generator, a proxy on
+    /// the same machine), the worker no longer takes the core back for each request:
+    /// requests queue while the feeder runs, and one turn of the worker handles them
+    /// all. Measured on the echo example (2 workers, one load-generator thread on the
+    /// same 2 cores, against `sched_batch(false)`): at 10 and 50 connections about 1.4×
+    /// the requests per second with a third to a tenth of the context switches; the
+    /// 99th-percentile latency lower at 10 connections (0.1 ms), at 50 as variable from
+    /// run to run as before (0.5–4 ms); at 1 and 500 connections no change.
+    ///
+    /// What it costs: on a shared core, a worker's wake-up may wait for the running
+    /// thread's time slice to end (at the next scheduler tick) rather than preempting it
+    /// at once: a few ms, depending on the kernel version, its tick rate and how many
+    /// threads are runnable there (up to about 10 ms on older kernels). Fairness between
+    /// threads, nice values and time slices are those of the default policy. Turn it off
+    /// for a worker whose latency matters more than its throughput while it shares its
+    /// core.
+    ///
+    /// Only workers that would run under the default policy (`SCHED_OTHER`) are switched:
+    /// threads start under the policy of the thread that starts them, so a runtime built
+    /// by a real-time (`SCHED_FIFO`, `SCHED_RR`; unless `SCHED_RESET_ON_FORK` resets it),
+    /// `SCHED_IDLE` or `SCHED_BATCH` thread keeps that policy on its workers, whether this
+    /// is on or off. Blocking-pool threads started by a worker go back to the policy the
+    /// building thread's threads start under. Anything else a worker starts keeps
+    /// `SCHED_BATCH`, as with any policy: threads a task starts, processes it forks (the
+    /// policy survives fork and exec), thread pools first used from a task, the kernel's
+    /// io-wq helper threads of the worker's ring. If the kernel refuses the switch (a
+    /// seccomp profile, say), the worker runs on under the inherited policy;
+    /// [`WorkerStats::sched_policy`] says which one each worker got.
+    pub fn sched_batch(mut self, on: bool) -> Self {
+        self.sched_batch = on;
         self
     }
 
@@ -513,6 +556,7 @@ impl RuntimeBuilder {
                 }
             })
             .collect::<io::Result<Vec<_>>>()?;
+        let policies = ThreadPolicies::decide(self.sched_batch);
         let config = Config {
             budget: self.budget,
             coop_budget: self.coop_budget,
@@ -521,7 +565,11 @@ impl RuntimeBuilder {
             io_poll: self.io_poll,
             ring_entries: self.ring_entries,
             buffer_pool: self.buffer_pool,
-            blocking: self.blocking,
+            blocking: BlockingConfig {
+                policies,
+                ..self.blocking
+            },
+            policies,
         };
         let registry = Arc::new(ExecutorRegistry::new(eventfds, self.mesh_capacity, config));
         let cores = if self.pin_workers {
@@ -600,6 +648,12 @@ fn worker_main(
     if let Some(core) = core {
         core_affinity::set_for_current(core);
     }
+    let policy = registry.config.policies.enter_worker();
+    registry
+        .worker(index)
+        .counters
+        .sched_policy
+        .store(policy as u64, std::sync::atomic::Ordering::Relaxed);
     use std::os::fd::AsRawFd;
     let eventfd = registry.worker(index).eventfd.as_raw_fd();
     let driver = match Driver::new(registry.config.ring_entries, eventfd, index as u32) {
@@ -693,6 +747,9 @@ pub struct WorkerStats {
     /// Parks that waited for a batch of I/O completions (see
     /// [`RuntimeBuilder::io_batch_wait`]); included in `parks`.
     pub io_batched_parks: u64,
+    /// The Linux scheduling policy the worker runs under: `libc::SCHED_BATCH` (3) by
+    /// default, else the one it inherited (see [`RuntimeBuilder::sched_batch`]).
+    pub sched_policy: i32,
     /// Stalls the watchdog noticed (see [`RuntimeBuilder::stall_threshold`]).
     pub stalls: u64,
     /// Nanoseconds spent in stalls that have ended (as the watchdog measured them).
@@ -1193,7 +1250,8 @@ impl Wake for ThreadWaker {
 }
 
 impl Runtime {
-    /// A runtime with the defaults (one worker per online CPU).
+    /// A runtime with the defaults (see [`RuntimeBuilder::new`]: one worker per online
+    /// CPU, under `SCHED_BATCH`).
     pub fn new() -> io::Result<Runtime> {
         RuntimeBuilder::new().build()
     }
@@ -1345,6 +1403,7 @@ impl Runtime {
             io_backlog: c.io_backlog.load(Relaxed),
             io_enters: c.io_enters.load(Relaxed),
             io_batched_parks: c.io_batched_parks.load(Relaxed),
+            sched_policy: c.sched_policy.load(Relaxed) as i32,
             stalls: w.watch.stalls.load(Relaxed),
             stalled_ns: w.watch.stalled_ns.load(Relaxed),
             stalled: w.is_stalled(),

@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) ring_entries: u32,
     pub(crate) buffer_pool: crate::io::buffers::BufferPoolConfig,
     pub(crate) blocking: crate::runtime::blocking::BlockingConfig,
+    /// The scheduling policies of the workers and the builder's thread.
+    pub(crate) policies: crate::runtime::sched::ThreadPolicies,
 }
 
 /// Counters a worker publishes for others (statistics and load balancing).
@@ -56,6 +58,8 @@ pub(crate) struct WorkerCounters {
     pub(crate) io_backlog: AtomicU64,
     pub(crate) io_enters: AtomicU64,
     pub(crate) io_batched_parks: AtomicU64,
+    /// The scheduling policy the worker runs under (set once at start).
+    pub(crate) sched_policy: AtomicU64,
 }
 
 /// Written by the worker once per turn, read by every balanced submission.
