@@ -259,10 +259,11 @@ impl RuntimeBuilder {
     /// the same machine), the worker no longer takes the core back for each request:
     /// requests queue while the feeder runs, and one turn of the worker handles them
     /// all. Measured on the echo example (2 workers, one load-generator thread on the
-    /// same 2 cores, against `sched_batch(false)`): at 10 and 50 connections about 1.4×
-    /// the requests per second with a third to a tenth of the context switches; the
-    /// 99th-percentile latency lower at 10 connections (0.1 ms), at 50 as variable from
-    /// run to run as before (0.5–4 ms); at 1 and 500 connections no change.
+    /// same 2 cores, against `sched_batch(false)`): at 10 and 50 connections 1.2–1.5×
+    /// the requests per second with a third to a tenth of the context switches, and a
+    /// lower median latency; the 99th-percentile latency lower at 10 connections (0.1
+    /// against 0.13 ms) but higher at 50 (about 4 against 2.7 ms); at 1 and 500
+    /// connections no change.
     ///
     /// What it costs: on a shared core, a worker's wake-up may wait for the running
     /// thread's time slice to end (at the next scheduler tick) rather than preempting it
