@@ -1007,23 +1007,38 @@ fn under_policy<T: Send + 'static>(policy_: i32, f: impl FnOnce() -> T + Send + 
     .unwrap()
 }
 
+/// Builds from a thread under `builder` with `setting` (see `policies_seen`) and checks
+/// that each worker (as it sees itself and in the stats) runs under `worker` and a
+/// blocking job started by a worker under `blocking`.
+fn assert_policies(builder: i32, setting: Option<bool>, worker: i32, blocking: i32) {
+    let (workers, stats, seen_blocking) = under_policy(builder, move || policies_seen(setting));
+    let case = format!("built under {builder}, sched_batch {setting:?}");
+    assert_eq!(workers, vec![worker; 2], "{case}");
+    assert_eq!(stats, vec![worker; 2], "{case}");
+    assert_eq!(seen_blocking, blocking, "{case}");
+}
+
 #[test]
 fn workers_run_under_sched_batch_by_default_and_blocking_threads_do_not() {
     for setting in [None, Some(true)] {
-        let (workers, stats, blocking) =
-            under_policy(libc::SCHED_OTHER, move || policies_seen(setting));
-        assert_eq!(workers, vec![libc::SCHED_BATCH; 2], "{setting:?}");
-        assert_eq!(stats, vec![libc::SCHED_BATCH; 2], "{setting:?}");
-        assert_eq!(blocking, libc::SCHED_OTHER, "the builder's policy");
+        // Blocking threads: the builder's policy.
+        assert_policies(
+            libc::SCHED_OTHER,
+            setting,
+            libc::SCHED_BATCH,
+            libc::SCHED_OTHER,
+        );
     }
 }
 
 #[test]
 fn sched_batch_off_leaves_workers_under_the_default_policy() {
-    let (workers, stats, blocking) = under_policy(libc::SCHED_OTHER, || policies_seen(Some(false)));
-    assert_eq!(workers, vec![libc::SCHED_OTHER; 2]);
-    assert_eq!(stats, vec![libc::SCHED_OTHER; 2]);
-    assert_eq!(blocking, libc::SCHED_OTHER);
+    assert_policies(
+        libc::SCHED_OTHER,
+        Some(false),
+        libc::SCHED_OTHER,
+        libc::SCHED_OTHER,
+    );
 }
 
 #[test]
@@ -1032,10 +1047,11 @@ fn a_runtime_built_under_another_policy_keeps_it_on_its_workers() {
     // SCHED_IDLE and the real-time ones, which would starve or need privileges here);
     // asking for sched_batch or not changes nothing then.
     for setting in [None, Some(false)] {
-        let (workers, stats, blocking) =
-            under_policy(libc::SCHED_BATCH, move || policies_seen(setting));
-        assert_eq!(workers, vec![libc::SCHED_BATCH; 2], "{setting:?}");
-        assert_eq!(stats, vec![libc::SCHED_BATCH; 2], "{setting:?}");
-        assert_eq!(blocking, libc::SCHED_BATCH, "{setting:?}");
+        assert_policies(
+            libc::SCHED_BATCH,
+            setting,
+            libc::SCHED_BATCH,
+            libc::SCHED_BATCH,
+        );
     }
 }
