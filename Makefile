@@ -119,7 +119,7 @@ banner = @printf '\n==> %s\n' "$(1)"
 .PHONY: all lib header tools apt-tools bench-tools rust-tools fmt-check clippy cargo-test loom \
 	header-check header-compile symbols-check c-tests cpp-tests readme-example valgrind \
 	install-check install uninstall demo examples examples-test bench bench-c bench-smoke test \
-	clean distclean bench-io bench-io-tools bench-io-bins bench-io-veloq
+	clean distclean bench-io bench-io-tools bench-io-bins bench-io-veloq bench-echo-profile
 
 # ================================================================ build
 
@@ -452,6 +452,14 @@ bench-io: bench-io-bins bench-io-veloq
 	$(call banner,cargo bench --bench io: TCP echo / file reads / NOP vs Tokio Monoio libuv fio)
 	$(CARGO) bench --bench io
 
+# Where the CPU time goes in one echo scenario, per server (perf record -a during each
+# measured window; CPU ns per request by process and part of the work, and the ceiling the
+# one load-generator thread sets). A diagnostic beside the bench, not part of it; e.g.
+#   make bench-echo-profile PROFILE_ARGS="--conns 500 --depth 16 --rounds 2 veloq tokio"
+PROFILE_ARGS ?= --conns 500 --depth 16
+bench-echo-profile: bench-io-bins bench-io-veloq
+	$(CARGO) bench --bench io -- profile $(PROFILE_ARGS)
+
 # make test builds the benches and runs them tiny, so they cannot rot between `make bench`
 # runs. The core one runs every group with counts divided by ten (~25 s); the I/O one (a few
 # connections, 200 ms passes, a 16 MiB file) takes ~15 s and checks only that every server
@@ -465,6 +473,7 @@ bench-smoke: $(IN_TREE_LIB) bench-tools bench-io-bins bench-io-veloq
 	VELOQ_BENCH_QUICK=1 $(CARGO) bench --bench core -- --out build/bench/core-smoke.json
 	$(call banner,I/O bench smoke run (tiny loads; not a measurement))
 	VELOQ_BENCH_QUICK=1 $(CARGO) bench --bench io -- --out build/bench/io-smoke.json
+	VELOQ_BENCH_QUICK=1 $(CARGO) bench --bench io -- profile --conns 4 --depth 16 veloq tokio
 
 # Twice: workers = cores (the default), and workers = cores - 1, as the docs recommend when a
 # host thread submits and reaps (every peer gets the same thread count in both runs).

@@ -10,6 +10,9 @@
 //! `VELOQ_BENCH_QUICK=1` makes every run tiny (one round, a few connections, a 16 MiB file):
 //! a smoke test, not a measurement.
 //!
+//! `cargo bench --bench io -- profile [...]` profiles echo servers instead: where the
+//! machine's CPU time goes per request (see `benches/io/profile.rs`).
+//!
 //! The same binary is also the Tokio and Monoio echo servers: `io serve tokio --port P
 //! --workers W` (see `benches/io/servers.rs`). veloq's servers and hooks: `SERVERS` in
 //! `benches/io/echo.rs`, `veloq_randread` in `benches/io/file.rs`, `veloq_nop` in
@@ -24,6 +27,8 @@ mod echo;
 mod file;
 #[path = "io/nop.rs"]
 mod nop;
+#[path = "io/profile.rs"]
+mod profile;
 #[path = "io/rounds.rs"]
 mod rounds;
 #[path = "io/servers.rs"]
@@ -44,6 +49,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(at) = args.iter().position(|a| a == "serve") {
         servers::serve(&args[at + 1..]);
+    }
+    if let Some(at) = args.iter().position(|a| a == "profile") {
+        profile::run(&args[at + 1..]);
+        return;
     }
     // `cargo bench` passes `--bench`; anything else not starting with `-` is a filter.
     let mut out = None;

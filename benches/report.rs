@@ -56,7 +56,10 @@ const NOTES: [(&str, &str); 2] = [
          scenario; fio runs with `--ioengine=io_uring --rw=randread --bs=4k --iodepth=32 \
          --norandommap --invalidate=0` and otherwise its defaults, the io-uring loop keeps 32 reads \
          in flight with `submit_and_wait(1)`, each for 2 s. A row without a veloq figure waits for \
-         veloq's server or hook (see `benches/io.rs`).",
+         veloq's server or hook (see `benches/io.rs`). Where each echo server's CPU time goes, \
+         and the ceiling the one load-generator thread sets on every server's requests/s: \
+         `make bench-echo-profile` (`benches/io/profile.rs`; measured in \
+         `docs/echo-profile.md`).",
     ),
 ];
 

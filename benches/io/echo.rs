@@ -134,9 +134,9 @@ const LOADGEN_THREADS: usize = 1;
 
 /// One echo scenario.
 #[derive(Clone, Copy)]
-struct Load {
-    conns: usize,
-    depth: usize,
+pub struct Load {
+    pub conns: usize,
+    pub depth: usize,
 }
 
 /// The scenarios, in run order; quick mode uses [`QUICK_LOADS`].
@@ -189,8 +189,8 @@ pub struct Sample {
 }
 
 /// A started server, killed when dropped.
-struct Running {
-    child: Child,
+pub struct Running {
+    pub child: Child,
 }
 
 impl Drop for Running {
@@ -200,7 +200,7 @@ impl Drop for Running {
     }
 }
 
-fn server_command(server: &Server) -> Option<Command> {
+pub fn server_command(server: &Server) -> Option<Command> {
     match server.launch {
         Launch::Binary(path) => {
             let path = repo_root().join(path);
@@ -215,12 +215,12 @@ fn server_command(server: &Server) -> Option<Command> {
 }
 
 /// A port nobody listens on now (the kernel's pick for a throwaway listener).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
 }
 
-fn start(server: &Server, port: u16) -> Result<Running, String> {
+pub fn start(server: &Server, port: u16) -> Result<Running, String> {
     let mut cmd = server_command(server).ok_or("not built")?;
     cmd.args(server.args)
         .args([
@@ -253,15 +253,15 @@ fn start(server: &Server, port: u16) -> Result<Running, String> {
 }
 
 /// What the load generator printed last.
-struct LoadgenResult {
-    rps: f64,
+pub struct LoadgenResult {
+    pub rps: f64,
     p50_us: f64,
     p99_us: f64,
 }
 
 /// Runs the load generator; `at_measure` runs when its measured window opens and what it
 /// returns is handed back with the result.
-fn loadgen<T>(
+pub fn loadgen<T>(
     port: u16,
     load: Load,
     (warmup_ms, window_ms): (u64, u64),
@@ -381,7 +381,7 @@ fn run_once(server: &Server, load: Load, count: bool) -> Result<Sample, String> 
     })
 }
 
-fn describe(load: Load) -> String {
+pub fn describe(load: Load) -> String {
     let pipelined = if load.depth > 1 {
         format!(" ×{} pipelined", load.depth)
     } else {
