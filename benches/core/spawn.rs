@@ -150,7 +150,11 @@ fn veloq_spawn_balanced(n: usize) -> f64 {
 /// `tokio::spawn` from a task on a 2-worker multi_thread runtime (work stealing
 /// spreads the tasks).
 pub fn tokio_multi_thread_spawn(n: usize) -> f64 {
-    let rt = tokio_multi_thread(2);
+    tokio_spawn_join(&tokio_multi_thread(2), n)
+}
+
+/// `tokio::spawn` of `n` empty tasks from a task on `rt`, then a join of each; ns per task.
+pub fn tokio_spawn_join(rt: &tokio::runtime::Runtime, n: usize) -> f64 {
     let root = rt.spawn(async move {
         let mut handles = Vec::with_capacity(n);
         let start = Instant::now();
