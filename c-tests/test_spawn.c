@@ -367,6 +367,74 @@ static void completion_res_is_the_callback_return_value(void) {
     veloq_runtime_free(rt);
 }
 
+/* A balanced burst from one callback: P2C keeps it with the caller, stealable, and the idle
+ * worker is woken to steal when the callback returns (as veloq_spawn_balanced documents).
+ * Each task waits until both workers have run one; were the burst stuck on worker 0 that
+ * would never happen, and the deadline (for the failure only) ends the wait. */
+#define BURST 1000
+static long g_burst_on[2];
+static long g_burst_refused;
+static int64_t g_burst_deadline_ns;
+
+static int64_t burst_task(veloq_ctx *ctx, void *arg) {
+    uint32_t w = veloq_ctx_worker(ctx);
+    (void)arg;
+    if (w < 2)
+        __atomic_fetch_add(&g_burst_on[w], 1, __ATOMIC_SEQ_CST);
+    while ((__atomic_load_n(&g_burst_on[0], __ATOMIC_SEQ_CST) == 0 ||
+            __atomic_load_n(&g_burst_on[1], __ATOMIC_SEQ_CST) == 0) &&
+           check_now_ns() < g_burst_deadline_ns)
+        sched_yield();
+    return 0;
+}
+
+static int64_t burst_root(veloq_ctx *ctx, void *arg) {
+    int i;
+    (void)arg;
+    for (i = 0; i < BURST; i++)
+        if (veloq_spawn_balanced(veloq_ctx_runtime(ctx), burst_task, NULL, NULL, 0) != 0)
+            __atomic_fetch_add(&g_burst_refused, 1, __ATOMIC_SEQ_CST);
+    return 0;
+}
+
+static void burst_root_done(const veloq_cqe *e, void *p) {
+    (void)p;
+    CHECK_EQ(e->user_data, 7);
+    CHECK_EQ(e->res, 0);
+}
+
+static void a_balanced_burst_from_one_callback_reaches_the_idle_worker(void) {
+    veloq_worker_stats s;
+    veloq_cq *cq;
+    veloq_runtime *rt = vt_runtime(2);
+    REQUIRE(rt);
+    g_burst_on[0] = g_burst_on[1] = 0;
+    g_burst_refused = 0;
+    g_burst_deadline_ns = check_now_ns() + 30LL * 1000000000LL;
+    cq = vt_cq(rt, 4);
+    REQUIRE(cq);
+    CHECK_EQ(veloq_spawn_to(rt, 0, burst_root, NULL, cq, 7), 0);
+    /* The burst is spawned once the root's completion is here; shutdown then runs every
+     * accepted task before it returns. */
+    CHECK_EQ(vt_reap(cq, 1, burst_root_done, NULL), 1);
+    CHECK_EQ(veloq_runtime_shutdown(rt, -1), 0);
+    CHECK_EQ(g_burst_refused, 0);
+    CHECK_EQ(g_burst_on[0] + g_burst_on[1], BURST);
+    CHECK(g_burst_on[0] > 0);
+    CHECK(g_burst_on[1] > 0);
+    memset(&s, 0, sizeof s);
+    s.size = sizeof s;
+    CHECK_OK(veloq_runtime_stats(rt, 1, &s));
+    CHECK(s.tasks_stolen > 0);
+    if (s.tasks_stolen == 0)
+        fprintf(stderr, "    worker 1: local %llu mesh %llu inbox %llu injector %llu stolen %llu\n",
+                (unsigned long long)s.tasks_local, (unsigned long long)s.tasks_mesh,
+                (unsigned long long)s.tasks_inbox, (unsigned long long)s.tasks_injector,
+                (unsigned long long)s.tasks_stolen);
+    CHECK_EQ(veloq_cq_free(cq), 0);
+    veloq_runtime_free(rt);
+}
+
 int main(void) {
     check_init("test_spawn", 300);
     RUN_CASE(spawn_from_4_host_threads_runs_and_completes_each_task_once);
@@ -378,5 +446,6 @@ int main(void) {
     RUN_CASE(spawn_without_cq_runs_each_task_once);
     RUN_CASE(spawn_from_worker_callbacks_with_every_kind);
     RUN_CASE(completion_res_is_the_callback_return_value);
+    RUN_CASE(a_balanced_burst_from_one_callback_reaches_the_idle_worker);
     return check_summary();
 }

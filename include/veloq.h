@@ -859,9 +859,13 @@ int veloq_spawn(struct veloq_runtime *rt,
 
 /**
  * Like `veloq_spawn`, on the less loaded of two workers drawn at random (power of two
- * choices). From a worker callback the task travels over the mesh (the SPSC channel
- * between the two workers; when it is full, the target's queue takes it); from any
- * other thread through the chosen worker's injector. Same returns and ownership.
+ * choices). From a worker callback, what the calling worker queued in its own injector
+ * since its last loop turn is left out of its load (it is stealable). So a burst
+ * spawned from one callback stays with the caller, and a sleeping worker is woken to
+ * steal from it when the callback returns. A task for another worker travels over the
+ * mesh (the SPSC channel between the two workers; when it is full, the target's queue
+ * takes it). From any other thread it goes through the chosen worker's injector. Same
+ * returns and ownership.
  */
 int veloq_spawn_balanced(struct veloq_runtime *rt,
                          veloq_task_fn fn,

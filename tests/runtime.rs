@@ -165,6 +165,15 @@ fn p2c_sends_balanced_work_to_the_idle_worker_when_the_other_is_loaded() {
         })
         .unwrap();
     let handles = rt.block_on(root).unwrap();
+    // Worker 0 stays stuck until the idle worker has run 900 of the tasks. It could steal
+    // the ones kept on worker 1 once released, so where they ran says nothing after that.
+    // That many can run on worker 1 only if P2C committed at most 100 to worker 0's mesh
+    // channel, which nobody else may take from. The deadline is for the failure only.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ran_on[1].load(SeqCst) < 900 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let on1_while_stuck = ran_on[1].load(SeqCst);
     release.store(true, SeqCst);
     rt.block_on(busy).unwrap();
     for h in handles {
@@ -173,9 +182,51 @@ fn p2c_sends_balanced_work_to_the_idle_worker_when_the_other_is_loaded() {
     let (on0, on1) = (ran_on[0].load(SeqCst), ran_on[1].load(SeqCst));
     assert_eq!(on0 + on1, 1000);
     assert!(
-        on1 >= 900,
-        "P2C should avoid the loaded worker: {on0} on it, {on1} on the idle one"
+        on1_while_stuck >= 900,
+        "P2C should avoid the loaded worker: {on1_while_stuck} of 1000 ran on the idle one \
+         while the other was stuck ({on0} on the loaded one in the end)"
     );
+}
+
+#[test]
+fn a_burst_of_balanced_spawns_from_one_job_reaches_the_idle_worker() {
+    // One job on worker 0 spawns a burst; P2C keeps it there, stealable, and worker 1 is
+    // woken to steal. Each task waits until both workers have run one: with the burst
+    // stuck on worker 0 that never happens, and the deadline (for the failure only)
+    // ends the wait.
+    let rt = runtime(2);
+    let ran_on = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let counts = ran_on.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let root = rt
+        .spawn_to(0, async move {
+            let handles: Vec<_> = (0..1000)
+                .map(|_| {
+                    let c = counts.clone();
+                    veloq::spawn_balanced(async move {
+                        c[veloq::worker_index().unwrap()].fetch_add(1, SeqCst);
+                        while (c[0].load(SeqCst) == 0 || c[1].load(SeqCst) == 0)
+                            && std::time::Instant::now() < deadline
+                        {
+                            std::thread::yield_now();
+                        }
+                    })
+                    .unwrap()
+                })
+                .collect();
+            for h in handles {
+                h.await.unwrap();
+            }
+        })
+        .unwrap();
+    rt.block_on(root).unwrap();
+    let (on0, on1) = (ran_on[0].load(SeqCst), ran_on[1].load(SeqCst));
+    assert_eq!(on0 + on1, 1000);
+    assert!(
+        on0 > 0 && on1 > 0,
+        "a balanced burst stayed on one worker: {on0} on worker 0, {on1} on worker 1"
+    );
+    assert!(rt.stats()[1].tasks_stolen > 0, "{:?}", rt.stats());
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::ptr;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::Arc;
 
-use super::executor::spawner::{random_seed, ExecutorRegistry, WorkerShared};
+use super::executor::spawner::{random_seed, Asker, ExecutorRegistry, WorkerShared};
 use super::introspect::TaskName;
 use super::job::{InboxJob, Job, JobParts, RawTask};
 use super::join::{JoinHandle, LocalJoinHandle};
@@ -53,6 +53,13 @@ pub struct RuntimeContext {
     /// How long this worker's next idle spin may last (see `spin.rs`).
     pub(crate) spin: super::spin::AdaptiveSpin,
     pub(crate) rng: Cell<u64>,
+    /// Balanced jobs P2C kept in this worker's injector since its last loop turn ended
+    /// (see `spawner::Asker`).
+    pub(crate) balanced_kept: Cell<u64>,
+    /// A balanced job was kept here during the current job: once it returns, wake a
+    /// sleeping peer to steal (rather than at the end of the turn, which may be a whole
+    /// budget of jobs later).
+    pub(crate) wake_thief: Cell<bool>,
     pub(crate) mesh_cursor: Cell<usize>,
     pub(crate) driver: RefCell<Driver>,
     /// Shutdown reached the driver: its operations were cancelled.
@@ -97,6 +104,8 @@ impl RuntimeContext {
             counted_idle: Cell::new(false),
             spin: super::spin::AdaptiveSpin::new(!registry.config.spin_before_park.is_zero()),
             rng: Cell::new(random_seed()),
+            balanced_kept: Cell::new(0),
+            wake_thief: Cell::new(false),
             mesh_cursor: Cell::new(0),
             driver: RefCell::new(driver),
             io_closed: Cell::new(false),
@@ -205,7 +214,8 @@ impl RuntimeContext {
         self.spawn_future(Placement::Any, future)
     }
 
-    /// Spawns on the less loaded of two workers (P2C), over the mesh.
+    /// Spawns on the less loaded of two workers (P2C): over the mesh to the other one, or
+    /// into this worker's injector, stealable (see [`Placement::Balanced`]).
     pub fn spawn_balanced<F>(&self, future: F) -> Result<JoinHandle<F::Output>, SpawnError<F>>
     where
         F: Future + Send + 'static,
@@ -296,7 +306,13 @@ impl RuntimeContext {
         let registry = &*self.registry;
         let (target, pinned) = match placement {
             Placement::Any => (self.index, false),
-            Placement::Balanced => (registry.p2c(&self.rng, Some(self.index)), false),
+            Placement::Balanced => {
+                let asker = Asker {
+                    index: self.index,
+                    kept_this_turn: self.balanced_kept.get(),
+                };
+                (registry.p2c(&self.rng, Some(asker)), false)
+            }
             Placement::Worker(w) if w < registry.len() => (w, true),
             Placement::Worker(_) => return Err(SpawnErrorKind::InvalidWorker),
         };
@@ -324,11 +340,19 @@ impl RuntimeContext {
         Ok(())
     }
 
-    /// `submit` to this worker: `Any` into its injector (stealable), otherwise straight
-    /// into the local run queue.
+    /// `submit` to this worker: `Any`, and `Balanced` when P2C chose this worker, into its
+    /// injector (stealable: a burst of balanced spawns from one job would otherwise stay
+    /// here however idle the others are); `Worker` straight into the local run queue.
     #[inline(never)]
     fn submit_here(&self, placement: Placement, job: Job) {
-        if placement == Placement::Any {
+        if placement != Placement::Worker(self.index) {
+            if placement == Placement::Balanced {
+                self.balanced_kept.set(self.balanced_kept.get() + 1);
+                if !self.wake_thief.get() {
+                    self.wake_thief.set(true);
+                    self.any_notify_pending.set(true);
+                }
+            }
             self.me().count_submitted(1);
             self.me().injector.push(job);
             return; // our own queue; peers are woken at the end of the turn
@@ -396,6 +420,9 @@ impl RuntimeContext {
                 unsafe { MeshMatrix::publish(self.mesh_cell(i)) };
                 self.registry.worker(i).notify();
             }
+        }
+        if self.wake_thief.replace(false) {
+            self.wake_a_sleeping_peer();
         }
     }
 

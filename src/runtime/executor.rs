@@ -522,6 +522,9 @@ impl RuntimeContext {
             me.count_taken(taken);
         }
         me.publish_local_queued(self.local.borrow().len());
+        if self.balanced_kept.get() != 0 {
+            self.balanced_kept.set(0);
+        }
         let c = &me.counters;
         publish_count(&self.stats.local, &c.tasks_local);
         publish_count(&self.stats.mesh, &c.tasks_mesh);
@@ -536,7 +539,8 @@ impl RuntimeContext {
         }
     }
 
-    fn wake_a_sleeping_peer(&self) {
+    /// Wakes one parked peer, if any, to steal from our injector.
+    pub(crate) fn wake_a_sleeping_peer(&self) {
         let workers = self.registry.len();
         for k in 1..workers {
             let peer = self.registry.worker((self.index + k) % workers);

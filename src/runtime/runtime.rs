@@ -31,8 +31,12 @@ use crate::io::driver::Driver;
 pub enum Placement {
     /// On a worker: its own injector (stealable). Elsewhere: some worker's injector.
     Any,
-    /// The less loaded of two workers drawn at random (P2C); over the mesh from a
-    /// worker, through the chosen worker's injector from elsewhere. Stealable.
+    /// The less loaded of two workers drawn at random (P2C). From a worker, it goes over
+    /// the mesh to the other worker, or into the caller's own injector. For P2C, the
+    /// caller's load leaves out what it queued there since its last loop turn: a burst
+    /// spawned from one job stays stealable there, and a sleeping worker is woken to steal
+    /// when the job returns. From elsewhere it goes through the chosen worker's injector.
+    /// Stealable while in an injector.
     Balanced,
     /// Exactly this worker; never stolen.
     Worker(usize),

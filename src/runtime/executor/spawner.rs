@@ -331,6 +331,20 @@ impl WorkerShared {
     }
 }
 
+/// The worker asking [`ExecutorRegistry::p2c`] where a balanced spawn goes.
+#[derive(Clone, Copy)]
+pub(crate) struct Asker {
+    pub index: usize,
+    /// Balanced jobs it kept in its own injector since its last loop turn ended. They
+    /// count in its live load, but P2C leaves them out. A worker in one long poll (a
+    /// loop of spawns) would otherwise look as loaded as the worker it is sending to.
+    /// An even split would then commit half the burst to the other worker's mesh
+    /// channel, where no one can steal it even if that worker is stuck in a long job.
+    /// What stays here is stealable, and an idle peer is woken for it when the turn
+    /// ends.
+    pub kept_this_turn: u64,
+}
+
 /// All workers' shared state, the mesh and the runtime-wide flags. Every worker, every
 /// `Handle` and every `JoinHandle` holds it through an `Arc`.
 ///
@@ -481,9 +495,11 @@ impl ExecutorRegistry {
     }
 
     /// Power of two choices: the less loaded of two workers drawn at random. `from` is
-    /// the worker asking, whose unconsumed mesh messages to each candidate count too.
+    /// the worker asking, if a worker asks: its unconsumed mesh messages to each candidate
+    /// count too, and its own load leaves out what it kept in its injector since its
+    /// last loop turn (see [`Asker`]).
     #[inline]
-    pub(crate) fn p2c(&self, rng: &Cell<u64>, from: Option<usize>) -> usize {
+    pub(crate) fn p2c(&self, rng: &Cell<u64>, from: Option<Asker>) -> usize {
         let n = self.len();
         if n == 1 {
             return 0;
@@ -496,11 +512,18 @@ impl ExecutorRegistry {
         if b >= a {
             b += 1;
         }
-        let load = |w: usize| {
-            let sent = from
-                .and_then(|f| self.mesh.channel(f, w))
-                .map_or(0, |c| c.occupancy() as u64);
-            self.workers[w].load() + sent
+        let load = |w: usize| match from {
+            Some(asker) if asker.index == w => {
+                self.workers[w].load().saturating_sub(asker.kept_this_turn)
+            }
+            Some(asker) => {
+                let sent = self
+                    .mesh
+                    .channel(asker.index, w)
+                    .map_or(0, |c| c.occupancy() as u64);
+                self.workers[w].load() + sent
+            }
+            None => self.workers[w].load(),
         };
         // A stalled worker gets nothing: the other candidate, or any worker that is not
         // stalled (the flags sit on the line `load` reads anyway).
