@@ -136,7 +136,7 @@ fn result_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What each system name stands for, for the legend of BENCHMARKS.md, and the crate whose
 /// locked version is shown next to it.
-const SYSTEMS: [(&str, &str, Option<&str>); 27] = [
+const SYSTEMS: [(&str, &str, Option<&str>); 28] = [
     (
         "veloq",
         "this crate, default settings, workers under `SCHED_BATCH` (the core benches pin \
@@ -191,6 +191,12 @@ const SYSTEMS: [(&str, &str, Option<&str>); 27] = [
         Some("veloq"),
     ),
     ("budget", "a fixed limit, not a system", None),
+    (
+        "ideal",
+        "a fixed figure, not a system: the tasks' total work divided by the 2 workers \
+         (both busy from the first spawn to the last join)",
+        None,
+    ),
     (
         "spsc_limit",
         "the C API bench's hardware ceiling for handing callbacks to another thread one \
@@ -492,7 +498,7 @@ fn colour(system: &str, peer_index: usize) -> &'static str {
     ];
     match system {
         "veloq" => "#e4572e",
-        "budget" => "#9e9e9e",
+        "budget" | "ideal" => "#9e9e9e",
         _ => PEERS[peer_index % PEERS.len()],
     }
 }

@@ -1,10 +1,11 @@
-//! Spawning: 1M empty tasks on one worker, balanced over two, and from an outside thread.
+//! Spawning: 1M empty tasks on one worker, balanced over two, and from an outside thread;
+//! and a burst of balanced tasks that each do some work, spawned from one task.
 //!
 //! Every system preallocates its handle vector outside the timed region; the timer runs
 //! from the first spawn until the last task is known to be finished.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::common::{human, tokio_current_thread, tokio_multi_thread, veloq_runtime, wait_until};
 use crate::harness::{count, ns_per_op, Bench, Goal, Scenario, System};
@@ -12,6 +13,7 @@ use crate::harness::{count, ns_per_op, Bench, Goal, Scenario, System};
 pub fn all(bench: &mut Bench) {
     local(bench);
     balanced(bench);
+    balanced_burst_of_work(bench);
     from_outside(bench);
 }
 
@@ -165,6 +167,84 @@ pub fn tokio_spawn_join(rt: &tokio::runtime::Runtime, n: usize) -> f64 {
             handle.await.expect("task completed");
         }
         ns_per_op(start, n)
+    });
+    rt.block_on(root).expect("root task")
+}
+
+// ---------------------------------------------------------------------------------------
+// spawn_balanced a burst of N tasks of W µs of work each from one task, then join them all
+// ---------------------------------------------------------------------------------------
+
+/// The work each task of the burst does (a busy loop on the clock).
+const BURST_WORK: Duration = Duration::from_micros(20);
+
+fn balanced_burst_of_work(bench: &mut Bench) {
+    let n = count(10_000);
+    // Both workers busy from the first spawn to the last join.
+    let ideal_ms = (BURST_WORK * n as u32).as_secs_f64() * 1e3 / 2.0;
+    let scenario = Scenario::lower_is_better(
+        format!(
+            "spawn_balanced {} tasks of {} µs work from one task + join all, 2 workers",
+            human(n),
+            BURST_WORK.as_micros()
+        ),
+        "ms",
+    )
+    // Both runtimes end within a few % of the ideal (work stealing spreads Tokio's burst),
+    // so the ideal is the goal that says something; Tokio's only bounds the noise.
+    .goal(Goal::cost_at_most("ideal", 1.1))
+    .goal(Goal::at_least("tokio", 0.95));
+    bench.run(
+        scenario,
+        vec![
+            System::new("veloq", || veloq_balanced_burst(n)),
+            System::new("tokio", || tokio_burst(n)),
+            System::new("ideal", || ideal_ms),
+        ],
+    );
+}
+
+/// Busy for `BURST_WORK`, as a task with real work would be.
+fn work() {
+    let until = Instant::now() + BURST_WORK;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+/// `veloq::spawn_balanced` of the burst from a task on worker 0; ms until all joined.
+fn veloq_balanced_burst(n: usize) -> f64 {
+    let rt = veloq_runtime(2);
+    let root = rt
+        .spawn_to(0, async move {
+            let mut handles = Vec::with_capacity(n);
+            let start = Instant::now();
+            for _ in 0..n {
+                handles.push(veloq::spawn_balanced(async { work() }).expect("spawn_balanced"));
+            }
+            for handle in handles {
+                handle.await.expect("task completed");
+            }
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .expect("spawn root");
+    rt.block_on(root).expect("root task")
+}
+
+/// `tokio::spawn` of the burst from a task on a 2-worker multi_thread runtime; ms until
+/// all joined.
+fn tokio_burst(n: usize) -> f64 {
+    let rt = tokio_multi_thread(2);
+    let root = rt.spawn(async move {
+        let mut handles = Vec::with_capacity(n);
+        let start = Instant::now();
+        for _ in 0..n {
+            handles.push(tokio::spawn(async { work() }));
+        }
+        for handle in handles {
+            handle.await.expect("task completed");
+        }
+        start.elapsed().as_secs_f64() * 1e3
     });
     rt.block_on(root).expect("root task")
 }

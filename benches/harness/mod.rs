@@ -105,7 +105,7 @@ impl Goal {
         Goal {
             vs: vs.to_owned(),
             min_ratio: factor,
-            text: format!("≥ {factor:.1}×"),
+            text: format!("≥ {}×", fmt_factor(factor)),
         }
     }
 
@@ -114,7 +114,7 @@ impl Goal {
         Goal {
             vs: vs.to_owned(),
             min_ratio: 1.0 / factor,
-            text: format!("≤ {factor:.1}× {vs}"),
+            text: format!("≤ {}× {vs}", fmt_factor(factor)),
         }
     }
 
@@ -131,6 +131,17 @@ impl Goal {
     /// Whether `ratio` (the oriented veloq-vs-peer ratio) meets the goal.
     pub fn met(&self, ratio: f64) -> bool {
         ratio >= self.min_ratio
+    }
+}
+
+/// A goal's factor as written in its table: one decimal, two when it has them (1.05 must
+/// not read 1.1).
+fn fmt_factor(factor: f64) -> String {
+    let tenths = factor * 10.0;
+    if (tenths - tenths.round()).abs() < 1e-9 {
+        format!("{factor:.1}")
+    } else {
+        format!("{factor:.2}")
     }
 }
 
