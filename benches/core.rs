@@ -41,14 +41,21 @@ static ALLOC: CountingAlloc = CountingAlloc;
 type Group = (&'static str, fn(&mut Bench));
 
 /// Scenario groups in run order.
+///
+/// `introspect` runs first, in a process no other scenario has used. Its watchdog row
+/// compares two runtimes within 5 %. After other scenarios have made and ended many
+/// worker threads, glibc gives new threads arenas in whatever state those left. The same
+/// spawn loop then ran at 145.6 ns/task on one runtime and 109.5 on the other, which
+/// differed only in the setting under test (full run at cca9cdb). Run first, the two
+/// came out within 3 % in every run.
 const GROUPS: [Group; 8] = [
+    ("introspect", introspect::all),
     ("spawn", spawn::all),
     ("mesh", mesh::all),
     ("memory", memory::all),
     ("park", park::all),
     ("blocking", blocking::all),
     ("scope", scope::all),
-    ("introspect", introspect::all),
     ("fairness", fairness::all),
 ];
 
