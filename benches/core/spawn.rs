@@ -130,20 +130,27 @@ fn balanced(bench: &mut Bench) {
     );
 }
 
-/// `veloq::spawn_balanced` (P2C over the mesh) from a task on worker 0.
+/// `veloq::spawn_balanced` of empty tasks from a task on worker 0; ns per task.
 fn veloq_spawn_balanced(n: usize) -> f64 {
+    per_task_ns(veloq_spawn_balanced_each(n, || {}), n)
+}
+
+/// `veloq::spawn_balanced` of `n` tasks running `body`, from a task on worker 0 of a new
+/// 2-worker runtime (P2C: over the mesh to worker 1, or kept on worker 0, stealable),
+/// then a join of each; the time from the first spawn to the last join.
+fn veloq_spawn_balanced_each(n: usize, body: impl Fn() + Copy + Send + 'static) -> Duration {
     let rt = veloq_runtime(2);
     let root = rt
         .spawn_to(0, async move {
             let mut handles = Vec::with_capacity(n);
             let start = Instant::now();
             for _ in 0..n {
-                handles.push(veloq::spawn_balanced(async {}).expect("spawn_balanced"));
+                handles.push(veloq::spawn_balanced(async move { body() }).expect("spawn_balanced"));
             }
             for handle in handles {
                 handle.await.expect("task completed");
             }
-            ns_per_op(start, n)
+            start.elapsed()
         })
         .expect("spawn root");
     rt.block_on(root).expect("root task")
@@ -157,18 +164,33 @@ pub fn tokio_multi_thread_spawn(n: usize) -> f64 {
 
 /// `tokio::spawn` of `n` empty tasks from a task on `rt`, then a join of each; ns per task.
 pub fn tokio_spawn_join(rt: &tokio::runtime::Runtime, n: usize) -> f64 {
+    per_task_ns(tokio_spawn_each(rt, n, || {}), n)
+}
+
+/// `tokio::spawn` of `n` tasks running `body` from a task on `rt`, then a join of each;
+/// the time from the first spawn to the last join.
+fn tokio_spawn_each(
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+    body: impl Fn() + Copy + Send + 'static,
+) -> Duration {
     let root = rt.spawn(async move {
         let mut handles = Vec::with_capacity(n);
         let start = Instant::now();
         for _ in 0..n {
-            handles.push(tokio::spawn(async {}));
+            handles.push(tokio::spawn(async move { body() }));
         }
         for handle in handles {
             handle.await.expect("task completed");
         }
-        ns_per_op(start, n)
+        start.elapsed()
     });
     rt.block_on(root).expect("root task")
+}
+
+/// `elapsed` per task, in ns.
+fn per_task_ns(elapsed: Duration, n: usize) -> f64 {
+    elapsed.as_nanos() as f64 / n as f64
 }
 
 // ---------------------------------------------------------------------------------------
@@ -197,11 +219,18 @@ fn balanced_burst_of_work(bench: &mut Bench) {
     bench.run(
         scenario,
         vec![
-            System::new("veloq", || veloq_balanced_burst(n)),
-            System::new("tokio", || tokio_burst(n)),
+            System::new("veloq", || ms(veloq_spawn_balanced_each(n, work))),
+            System::new("tokio", || {
+                ms(tokio_spawn_each(&tokio_multi_thread(2), n, work))
+            }),
             System::new("ideal", || ideal_ms),
         ],
     );
+}
+
+/// `elapsed` in ms.
+fn ms(elapsed: Duration) -> f64 {
+    elapsed.as_secs_f64() * 1e3
 }
 
 /// Busy for `BURST_WORK`, as a task with real work would be.
@@ -210,43 +239,6 @@ fn work() {
     while Instant::now() < until {
         std::hint::spin_loop();
     }
-}
-
-/// `veloq::spawn_balanced` of the burst from a task on worker 0; ms until all joined.
-fn veloq_balanced_burst(n: usize) -> f64 {
-    let rt = veloq_runtime(2);
-    let root = rt
-        .spawn_to(0, async move {
-            let mut handles = Vec::with_capacity(n);
-            let start = Instant::now();
-            for _ in 0..n {
-                handles.push(veloq::spawn_balanced(async { work() }).expect("spawn_balanced"));
-            }
-            for handle in handles {
-                handle.await.expect("task completed");
-            }
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .expect("spawn root");
-    rt.block_on(root).expect("root task")
-}
-
-/// `tokio::spawn` of the burst from a task on a 2-worker multi_thread runtime; ms until
-/// all joined.
-fn tokio_burst(n: usize) -> f64 {
-    let rt = tokio_multi_thread(2);
-    let root = rt.spawn(async move {
-        let mut handles = Vec::with_capacity(n);
-        let start = Instant::now();
-        for _ in 0..n {
-            handles.push(tokio::spawn(async { work() }));
-        }
-        for handle in handles {
-            handle.await.expect("task completed");
-        }
-        start.elapsed().as_secs_f64() * 1e3
-    });
-    rt.block_on(root).expect("root task")
 }
 
 // ---------------------------------------------------------------------------------------
