@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | [`spawn_local`] | local run queue | — | never |
 //! | [`spawn`] | own injector | some worker's injector | stolen by idle workers |
-//! | [`spawn_balanced`] | the less loaded of two (P2C): mesh channel to the other, or own injector | that worker's injector | stolen from an injector |
+//! | [`spawn_balanced`] | the less loaded of two (P2C): mesh channel to the chosen worker, or own injector | that worker's injector | stolen from an injector |
 //! | [`spawn_to`] | mesh channel to that worker | that worker's pinned inbox | never |
 //!
 //! Blocking system calls and long computations go to a separate, elastic thread pool

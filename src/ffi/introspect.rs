@@ -176,8 +176,9 @@ pub struct veloq_worker_stats {
     /// Optional io_uring set-up flags the worker's ring got (bit 0 SINGLE_ISSUER, bit 1
     /// DEFER_TASKRUN, bit 2 COOP_TASKRUN).
     pub ring_flags: u32,
-    /// Tasks started from the local run queue (Rust `spawn_local`, work a worker sent
-    /// to itself).
+    /// Tasks started from the local run queue (Rust `spawn_local`, `veloq_spawn_to` a
+    /// worker's own index from its callback; balanced work P2C keeps on a worker counts
+    /// in `tasks_injector`).
     pub tasks_local: u64,
     /// Tasks started that arrived over the mesh (balanced / targeted from a worker).
     pub tasks_mesh: u64,

@@ -109,13 +109,14 @@ pub extern "C" fn veloq_spawn(
 }
 
 /// Like `veloq_spawn`, on the less loaded of two workers drawn at random (power of two
-/// choices). From a worker callback, what the calling worker queued in its own injector
-/// since its last loop turn is left out of its load (it is stealable). So a burst
-/// spawned from one callback stays with the caller, and a sleeping worker is woken to
-/// steal from it when the callback returns. A task for another worker travels over the
-/// mesh (the SPSC channel between the two workers; when it is full, the target's queue
-/// takes it). From any other thread it goes through the chosen worker's injector. Same
-/// returns and ownership.
+/// choices). From a worker callback: when P2C chooses the calling worker, the task goes
+/// into that worker's injector, where idle workers may steal it. The caller's load, for
+/// P2C, leaves out the balanced spawns it kept there during the current loop turn. So a
+/// burst spawned from one callback mostly stays with the caller, and one sleeping worker
+/// (if any) is woken to steal from it as soon as the callback returns. A task for
+/// another worker travels over the mesh (the SPSC channel between the two workers; when
+/// it is full, the target's queue takes it). From any other thread it goes through the
+/// chosen worker's injector. Same returns and ownership.
 #[no_mangle]
 pub extern "C" fn veloq_spawn_balanced(
     rt: *mut veloq_runtime,

@@ -25,6 +25,10 @@ thread_local! {
     static CURRENT_SHARED: Cell<*const WorkerShared> = const { Cell::new(ptr::null()) };
 }
 
+/// Balanced jobs kept in this worker's injector within one loop turn from which a
+/// sleeping peer is woken as soon as the job that kept them returns (see `wake_thief`).
+const BURST_WAKES_A_PEER: u64 = 2;
+
 /// A worker's context: which worker this is, its spawner, its mesh producer side, its
 /// I/O driver and its buffer pool. It exists only on its worker thread (`!Send`); a callback receives it as
 /// its `ctx` argument and a task reaches it with [`RuntimeContext::with_current`].
@@ -56,9 +60,9 @@ pub struct RuntimeContext {
     /// Balanced jobs P2C kept in this worker's injector since its last loop turn ended
     /// (see `spawner::Asker`).
     pub(crate) balanced_kept: Cell<u64>,
-    /// A balanced job was kept here during the current job: once it returns, wake a
-    /// sleeping peer to steal (rather than at the end of the turn, which may be a whole
-    /// budget of jobs later).
+    /// A burst of balanced jobs was kept here during the current job: once it returns,
+    /// wake a sleeping peer to steal (rather than at the end of the turn, which may be a
+    /// whole budget of jobs later).
     pub(crate) wake_thief: Cell<bool>,
     pub(crate) mesh_cursor: Cell<usize>,
     pub(crate) driver: RefCell<Driver>,
@@ -214,8 +218,8 @@ impl RuntimeContext {
         self.spawn_future(Placement::Any, future)
     }
 
-    /// Spawns on the less loaded of two workers (P2C): over the mesh to the other one, or
-    /// into this worker's injector, stealable (see [`Placement::Balanced`]).
+    /// Spawns on the less loaded of two workers (P2C): over the mesh to the chosen worker,
+    /// or into this worker's injector, stealable (see [`Placement::Balanced`]).
     pub fn spawn_balanced<F>(&self, future: F) -> Result<JoinHandle<F::Output>, SpawnError<F>>
     where
         F: Future + Send + 'static,
@@ -345,17 +349,24 @@ impl RuntimeContext {
     /// here however idle the others are); `Worker` straight into the local run queue.
     #[inline(never)]
     fn submit_here(&self, placement: Placement, job: Job) {
-        if placement != Placement::Worker(self.index) {
+        if !matches!(placement, Placement::Worker(_)) {
             if placement == Placement::Balanced {
-                self.balanced_kept.set(self.balanced_kept.get() + 1);
-                if !self.wake_thief.get() {
+                let kept = self.balanced_kept.get() + 1;
+                self.balanced_kept.set(kept);
+                // A burst: a peer is woken as soon as the current job returns. A single
+                // kept job is left to the end of the turn, like `Any`: this worker
+                // usually runs it itself in the same turn, and an early wake would cost
+                // a system call for nothing.
+                if kept == BURST_WAKES_A_PEER {
                     self.wake_thief.set(true);
                     self.any_notify_pending.set(true);
                 }
             }
             self.me().count_submitted(1);
             self.me().injector.push(job);
-            return; // our own queue; peers are woken at the end of the turn
+            // Our own queue: a sleeping peer is woken at the end of the turn, or when the
+            // current job returns for a balanced job kept here (see `wake_thief`).
+            return;
         }
         match job.into_parts() {
             JobParts::Task(task) => {

@@ -522,9 +522,7 @@ impl RuntimeContext {
             me.count_taken(taken);
         }
         me.publish_local_queued(self.local.borrow().len());
-        if self.balanced_kept.get() != 0 {
-            self.balanced_kept.set(0);
-        }
+        self.balanced_kept.set(0);
         let c = &me.counters;
         publish_count(&self.stats.local, &c.tasks_local);
         publish_count(&self.stats.mesh, &c.tasks_mesh);

@@ -32,10 +32,11 @@ pub enum Placement {
     /// On a worker: its own injector (stealable). Elsewhere: some worker's injector.
     Any,
     /// The less loaded of two workers drawn at random (P2C). From a worker, it goes over
-    /// the mesh to the other worker, or into the caller's own injector. For P2C, the
-    /// caller's load leaves out what it queued there since its last loop turn: a burst
-    /// spawned from one job stays stealable there, and a sleeping worker is woken to steal
-    /// when the job returns. From elsewhere it goes through the chosen worker's injector.
+    /// the mesh to the chosen worker, or into the caller's own injector when P2C chose
+    /// the caller. The caller's load, for P2C, leaves out the balanced spawns it kept
+    /// there during the current loop turn. A burst spawned from one job therefore mostly
+    /// stays there, stealable, and one sleeping worker (if any) is woken to steal as soon
+    /// as the job returns. From elsewhere it goes through the chosen worker's injector.
     /// Stealable while in an injector.
     Balanced,
     /// Exactly this worker; never stolen.
@@ -712,8 +713,8 @@ fn mark_exited(registry: &ExecutorRegistry) {
 /// future dropped unpolled by a shutdown that timed out counts as spawned, not started).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerStats {
-    /// Tasks started from the local run queue (`spawn_local`, and tasks a worker sent
-    /// to itself).
+    /// Tasks started from the local run queue (`spawn_local`, and `spawn_to` a worker's
+    /// own index; the balanced spawns P2C keeps on a worker count in `tasks_injector`).
     pub tasks_local: u64,
     /// Tasks started that arrived over the mesh.
     pub tasks_mesh: u64,

@@ -89,7 +89,8 @@ struct Submitted {
 
 /// The part of a worker that other threads may touch.
 pub(crate) struct WorkerShared {
-    /// Stealable work: `spawn` from this worker, `spawn` / `spawn_balanced` from outside.
+    /// Stealable work: `spawn` from this worker and the `spawn_balanced` P2C kept on it,
+    /// `spawn` / `spawn_balanced` from outside, mesh overflow of unpinned work.
     pub(crate) injector: StealQueue,
     /// Pinned work that did not come over the mesh (from outside, or overflow): never
     /// stolen.
@@ -336,12 +337,15 @@ impl WorkerShared {
 pub(crate) struct Asker {
     pub index: usize,
     /// Balanced jobs it kept in its own injector since its last loop turn ended. They
-    /// count in its live load, but P2C leaves them out. A worker in one long poll (a
+    /// count in its live load, but P2C leaves them out. This is approximate once peers
+    /// have stolen some of them: that lowers the live load but not this count, so the
+    /// rest of the load may read low (never below 0), and what it leaves out is
+    /// stealable anyway. A worker in one long poll (a
     /// loop of spawns) would otherwise look as loaded as the worker it is sending to.
     /// An even split would then commit half the burst to the other worker's mesh
     /// channel, where no one can steal it even if that worker is stuck in a long job.
-    /// What stays here is stealable, and an idle peer is woken for it when the turn
-    /// ends.
+    /// What stays here is stealable, and for a burst a sleeping peer is woken as soon as
+    /// the job that kept it returns.
     pub kept_this_turn: u64,
 }
 
