@@ -862,7 +862,7 @@ int veloq_spawn(struct veloq_runtime *rt,
  * Like `veloq_spawn`, on the less loaded of two workers drawn at random (power of two
  * choices). From a worker callback: when P2C chooses the calling worker, the task goes
  * into that worker's injector, where idle workers may steal it. The caller's load, for
- * P2C, leaves out the balanced spawns it kept there during the current loop turn. So a
+ * P2C, leaves out the balanced spawns it kept there during the current callback. So a
  * burst spawned from one callback mostly stays with the caller, and one sleeping worker
  * (if any) is woken to steal from it as soon as the callback returns. A task for
  * another worker travels over the mesh (the SPSC channel between the two workers; when

@@ -25,8 +25,8 @@ thread_local! {
     static CURRENT_SHARED: Cell<*const WorkerShared> = const { Cell::new(ptr::null()) };
 }
 
-/// Balanced jobs kept in this worker's injector within one loop turn from which a
-/// sleeping peer is woken as soon as the job that kept them returns (see `wake_thief`).
+/// Balanced jobs kept in this worker's injector by one job from which a sleeping peer is
+/// woken as soon as that job returns (see `wake_thief`).
 const BURST_WAKES_A_PEER: u64 = 2;
 
 /// A worker's context: which worker this is, its spawner, its mesh producer side, its
@@ -57,8 +57,8 @@ pub struct RuntimeContext {
     /// How long this worker's next idle spin may last (see `spin.rs`).
     pub(crate) spin: super::spin::AdaptiveSpin,
     pub(crate) rng: Cell<u64>,
-    /// Balanced jobs P2C kept in this worker's injector since its last loop turn ended
-    /// (see `spawner::Asker`).
+    /// Balanced jobs P2C kept in this worker's injector during the current job (see
+    /// `spawner::Asker`); back to 0 when the job's notifications are flushed.
     pub(crate) balanced_kept: Cell<u64>,
     /// A burst of balanced jobs was kept here during the current job: once it returns,
     /// wake a sleeping peer to steal (rather than at the end of the turn, which may be a
@@ -313,7 +313,7 @@ impl RuntimeContext {
             Placement::Balanced => {
                 let asker = Asker {
                     index: self.index,
-                    kept_this_turn: self.balanced_kept.get(),
+                    kept_by_this_job: self.balanced_kept.get(),
                 };
                 (registry.p2c(&self.rng, Some(asker)), false)
             }
@@ -353,13 +353,15 @@ impl RuntimeContext {
             if placement == Placement::Balanced {
                 let kept = self.balanced_kept.get() + 1;
                 self.balanced_kept.set(kept);
+                // The count is reset when the job's notifications are flushed, off the
+                // loop's per-turn path.
+                self.any_notify_pending.set(true);
                 // A burst: a peer is woken as soon as the current job returns. A single
                 // kept job is left to the end of the turn, like `Any`: this worker
                 // usually runs it itself in the same turn, and an early wake would cost
                 // a system call for nothing.
                 if kept == BURST_WAKES_A_PEER {
                     self.wake_thief.set(true);
-                    self.any_notify_pending.set(true);
                 }
             }
             self.me().count_submitted(1);
@@ -432,6 +434,7 @@ impl RuntimeContext {
                 self.registry.worker(i).notify();
             }
         }
+        self.balanced_kept.set(0);
         if self.wake_thief.replace(false) {
             self.wake_a_sleeping_peer();
         }

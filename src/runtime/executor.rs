@@ -522,7 +522,6 @@ impl RuntimeContext {
             me.count_taken(taken);
         }
         me.publish_local_queued(self.local.borrow().len());
-        self.balanced_kept.set(0);
         let c = &me.counters;
         publish_count(&self.stats.local, &c.tasks_local);
         publish_count(&self.stats.mesh, &c.tasks_mesh);

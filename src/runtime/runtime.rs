@@ -34,7 +34,7 @@ pub enum Placement {
     /// The less loaded of two workers drawn at random (P2C). From a worker, it goes over
     /// the mesh to the chosen worker, or into the caller's own injector when P2C chose
     /// the caller. The caller's load, for P2C, leaves out the balanced spawns it kept
-    /// there during the current loop turn. A burst spawned from one job therefore mostly
+    /// there during the current job. A burst spawned from one job therefore mostly
     /// stays there, stealable, and one sleeping worker (if any) is woken to steal as soon
     /// as the job returns. From elsewhere it goes through the chosen worker's injector.
     /// Stealable while in an injector.

@@ -336,17 +336,16 @@ impl WorkerShared {
 #[derive(Clone, Copy)]
 pub(crate) struct Asker {
     pub index: usize,
-    /// Balanced jobs it kept in its own injector since its last loop turn ended. They
-    /// count in its live load, but P2C leaves them out. This is approximate once peers
-    /// have stolen some of them: that lowers the live load but not this count, so the
-    /// rest of the load may read low (never below 0), and what it leaves out is
-    /// stealable anyway. A worker in one long poll (a
-    /// loop of spawns) would otherwise look as loaded as the worker it is sending to.
-    /// An even split would then commit half the burst to the other worker's mesh
-    /// channel, where no one can steal it even if that worker is stuck in a long job.
-    /// What stays here is stealable, and for a burst a sleeping peer is woken as soon as
-    /// the job that kept it returns.
-    pub kept_this_turn: u64,
+    /// Balanced jobs it kept in its own injector during its current job. They count in
+    /// its live load, but P2C leaves them out. A job spawning in a loop would otherwise
+    /// make its worker look as loaded as the one it sends to. An even split would then
+    /// commit half the burst to that worker's mesh channel, where no one can steal it
+    /// even if that worker is stuck in a long job. What stays here is stealable, and for
+    /// a burst a sleeping peer is woken as soon as the job returns. Approximate once
+    /// peers steal some of them: that lowers the live load but not this count, so the
+    /// rest of the load may read low (never below 0); what it leaves out is stealable
+    /// anyway.
+    pub kept_by_this_job: u64,
 }
 
 /// All workers' shared state, the mesh and the runtime-wide flags. Every worker, every
@@ -500,8 +499,8 @@ impl ExecutorRegistry {
 
     /// Power of two choices: the less loaded of two workers drawn at random. `from` is
     /// the worker asking, if a worker asks: its unconsumed mesh messages to each candidate
-    /// count too, and its own load leaves out what it kept in its injector since its
-    /// last loop turn (see [`Asker`]).
+    /// count too, and its own load leaves out what its current job kept in its injector
+    /// (see [`Asker`]).
     #[inline]
     pub(crate) fn p2c(&self, rng: &Cell<u64>, from: Option<Asker>) -> usize {
         let n = self.len();
@@ -517,9 +516,9 @@ impl ExecutorRegistry {
             b += 1;
         }
         let load = |w: usize| match from {
-            Some(asker) if asker.index == w => {
-                self.workers[w].load().saturating_sub(asker.kept_this_turn)
-            }
+            Some(asker) if asker.index == w => self.workers[w]
+                .load()
+                .saturating_sub(asker.kept_by_this_job),
             Some(asker) => {
                 let sent = self
                     .mesh
